@@ -1,1 +1,313 @@
-fn main() {}
+//! The one `aether` binary. `main` parses flags over environment over the TOML file and
+//! calls the services' `run`; nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use aether_blobd::{BlobdConfig, BlobdListeners};
+use aether_common::config::{Quorum, load_toml};
+use aether_common::shutdown::Shutdown;
+use aether_common::telemetry::{self, TelemetryConfig};
+use aether_gateway::{GatewayConfig, GatewayListeners};
+use aether_metad::{MetadConfig, MetadListeners};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(name = "aether", version, about = "A distributed, S3-compatible object store")]
+struct Cli {
+    /// TOML config file with [gateway], [blobd], [metad] sections (see docs/aether.example.toml).
+    #[arg(long, env = "AETHER_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `aether_gateway=debug,info`.
+    #[arg(long, env = "AETHER_LOG_LEVEL", default_value = "info", global = true)]
+    log_level: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "AETHER_LOG_JSON", global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// metad + blobd + gateway in one process on one data dir (single node, for a laptop).
+    Server(ServerArgs),
+    /// The stateless S3 gateway.
+    Gateway(GatewayArgs),
+    /// A storage daemon (one per disk/host).
+    Blobd(BlobdArgs),
+    /// The metadata service (etcd v3 API).
+    Metad(MetadArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// S3 port.
+    #[arg(long, env = "AETHER_PORT", default_value_t = 9000)]
+    port: u16,
+    /// Health/ready/metrics port.
+    #[arg(long, env = "AETHER_ADMIN_PORT", default_value_t = 9001)]
+    admin_port: u16,
+    /// Address the S3 and admin ports bind on.
+    #[arg(long, env = "AETHER_BIND", default_value = "0.0.0.0")]
+    bind: String,
+    /// Data directory (metad/ and blobd/ beneath it).
+    #[arg(long, env = "AETHER_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// etcd-compatible client address of the embedded metad.
+    #[arg(long, env = "AETHER_METAD_LISTEN", default_value = "127.0.0.1:2379")]
+    metad_listen: SocketAddr,
+    /// gRPC address of the embedded blobd (port 0: any free port).
+    #[arg(long, env = "AETHER_BLOBD_LISTEN", default_value = "127.0.0.1:0")]
+    blobd_listen: SocketAddr,
+    #[command(flatten)]
+    gw: GatewayFlags,
+}
+
+#[derive(Args, Debug, Default)]
+struct GatewayFlags {
+    #[arg(long, env = "AETHER_REQUIRE_AUTH")]
+    require_auth: Option<bool>,
+    #[arg(long, env = "AETHER_ACCESS_KEY")]
+    access_key: Option<String>,
+    #[arg(long, env = "AETHER_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    #[arg(long, env = "AETHER_REGION")]
+    region: Option<String>,
+    #[arg(long, env = "AETHER_REPLICATION_FACTOR")]
+    replication_factor: Option<usize>,
+    /// 1 | quorum | all
+    #[arg(long, env = "AETHER_WRITE_QUORUM")]
+    write_quorum: Option<Quorum>,
+    /// 1 | quorum | all
+    #[arg(long, env = "AETHER_READ_QUORUM")]
+    read_quorum: Option<Quorum>,
+    /// Root domain for virtual-hosted-style requests (`<bucket>.<root-domain>`).
+    #[arg(long, env = "AETHER_ROOT_DOMAIN")]
+    root_domain: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct GatewayArgs {
+    #[arg(long, env = "AETHER_LISTEN", default_value = "0.0.0.0:9000")]
+    listen: SocketAddr,
+    #[arg(long, env = "AETHER_ADMIN_LISTEN", default_value = "0.0.0.0:9001")]
+    admin_listen: SocketAddr,
+    /// Comma-separated metad (or etcd) client endpoints.
+    #[arg(long, env = "AETHER_METAD_ENDPOINTS", value_delimiter = ',')]
+    metad_endpoints: Vec<String>,
+    #[command(flatten)]
+    gw: GatewayFlags,
+}
+
+#[derive(Args, Debug)]
+struct BlobdArgs {
+    #[arg(long, env = "AETHER_LISTEN", default_value = "0.0.0.0:9100")]
+    listen: SocketAddr,
+    #[arg(long, env = "AETHER_ADMIN_LISTEN", default_value = "0.0.0.0:9101")]
+    admin_listen: SocketAddr,
+    #[arg(long, env = "AETHER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "AETHER_METAD_ENDPOINTS", value_delimiter = ',')]
+    metad_endpoints: Vec<String>,
+    /// Address other services reach this daemon on (default: the listen address).
+    #[arg(long, env = "AETHER_ADVERTISE")]
+    advertise: Option<String>,
+    #[arg(long, env = "AETHER_NODE_ID")]
+    node_id: Option<String>,
+    #[arg(long, env = "AETHER_ZONE")]
+    zone: Option<String>,
+    #[arg(long, env = "AETHER_WEIGHT")]
+    weight: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+struct MetadArgs {
+    /// etcd v3 client address (etcd's conventional 2379).
+    #[arg(long, env = "AETHER_LISTEN", default_value = "0.0.0.0:2379")]
+    listen: SocketAddr,
+    #[arg(long, env = "AETHER_ADMIN_LISTEN", default_value = "0.0.0.0:2381")]
+    admin_listen: SocketAddr,
+    #[arg(long, env = "AETHER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "AETHER_NAME")]
+    name: Option<String>,
+}
+
+/// The TOML file: one section per service, each denying unknown keys.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    gateway: GatewayConfig,
+    blobd: BlobdConfig,
+    metad: MetadConfig,
+}
+
+impl GatewayFlags {
+    fn apply(self, cfg: &mut GatewayConfig) {
+        if let Some(v) = self.require_auth {
+            cfg.require_auth = v;
+        }
+        if let Some(v) = self.access_key {
+            cfg.access_key = v;
+        }
+        if let Some(v) = self.secret_key {
+            cfg.secret_key = v;
+        }
+        if let Some(v) = self.region {
+            cfg.region = v;
+        }
+        if let Some(v) = self.replication_factor {
+            cfg.replication_factor = v;
+        }
+        if let Some(v) = self.write_quorum {
+            cfg.write_quorum = v;
+        }
+        if let Some(v) = self.read_quorum {
+            cfg.read_quorum = v;
+        }
+        if let Some(v) = self.root_domain {
+            cfg.root_domain = Some(v);
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} port {addr}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let file: FileConfig = match &cli.config {
+        Some(p) => load_toml(p)?,
+        None => FileConfig::default(),
+    };
+    let service = match &cli.cmd {
+        Command::Server(_) => "aether",
+        Command::Gateway(_) => "aether-gateway",
+        Command::Blobd(_) => "aether-blobd",
+        Command::Metad(_) => "aether-metad",
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let _telemetry = telemetry::init(&TelemetryConfig {
+            service_name: service.to_string(),
+            log_level: cli.log_level.clone(),
+            json: cli.log_json,
+            sample_ratio: std::env::var("AETHER_TRACE_SAMPLE_RATIO").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0),
+        });
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on_signals();
+        match cli.cmd {
+            Command::Server(a) => server(file, a, shutdown).await,
+            Command::Gateway(a) => {
+                let mut cfg = file.gateway;
+                if !a.metad_endpoints.is_empty() {
+                    cfg.metad_endpoints = a.metad_endpoints;
+                }
+                a.gw.apply(&mut cfg);
+                let listeners = GatewayListeners {
+                    s3: bind(a.listen, "S3").await?,
+                    admin: Some(bind(a.admin_listen, "admin").await?),
+                };
+                aether_gateway::run(cfg, listeners, shutdown).await?;
+                Ok(())
+            }
+            Command::Blobd(a) => {
+                let mut cfg = file.blobd;
+                if let Some(v) = a.data_dir {
+                    cfg.data_dir = v;
+                }
+                if !a.metad_endpoints.is_empty() {
+                    cfg.metad_endpoints = a.metad_endpoints;
+                }
+                if a.advertise.is_some() {
+                    cfg.advertise_addr = a.advertise;
+                }
+                if a.node_id.is_some() {
+                    cfg.node_id = a.node_id;
+                }
+                if let Some(v) = a.zone {
+                    cfg.zone = v;
+                }
+                if let Some(v) = a.weight {
+                    cfg.weight = v;
+                }
+                let listeners = BlobdListeners {
+                    grpc: bind(a.listen, "gRPC").await?,
+                    admin: Some(bind(a.admin_listen, "admin").await?),
+                };
+                aether_blobd::run(cfg, listeners, shutdown).await?;
+                Ok(())
+            }
+            Command::Metad(a) => {
+                let mut cfg = file.metad;
+                if let Some(v) = a.data_dir {
+                    cfg.data_dir = v;
+                }
+                if let Some(v) = a.name {
+                    cfg.name = v;
+                }
+                let listeners = MetadListeners {
+                    client: bind(a.listen, "client").await?,
+                    admin: Some(bind(a.admin_listen, "admin").await?),
+                };
+                aether_metad::run(cfg, listeners, shutdown).await?;
+                Ok(())
+            }
+        }
+    })
+}
+
+/// All three services in one process: metad on 2379, blobd on a loopback port, the
+/// gateway on AETHER_PORT; one data dir.
+async fn server(file: FileConfig, a: ServerArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    let metad_listener = bind(a.metad_listen, "metad client").await?;
+    let metad_addr = metad_listener.local_addr()?.to_string();
+    let blobd_listener = bind(a.blobd_listen, "blobd gRPC").await?;
+    let s3 = bind(format!("{}:{}", a.bind, a.port).parse()?, "S3").await?;
+    let admin = bind(format!("{}:{}", a.bind, a.admin_port).parse()?, "admin").await?;
+
+    let mut metad = file.metad;
+    metad.data_dir = a.data_dir.join("metad");
+    let mut blobd = file.blobd;
+    blobd.data_dir = a.data_dir.join("blobd");
+    blobd.metad_endpoints = vec![metad_addr.clone()];
+    let mut gateway = file.gateway;
+    gateway.metad_endpoints = vec![metad_addr.clone()];
+    a.gw.apply(&mut gateway);
+
+    tracing::info!(
+        s3 = %s3.local_addr()?, admin = %admin.local_addr()?, metad = %metad_addr,
+        data_dir = %a.data_dir.display(), "starting aether server (metad + blobd + gateway)"
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    let sd = shutdown.clone();
+    tasks.spawn(async move {
+        ("metad", aether_metad::run(metad, MetadListeners { client: metad_listener, admin: None }, sd).await.map_err(anyhow::Error::from))
+    });
+    let sd = shutdown.clone();
+    tasks.spawn(async move {
+        ("blobd", aether_blobd::run(blobd, BlobdListeners { grpc: blobd_listener, admin: None }, sd).await.map_err(anyhow::Error::from))
+    });
+    let sd = shutdown.clone();
+    tasks.spawn(async move {
+        ("gateway", aether_gateway::run(gateway, GatewayListeners { s3, admin: Some(admin) }, sd).await.map_err(anyhow::Error::from))
+    });
+
+    // Whichever service stops first (error or shutdown) stops the others.
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        shutdown.trigger();
+        let (name, r) = joined.context("a service task panicked")?;
+        if let Err(e) = r {
+            tracing::error!(service = name, error = %format!("{e:#}"), "service stopped with an error");
+            if result.is_ok() {
+                result = Err(e.context(format!("{name} failed")));
+            }
+        }
+    }
+    result
+}

@@ -1,0 +1,129 @@
+//! The catalog in metad: key names and JSON values. Gateway, blobd and the admin CLI
+//! read and write these through `etcd-client` only, so a real etcd can stand in.
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_PREFIX: &str = "/aether/";
+
+/// Key builder for one catalog prefix (default `/aether/`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        let mut prefix = prefix.to_string();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Self { prefix }
+    }
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    pub fn buckets(&self) -> String {
+        format!("{}buckets/", self.prefix)
+    }
+    pub fn bucket(&self, name: &str) -> String {
+        format!("{}buckets/{name}", self.prefix)
+    }
+    pub fn keys(&self) -> String {
+        format!("{}keys/", self.prefix)
+    }
+    pub fn access_key(&self, id: &str) -> String {
+        format!("{}keys/{id}", self.prefix)
+    }
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.prefix)
+    }
+    pub fn node(&self, id: &str) -> String {
+        format!("{}nodes/{id}", self.prefix)
+    }
+    pub fn alive_all(&self) -> String {
+        format!("{}alive/", self.prefix)
+    }
+    pub fn alive(&self, id: &str) -> String {
+        format!("{}alive/{id}", self.prefix)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BucketState {
+    #[default]
+    Active,
+    Deleting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketEntry {
+    /// RFC 3339 creation time.
+    pub created: String,
+    /// Access key id of the creator.
+    pub owner: String,
+    #[serde(default)]
+    pub state: BucketState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    #[default]
+    Active,
+    Draining,
+    Removed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEntry {
+    /// host:port of the node's blob gRPC service.
+    pub addr: String,
+    #[serde(default)]
+    pub zone: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub state: NodeState,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliveEntry {
+    pub addr: String,
+    /// RFC 3339 process start time.
+    pub started_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessKeyEntry {
+    pub secret: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_values_round_trip() {
+        let k = Keys::new("/x");
+        assert_eq!(k.bucket("b"), "/x/buckets/b");
+        assert_eq!(k.alive("n1"), "/x/alive/n1");
+        let n: NodeEntry = serde_json::from_str(r#"{"addr":"127.0.0.1:1"}"#).unwrap();
+        assert_eq!(n.weight, 1);
+        assert_eq!(n.state, NodeState::Active);
+        let b = BucketEntry { created: "t".into(), owner: "o".into(), state: BucketState::Deleting };
+        assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"created":"t","owner":"o","state":"deleting"}"#);
+    }
+}

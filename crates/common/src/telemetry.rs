@@ -1,0 +1,154 @@
+//! `tracing` set-up (env filter, optional JSON, OTLP export when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set) and W3C trace-context propagation over gRPC
+//! metadata and HTTP headers.
+
+use std::sync::OnceLock;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub service_name: String,
+    /// An `EnvFilter` directive, e.g. `info` or `aether_gateway=debug,info`.
+    pub log_level: String,
+    pub json: bool,
+    /// Parent-based ratio sampler for new root traces (0.0 ..= 1.0).
+    pub sample_ratio: f64,
+}
+
+/// Keeps the OTLP pipeline alive; flushes spans when dropped.
+pub struct TelemetryGuard {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+static INIT: OnceLock<()> = OnceLock::new();
+
+/// Install the global subscriber once per process (later calls are no-ops, so tests and
+/// `aether server` may call it for each service).
+pub fn init(cfg: &TelemetryConfig) -> TelemetryGuard {
+    let mut guard = TelemetryGuard { provider: None };
+    if INIT.set(()).is_err() {
+        return guard;
+    }
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+
+    let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel_layer = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|s| !s.is_empty()).and_then(|_| {
+        // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT itself.
+        let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("OTLP exporter disabled: {e}");
+                return None;
+            }
+        };
+        let sampler = opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+            opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(cfg.sample_ratio.clamp(0.0, 1.0)),
+        ));
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(sampler)
+            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build())
+            .build();
+        let tracer = provider.tracer("aether");
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        guard.provider = Some(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    });
+
+    let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    let res = if cfg.json {
+        registry.with(tracing_subscriber::fmt::layer().json()).try_init()
+    } else {
+        registry.with(tracing_subscriber::fmt::layer().with_target(true)).try_init()
+    };
+    if let Err(e) = res {
+        eprintln!("tracing subscriber already set: {e}");
+    }
+    guard
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_str()),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Write the current span's context into outgoing gRPC metadata (`traceparent`).
+pub fn inject_grpc(metadata: &mut tonic::metadata::MetadataMap) {
+    let cx = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MetadataInjector(metadata)));
+}
+
+/// Make `span` a child of the trace context carried in incoming gRPC metadata.
+pub fn continue_grpc(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&MetadataExtractor(metadata)));
+    let _ = span.set_parent(cx);
+}
+
+/// Make `span` a child of an incoming HTTP request's `traceparent`, if any.
+pub fn continue_http(span: &tracing::Span, headers: &http::HeaderMap) {
+    if headers.contains_key("traceparent") {
+        let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// A tonic client interceptor that injects the current trace context into every call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceInterceptor;
+
+impl tonic::service::Interceptor for TraceInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        inject_grpc(req.metadata_mut());
+        Ok(req)
+    }
+}

@@ -1,0 +1,159 @@
+use aether_tests::{Cluster, ClusterOptions};
+use sha2::{Digest, Sha256};
+
+use crate::{body_bytes, bs, err_code, pattern};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buckets_lifecycle_and_errors() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("alpha").send().await?;
+    assert_eq!(err_code(s3.create_bucket().bucket("alpha").send().await), "BucketAlreadyOwnedByYou");
+    for bad in ["ab", "Upper", "-lead", "trail-", "a..b", "192.168.1.1", &"x".repeat(64), "under_score"] {
+        assert_eq!(err_code(s3.create_bucket().bucket(bad).send().await), "InvalidBucketName", "{bad}");
+    }
+    s3.head_bucket().bucket("alpha").send().await?;
+    assert!(s3.head_bucket().bucket("nope").send().await.is_err());
+    // The second gateway sees the bucket through its watched catalog.
+    let s3b = c.s3(1);
+    aether_tests::wait_for("bucket on gateway 2", std::time::Duration::from_secs(10), || {
+        let s3b = s3b.clone();
+        async move { s3b.head_bucket().bucket("alpha").send().await.ok().map(|_| ()) }
+    })
+    .await?;
+    let names: Vec<String> =
+        s3b.list_buckets().send().await?.buckets().iter().filter_map(|b| b.name().map(str::to_string)).collect();
+    assert_eq!(names, vec!["alpha".to_string()]);
+
+    s3.put_object().bucket("alpha").key("k").body(bs(b"x")).send().await?;
+    assert_eq!(err_code(s3.delete_bucket().bucket("alpha").send().await), "BucketNotEmpty");
+    s3.delete_object().bucket("alpha").key("k").send().await?;
+    s3.delete_bucket().bucket("alpha").send().await?;
+    assert_eq!(err_code(s3.delete_bucket().bucket("alpha").send().await), "NoSuchBucket");
+    assert_eq!(err_code(s3.put_object().bucket("alpha").key("k").body(bs(b"x")).send().await), "NoSuchBucket");
+    // etcd sees no bucket any more.
+    let mut etcd = c.etcd().await?;
+    let r = etcd.get("/aether/buckets/alpha", None).await?;
+    assert_eq!(r.kvs().len(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_bucket_race_has_one_winner() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions { blobds: 1, ..ClusterOptions::default() }).await?;
+    for round in 0..5 {
+        let name = format!("race-{round}");
+        let (a, b) = tokio::join!(c.s3(0).create_bucket().bucket(&name).send(), c.s3(1).create_bucket().bucket(&name).send());
+        let ok = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
+        assert_eq!(ok, 1, "round {round}: exactly one CreateBucket must win");
+        let loser = if a.is_ok() { err_code(b) } else { err_code(a) };
+        assert_eq!(loser, "BucketAlreadyOwnedByYou");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn objects_round_trip_with_metadata_ranges_and_odd_keys() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("objs").send().await?;
+    let data = pattern(100_000, 1);
+    let put = s3
+        .put_object()
+        .bucket("objs")
+        .key("dir/file.bin")
+        .content_type("application/x-test")
+        .metadata("color", "blue")
+        .body(bs(&data))
+        .send()
+        .await?;
+    let md5 = hex::encode(md5::Md5::digest(&data));
+    assert_eq!(put.e_tag(), Some(format!("\"{md5}\"").as_str()));
+
+    // Read through the other gateway.
+    let got = c.s3(1).get_object().bucket("objs").key("dir/file.bin").send().await?;
+    assert_eq!(got.content_type(), Some("application/x-test"));
+    assert_eq!(got.metadata().and_then(|m| m.get("color")).map(String::as_str), Some("blue"));
+    assert_eq!(got.content_length(), Some(100_000));
+    assert_eq!(body_bytes(got).await, data);
+
+    let head = s3.head_object().bucket("objs").key("dir/file.bin").send().await?;
+    assert_eq!(head.content_length(), Some(100_000));
+    assert_eq!(head.e_tag(), Some(format!("\"{md5}\"").as_str()));
+
+    // Ranges.
+    for (range, lo, hi) in [("bytes=0-9", 0usize, 9usize), ("bytes=99990-", 99_990, 99_999), ("bytes=-5", 99_995, 99_999), ("bytes=500-200000", 500, 99_999)] {
+        let r = s3.get_object().bucket("objs").key("dir/file.bin").range(range).send().await?;
+        assert_eq!(r.content_range(), Some(format!("bytes {lo}-{hi}/100000").as_str()), "{range}");
+        assert_eq!(body_bytes(r).await, data[lo..=hi], "{range}");
+    }
+    assert_eq!(err_code(s3.get_object().bucket("objs").key("dir/file.bin").range("bytes=100000-").send().await), "InvalidRange");
+
+    // Empty object, odd keys, the longest key.
+    let long_key = "k".repeat(1024);
+    let odd = ["empty", "../../etc/passwd", "sp ace+plus", "ünïcødé/日本語", "a//b/", "%2F%41", &long_key];
+    for (i, key) in odd.iter().enumerate() {
+        let body = if *key == "empty" { Vec::new() } else { pattern(i * 7 + 1, i as u64) };
+        s3.put_object().bucket("objs").key(*key).body(bs(&body)).send().await?;
+        let got = s3.get_object().bucket("objs").key(*key).send().await?;
+        assert_eq!(body_bytes(got).await, body, "key {key:?}");
+    }
+    let too_long = "k".repeat(1025);
+    assert_eq!(err_code(s3.put_object().bucket("objs").key(&too_long).body(bs(b"x")).send().await), "KeyTooLongError");
+
+    // Overwrite, delete, missing.
+    s3.put_object().bucket("objs").key("dir/file.bin").body(bs(b"v2")).send().await?;
+    assert_eq!(body_bytes(s3.get_object().bucket("objs").key("dir/file.bin").send().await?).await, b"v2");
+    s3.delete_object().bucket("objs").key("dir/file.bin").send().await?;
+    assert_eq!(err_code(s3.get_object().bucket("objs").key("dir/file.bin").send().await), "NoSuchKey");
+    s3.delete_object().bucket("objs").key("never-existed").send().await?;
+    assert_eq!(err_code(s3.get_object().bucket("nobucket").key("x").send().await), "NoSuchBucket");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_object_streams_with_bounded_memory() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("big").send().await?;
+    // 100 MiB from a file on disk (the SDK streams it), hashed on both ends.
+    let path = c.root().join("big.bin");
+    let mut want = Sha256::new();
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for i in 0..100 {
+            let chunk = pattern(1 << 20, i);
+            want.update(&chunk);
+            f.write_all(&chunk)?;
+        }
+        f.flush()?;
+    }
+    let want = hex::encode(want.finalize());
+    let (hwm_before, _) = aether_tests::rss_kib();
+    s3.put_object()
+        .bucket("big")
+        .key("100mib")
+        .body(aws_sdk_s3::primitives::ByteStream::from_path(&path).await?)
+        .send()
+        .await?;
+    let mut got = s3.get_object().bucket("big").key("100mib").send().await?;
+    let mut h = Sha256::new();
+    let mut n = 0usize;
+    while let Some(chunk) = got.body.try_next().await? {
+        n += chunk.len();
+        h.update(&chunk);
+    }
+    assert_eq!(n, 100 << 20);
+    assert_eq!(hex::encode(h.finalize()), want);
+    let (hwm_after, rss) = aether_tests::rss_kib();
+    println!(
+        "100 MiB put+get through gateway+3 blobd in one process: peak RSS {} MiB -> {} MiB (now {} MiB)",
+        hwm_before / 1024,
+        hwm_after / 1024,
+        rss / 1024
+    );
+    // The whole cluster and the SDK share this process; a buffered object would add >= 100 MiB.
+    assert!(hwm_after.saturating_sub(hwm_before) < 80 * 1024, "peak RSS grew by {} KiB", hwm_after - hwm_before);
+    Ok(())
+}
