@@ -1,1 +1,181 @@
+//! blobd: aether's storage daemon. Object bodies live as files under the data dir
+//! (named by random blob ids, never by key), the object index in SQLite; served over the
+//! `blob.v1` gRPC API. Registers itself in metad (layout entry + liveness lease).
 
+mod convert;
+mod error;
+mod files;
+mod index;
+mod register;
+mod service;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether_common::admin::Readiness;
+use aether_common::catalog::{Keys, NodeEntry, NodeState};
+use aether_common::shutdown::Shutdown;
+use aether_proto::blob::v1::blob_service_server::BlobServiceServer;
+use tonic::transport::server::TcpIncoming;
+
+pub use error::{BlobdError, CODE_KEY, RETRYABLE_KEY};
+
+/// Largest gRPC message accepted (body chunks are ~1 MiB).
+const MAX_MESSAGE: usize = 16 << 20;
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobdConfig {
+    /// Blobs, staging area, index and node id live here.
+    pub data_dir: PathBuf,
+    /// `None`: read `<data_dir>/node_id`, or generate a uuid v4 once and store it there.
+    pub node_id: Option<String>,
+    pub zone: String,
+    pub weight: u32,
+    pub metad_endpoints: Vec<String>,
+    /// The address other services dial; default: the gRPC listener's local address.
+    pub advertise_addr: Option<String>,
+    pub catalog_prefix: String,
+    pub lease_ttl_secs: i64,
+    /// Write this node's layout entry (`nodes/<id>`) when absent.
+    pub auto_join: bool,
+}
+
+impl Default for BlobdConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data/blobd"),
+            node_id: None,
+            zone: String::new(),
+            weight: 1,
+            metad_endpoints: vec![String::from("127.0.0.1:2379")],
+            advertise_addr: None,
+            catalog_prefix: aether_common::catalog::DEFAULT_PREFIX.to_string(),
+            lease_ttl_secs: 10,
+            auto_join: true,
+        }
+    }
+}
+
+pub struct BlobdListeners {
+    pub grpc: tokio::net::TcpListener,
+    pub admin: Option<tokio::net::TcpListener>,
+}
+
+/// The node id stored in `<data_dir>/node_id`, created (uuid v4, fsynced) on first use.
+pub fn read_or_create_node_id(data_dir: &Path) -> std::io::Result<String> {
+    std::fs::create_dir_all(data_dir)?;
+    let path = data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let tmp = data_dir.join("node_id.tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(id.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    files::fsync_dir(data_dir)?;
+    Ok(id)
+}
+
+/// Serve until `shutdown`, then stop cleanly (revoke the lease, close the index).
+pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown) -> Result<(), BlobdError> {
+    let data_dir = cfg.data_dir.clone();
+    let node_id = match &cfg.node_id {
+        Some(id) => id.clone(),
+        None => {
+            let d = data_dir.clone();
+            tokio::task::spawn_blocking(move || read_or_create_node_id(&d)).await??
+        }
+    };
+    let d = data_dir.clone();
+    let dir = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&d)?;
+        files::BlobDir::open(&d)
+    })
+    .await??;
+    let index = index::Index::open(&data_dir).await?;
+    let store = match service::Store::new(dir, index.clone()).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            index.close().await;
+            return Err(e);
+        }
+    };
+    // A local stop signal: follows the caller's, and also fires when the server ends on
+    // its own (without stopping the caller's other services).
+    let stop = Shutdown::new();
+    let forward = {
+        let (outer, stop) = (shutdown.clone(), stop.clone());
+        tokio::spawn(async move {
+            outer.wait().await;
+            stop.trigger();
+        })
+    };
+    let index_ready = Readiness::default();
+    index_ready.set(true);
+    let registered = Readiness::default();
+
+    let local = listeners.grpc.local_addr()?;
+    let addr = cfg.advertise_addr.clone().unwrap_or_else(|| local.to_string());
+    tracing::info!(%node_id, grpc = %local, advertise = %addr, data_dir = %data_dir.display(), "blobd starting");
+
+    let admin = listeners.admin.map(|l| {
+        let checks = vec![index_ready.clone(), registered.clone()];
+        tokio::spawn(aether_common::admin::serve(l, checks, stop.clone()))
+    });
+
+    let reg = register::Registration {
+        endpoints: cfg.metad_endpoints.clone(),
+        keys: Keys::new(&cfg.catalog_prefix),
+        node_id: node_id.clone(),
+        node: NodeEntry { addr: addr.clone(), zone: cfg.zone.clone(), weight: cfg.weight, state: NodeState::Active },
+        auto_join: cfg.auto_join,
+        lease_ttl_secs: cfg.lease_ttl_secs,
+        started_at: now_rfc3339(),
+    };
+    let registration = tokio::spawn(register::run(reg, registered.clone(), stop.clone()));
+
+    let svc = BlobServiceServer::new(service::BlobSvc::new(store))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
+    let sd = stop.clone();
+    let served = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async move { sd.wait().await })
+        .await;
+    // Whatever ended the server, stop the rest.
+    stop.trigger();
+    forward.abort();
+    index_ready.set(false);
+    if tokio::time::timeout(Duration::from_secs(5), registration).await.is_err() {
+        tracing::warn!("registration did not stop in time");
+    }
+    if let Some(a) = admin {
+        match a.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "admin server failed"),
+            Err(e) => tracing::warn!(error = %e, "admin server task failed"),
+        }
+    }
+    index.close().await;
+    tracing::info!(%node_id, "blobd stopped");
+    served.map_err(BlobdError::from)
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}

@@ -1,0 +1,418 @@
+//! The object index in SQLite (`<data_dir>/index.db`, WAL, `synchronous=FULL`).
+//!
+//! Writes go through a one-connection pool, so write transactions are serialized in
+//! the process and never hit SQLite's lock-upgrade deadlock; reads use their own pool.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aether_proto::blob::v1::{CompletedPart, ObjectMeta, UploadPart};
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use tracing::Instrument;
+
+use crate::convert::{Ver, decode_meta, encode_meta, join_blobs, split_blobs};
+use crate::error::{BlobdError, Result};
+
+#[derive(Debug, Clone)]
+pub struct Index {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+/// One row of `objects`.
+#[derive(Debug, Clone)]
+pub struct ObjRow {
+    pub ver: Ver,
+    pub tombstone: bool,
+    pub size: u64,
+    pub blobs: Vec<String>,
+    pub meta: ObjectMeta,
+}
+
+/// What a write wants to store.
+#[derive(Debug, Clone)]
+pub struct NewObject {
+    pub ver: Ver,
+    pub tombstone: bool,
+    pub size: u64,
+    pub blobs: Vec<String>,
+    pub meta: ObjectMeta,
+}
+
+/// The outcome of an LWW write.
+#[derive(Debug)]
+pub struct Applied {
+    pub applied: bool,
+    pub current: Ver,
+    /// Blob files no longer referenced once the transaction committed.
+    pub unlink: Vec<String>,
+    /// Change in the number of live (non-tombstone) objects.
+    pub live_delta: i64,
+}
+
+/// An upload as the index keeps it.
+#[derive(Debug, Clone)]
+pub struct UploadRow {
+    pub meta: ObjectMeta,
+}
+
+/// What CompleteUpload asks for.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub bucket: String,
+    pub key: String,
+    pub upload_id: String,
+    pub parts: Vec<CompletedPart>,
+    pub ver: Ver,
+    pub last_modified_ms: i64,
+    pub etag: String,
+}
+
+const SELECT_OBJECT: &str =
+    "SELECT hlc, writer, tombstone, size, blobs, meta FROM objects WHERE bucket = ?1 AND key = ?2";
+const UPSERT_OBJECT: &str = "INSERT INTO objects (bucket, key, hlc, writer, tombstone, size, blobs, meta) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+     ON CONFLICT (bucket, key) DO UPDATE SET hlc = excluded.hlc, writer = excluded.writer, \
+     tombstone = excluded.tombstone, size = excluded.size, blobs = excluded.blobs, meta = excluded.meta";
+
+fn row_to_obj(row: &sqlx::sqlite::SqliteRow) -> Result<ObjRow> {
+    let hlc: i64 = row.try_get("hlc")?;
+    let writer: String = row.try_get("writer")?;
+    let tombstone: i64 = row.try_get("tombstone")?;
+    let size: i64 = row.try_get("size")?;
+    let blobs: String = row.try_get("blobs")?;
+    let meta: Vec<u8> = row.try_get("meta")?;
+    Ok(ObjRow {
+        ver: Ver::from_db(hlc, writer),
+        tombstone: tombstone != 0,
+        size: size as u64,
+        blobs: split_blobs(&blobs),
+        meta: decode_meta(&meta)?,
+    })
+}
+
+fn strip_etag(e: &str) -> &str {
+    e.trim().trim_matches('"')
+}
+
+impl Index {
+    pub async fn open(data_dir: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::new()
+            .filename(data_dir.join("index.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(false);
+        let write = SqlitePoolOptions::new().max_connections(1).min_connections(1).connect_with(opts.clone()).await?;
+        sqlx::migrate!("./migrations").run(&write).await?;
+        let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        Ok(Self { write, read })
+    }
+
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    pub async fn count_live(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM objects WHERE tombstone = 0").fetch_one(&self.read).await?;
+        Ok(row.try_get("n")?)
+    }
+
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<ObjRow>> {
+        let row = sqlx::query(SELECT_OBJECT).bind(bucket).bind(key.as_bytes()).fetch_optional(&self.read).await?;
+        row.as_ref().map(row_to_obj).transpose()
+    }
+
+    /// Store `new` if its version is newer than the stored one (one transaction).
+    pub async fn apply_object(&self, bucket: &str, key: &str, new: NewObject) -> Result<Applied> {
+        let span = tracing::debug_span!("index.commit", op = "apply_object");
+        async {
+            let mut tx = self.write.begin().await?;
+            let applied = apply_in_tx(&mut tx, bucket, key, new).await?;
+            tx.commit().await?;
+            Ok(applied)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Up to `limit` rows of `bucket` with `lower <= key < upper`, in key order:
+    /// (key, tombstone, meta).
+    pub async fn scan(
+        &self,
+        bucket: &str,
+        lower: &[u8],
+        upper: &[u8],
+        limit: i64,
+    ) -> Result<Vec<(Vec<u8>, ObjectMeta)>> {
+        let rows = sqlx::query(
+            "SELECT key, meta FROM objects WHERE bucket = ?1 AND key >= ?2 AND key < ?3 ORDER BY key LIMIT ?4",
+        )
+        .bind(bucket)
+        .bind(lower)
+        .bind(upper)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let key: Vec<u8> = r.try_get("key")?;
+                let meta: Vec<u8> = r.try_get("meta")?;
+                Ok((key, decode_meta(&meta)?))
+            })
+            .collect()
+    }
+
+    /// Whether any live (non-tombstone) key of `bucket` lies in `[lower, upper)`.
+    pub async fn has_live(&self, bucket: &str, lower: &[u8], upper: &[u8]) -> Result<bool> {
+        let row =
+            sqlx::query("SELECT 1 FROM objects WHERE bucket = ?1 AND key >= ?2 AND key < ?3 AND tombstone = 0 LIMIT 1")
+                .bind(bucket)
+                .bind(lower)
+                .bind(upper)
+                .fetch_optional(&self.read)
+                .await?;
+        Ok(row.is_some())
+    }
+
+    pub async fn stats(&self, bucket: &str) -> Result<(u64, u64)> {
+        let o = sqlx::query("SELECT COUNT(*) AS n FROM objects WHERE bucket = ?1 AND tombstone = 0")
+            .bind(bucket)
+            .fetch_one(&self.read)
+            .await?;
+        let u = sqlx::query("SELECT COUNT(*) AS n FROM uploads WHERE bucket = ?1")
+            .bind(bucket)
+            .fetch_one(&self.read)
+            .await?;
+        let o: i64 = o.try_get("n")?;
+        let u: i64 = u.try_get("n")?;
+        Ok((o as u64, u as u64))
+    }
+
+    // ---- multipart ----
+
+    /// Record an upload (idempotent for the same id).
+    pub async fn create_upload(&self, upload_id: &str, meta: &ObjectMeta) -> Result<()> {
+        let span = tracing::debug_span!("index.commit", op = "create_upload");
+        sqlx::query(
+            "INSERT INTO uploads (upload_id, bucket, key, meta) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (upload_id) DO NOTHING",
+        )
+        .bind(upload_id)
+        .bind(&meta.bucket)
+        .bind(meta.key.as_bytes())
+        .bind(encode_meta(meta))
+        .execute(&self.write)
+        .instrument(span)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(UploadRow, Vec<UploadPart>)> {
+        let up = load_upload(&self.read, bucket, key, upload_id).await?;
+        let rows = sqlx::query("SELECT part_number, size, etag FROM parts WHERE upload_id = ?1 ORDER BY part_number")
+            .bind(upload_id)
+            .fetch_all(&self.read)
+            .await?;
+        let parts = rows
+            .iter()
+            .map(|r| {
+                let n: i64 = r.try_get("part_number")?;
+                let size: i64 = r.try_get("size")?;
+                Ok(UploadPart { part_number: n as u32, etag: r.try_get("etag")?, size: size as u64 })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((up, parts))
+    }
+
+    /// Check the upload exists (for a part header, before streaming the body).
+    pub async fn check_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
+        load_upload(&self.read, bucket, key, upload_id).await.map(|_| ())
+    }
+
+    /// Record a part; returns the blob of the part it replaced, if any.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        blob_id: &str,
+        size: u64,
+        etag: &str,
+    ) -> Result<Option<String>> {
+        let span = tracing::debug_span!("index.commit", op = "put_part");
+        async {
+            let mut tx = self.write.begin().await?;
+            load_upload(&mut *tx, bucket, key, upload_id).await?;
+            let old = sqlx::query("SELECT blob_id FROM parts WHERE upload_id = ?1 AND part_number = ?2")
+                .bind(upload_id)
+                .bind(i64::from(part_number))
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get::<String, _>("blob_id"))
+                .transpose()?;
+            sqlx::query(
+                "INSERT INTO parts (upload_id, part_number, blob_id, size, etag) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (upload_id, part_number) DO UPDATE SET blob_id = excluded.blob_id, \
+                 size = excluded.size, etag = excluded.etag",
+            )
+            .bind(upload_id)
+            .bind(i64::from(part_number))
+            .bind(blob_id)
+            .bind(size as i64)
+            .bind(etag)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(old)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Delete an upload and its parts; returns the parts' blobs.
+    pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<String>> {
+        let span = tracing::debug_span!("index.commit", op = "abort_upload");
+        async {
+            let mut tx = self.write.begin().await?;
+            load_upload(&mut *tx, bucket, key, upload_id).await?;
+            let blobs = part_blobs(&mut tx, upload_id).await?;
+            delete_upload(&mut tx, upload_id).await?;
+            tx.commit().await?;
+            Ok(blobs.into_iter().map(|(_, b, _, _)| b).collect())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Turn an upload into the object (LWW against the stored version), in one
+    /// transaction; the object's body is the listed parts' blob files, in order.
+    pub async fn complete_upload(&self, c: Completion) -> Result<Applied> {
+        let span = tracing::debug_span!("index.commit", op = "complete_upload");
+        async {
+            let mut tx = self.write.begin().await?;
+            let up = load_upload(&mut *tx, &c.bucket, &c.key, &c.upload_id).await?;
+            let stored = part_blobs(&mut tx, &c.upload_id).await?;
+            let mut blobs = Vec::with_capacity(c.parts.len());
+            let mut part_sizes = Vec::with_capacity(c.parts.len());
+            let mut prev = 0u32;
+            for p in &c.parts {
+                if p.part_number <= prev {
+                    return Err(BlobdError::InvalidPart(format!("part {} is out of order or repeated", p.part_number)));
+                }
+                prev = p.part_number;
+                let Some((_, blob, size, etag)) = stored.iter().find(|(n, _, _, _)| *n == p.part_number) else {
+                    return Err(BlobdError::InvalidPart(format!("part {} was not uploaded", p.part_number)));
+                };
+                if !strip_etag(etag).eq_ignore_ascii_case(strip_etag(&p.etag)) {
+                    return Err(BlobdError::InvalidPart(format!(
+                        "part {} has etag {etag}, not {}",
+                        p.part_number, p.etag
+                    )));
+                }
+                blobs.push(blob.clone());
+                part_sizes.push(*size);
+            }
+            if blobs.is_empty() {
+                return Err(BlobdError::InvalidPart("no parts listed".into()));
+            }
+            let size: u64 = part_sizes.iter().sum();
+            let mut meta = up.meta;
+            meta.bucket = c.bucket.clone();
+            meta.key = c.key.clone();
+            meta.version = Some(c.ver.to_wire());
+            meta.size = size;
+            meta.etag = c.etag.clone();
+            meta.tombstone = false;
+            meta.last_modified_ms = c.last_modified_ms;
+            meta.part_sizes = part_sizes;
+            let new = NewObject { ver: c.ver.clone(), tombstone: false, size, blobs: blobs.clone(), meta };
+            let mut applied = apply_in_tx(&mut tx, &c.bucket, &c.key, new).await?;
+            delete_upload(&mut tx, &c.upload_id).await?;
+            tx.commit().await?;
+            // Parts uploaded but not listed are garbage either way (apply_in_tx already
+            // lists the listed blobs when the write lost).
+            applied.unlink.extend(stored.into_iter().map(|(_, b, _, _)| b).filter(|b| !blobs.contains(b)));
+            Ok(applied)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+async fn apply_in_tx(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    bucket: &str,
+    key: &str,
+    new: NewObject,
+) -> Result<Applied> {
+    let old = sqlx::query(SELECT_OBJECT).bind(bucket).bind(key.as_bytes()).fetch_optional(&mut **tx).await?;
+    let old = old.as_ref().map(row_to_obj).transpose()?;
+    if let Some(old) = &old
+        && new.ver <= old.ver
+    {
+        // Lost to a newer (or equal) version: the incoming blobs are not referenced.
+        return Ok(Applied { applied: false, current: old.ver.clone(), unlink: new.blobs, live_delta: 0 });
+    }
+    sqlx::query(UPSERT_OBJECT)
+        .bind(bucket)
+        .bind(key.as_bytes())
+        .bind(new.ver.hlc_db())
+        .bind(&new.ver.writer)
+        .bind(i64::from(new.tombstone))
+        .bind(new.size as i64)
+        .bind(join_blobs(&new.blobs))
+        .bind(encode_meta(&new.meta))
+        .execute(&mut **tx)
+        .await?;
+    let was_live = old.as_ref().is_some_and(|o| !o.tombstone);
+    let live_delta = i64::from(!new.tombstone) - i64::from(was_live);
+    Ok(Applied { applied: true, current: new.ver, unlink: old.map(|o| o.blobs).unwrap_or_default(), live_delta })
+}
+
+async fn load_upload<'e, E>(exec: E, bucket: &str, key: &str, upload_id: &str) -> Result<UploadRow>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let row = sqlx::query("SELECT bucket, key, meta FROM uploads WHERE upload_id = ?1")
+        .bind(upload_id)
+        .fetch_optional(exec)
+        .await?
+        .ok_or(BlobdError::NoSuchUpload)?;
+    let b: String = row.try_get("bucket")?;
+    let k: Vec<u8> = row.try_get("key")?;
+    if b != bucket || k != key.as_bytes() {
+        return Err(BlobdError::NoSuchUpload);
+    }
+    let meta: Vec<u8> = row.try_get("meta")?;
+    Ok(UploadRow { meta: decode_meta(&meta)? })
+}
+
+/// (part_number, blob_id, size, etag) of an upload's parts, in part order.
+async fn part_blobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    upload_id: &str,
+) -> Result<Vec<(u32, String, u64, String)>> {
+    let rows =
+        sqlx::query("SELECT part_number, blob_id, size, etag FROM parts WHERE upload_id = ?1 ORDER BY part_number")
+            .bind(upload_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let n: i64 = r.try_get("part_number")?;
+            let size: i64 = r.try_get("size")?;
+            Ok((n as u32, r.try_get("blob_id")?, size as u64, r.try_get("etag")?))
+        })
+        .collect()
+}
+
+async fn delete_upload(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, upload_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM parts WHERE upload_id = ?1").bind(upload_id).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM uploads WHERE upload_id = ?1").bind(upload_id).execute(&mut **tx).await?;
+    Ok(())
+}

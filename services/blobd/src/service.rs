@@ -1,0 +1,541 @@
+//! The `blob.v1.BlobService` gRPC handlers.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use aether_common::telemetry::continue_grpc;
+use aether_proto::blob::v1::blob_service_server::BlobService;
+use aether_proto::blob::v1::{
+    AbortUploadRequest, AbortUploadResponse, BucketStatsRequest, BucketStatsResponse, CompleteUploadRequest,
+    CreateUploadRequest, CreateUploadResponse, DeleteRequest, GetRequest, GetResponse, GetUploadRequest,
+    GetUploadResponse, HeadRequest, ListEntry, ListRequest, ListResponse, ObjectMeta, PutCommit, PutPartRequest,
+    PutPartResponse, PutRequest, WriteResponse, get_response, put_part_request, put_request,
+};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, field::Empty};
+
+use crate::convert::{Ver, prefix_upper_bound, successor, validate_target};
+use crate::error::{BlobdError, Result};
+use crate::files::{BlobDir, StagedBlob};
+use crate::index::{Applied, Completion, Index, NewObject, ObjRow};
+
+/// Bytes per GetResponse chunk.
+pub const READ_CHUNK: usize = 1 << 20;
+/// Chunks buffered between the disk reader and the response stream.
+const READ_AHEAD: usize = 2;
+const DEFAULT_LIST_LIMIT: u32 = 1000;
+const MAX_LIST_LIMIT: u32 = 10_000;
+const MAX_PART_NUMBER: u32 = 10_000;
+
+#[derive(Debug)]
+pub struct Store {
+    pub dir: BlobDir,
+    pub index: Index,
+    live: AtomicI64,
+}
+
+impl Store {
+    pub async fn new(dir: BlobDir, index: Index) -> Result<Self> {
+        let live = index.count_live().await?;
+        metrics::gauge!("blobd_objects").set(live as f64);
+        Ok(Self { dir, index, live: AtomicI64::new(live) })
+    }
+
+    async fn finish_write(&self, applied: Applied) -> WriteResponse {
+        if applied.live_delta != 0 {
+            let n = self.live.fetch_add(applied.live_delta, Ordering::AcqRel) + applied.live_delta;
+            metrics::gauge!("blobd_objects").set(n as f64);
+        }
+        self.dir.unlink(applied.unlink).await;
+        WriteResponse { applied: applied.applied, current: Some(applied.current.to_wire()) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobSvc {
+    store: Arc<Store>,
+}
+
+impl BlobSvc {
+    pub fn new(store: Arc<Store>) -> Self {
+        Self { store }
+    }
+}
+
+/// A body message of a Put or PutPart stream.
+enum Body {
+    Chunk(Vec<u8>),
+    Commit(PutCommit),
+    Unexpected,
+}
+
+/// Stream the body into a staging file and place it once the commit matches.
+async fn receive_body<T>(
+    dir: &BlobDir,
+    stream: &mut Streaming<T>,
+    classify: impl Fn(T) -> Body,
+) -> Result<(StagedBlob, PutCommit)> {
+    let mut staged = dir.stage()?;
+    let span = tracing::debug_span!("blob.staging_write", bytes = Empty);
+    let commit = async {
+        loop {
+            let msg = stream.message().await.map_err(BlobdError::ClientStream)?;
+            match msg.map(&classify) {
+                Some(Body::Chunk(c)) => staged.write(Bytes::from(c)).await?,
+                Some(Body::Commit(c)) => return Ok(c),
+                Some(Body::Unexpected) => {
+                    return Err(BlobdError::InvalidArgument("unexpected message in the body".into()));
+                }
+                None => return Err(BlobdError::InvalidArgument("stream ended without a commit".into())),
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await?;
+    span.record("bytes", staged.size());
+    metrics::counter!("blobd_bytes_written_total").increment(staged.size());
+    Ok((staged, commit))
+}
+
+/// Run the durable part of a write (fsync, rename, index commit, unlink) to completion
+/// even if the client goes away meanwhile: a cancelled handler must never leave the
+/// index pointing at a file that its drop guard then removes.
+async fn detached<T: Send + 'static>(fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    tokio::spawn(fut.in_current_span()).await?
+}
+
+fn new_span(name: &'static str, metadata: &tonic::metadata::MetadataMap, bucket: &str, key: &str) -> tracing::Span {
+    let span = match name {
+        "blob.put" => tracing::info_span!("blob.put", bucket, key, size = Empty, applied = Empty),
+        "blob.get" => tracing::info_span!("blob.get", bucket, key),
+        "blob.head" => tracing::info_span!("blob.head", bucket, key),
+        "blob.delete" => tracing::info_span!("blob.delete", bucket, key, applied = Empty),
+        "blob.list" => tracing::info_span!("blob.list", bucket, prefix = key),
+        "blob.bucket_stats" => tracing::info_span!("blob.bucket_stats", bucket),
+        _ => tracing::info_span!("blob.multipart", op = name, bucket, key),
+    };
+    continue_grpc(&span, metadata);
+    span
+}
+
+fn range_of(req: &GetRequest, size: u64) -> Result<Option<(u64, u64)>> {
+    if !req.has_range {
+        return Ok(if size == 0 { None } else { Some((0, size - 1)) });
+    }
+    if req.start > req.end || req.end >= size {
+        return Err(BlobdError::OutOfRange);
+    }
+    Ok(Some((req.start, req.end)))
+}
+
+/// One file's share of a ranged read: (file, offset in the file, bytes to read).
+type Segment = (std::fs::File, u64, u64);
+
+/// Open the files covering `[start, end]` now, so a concurrent overwrite that unlinks
+/// them cannot break the read.
+fn open_segments(dir: &BlobDir, row: &ObjRow, start: u64, end: u64) -> std::io::Result<Vec<Segment>> {
+    let sizes: Vec<u64> = if row.meta.part_sizes.is_empty() { vec![row.size] } else { row.meta.part_sizes.clone() };
+    if sizes.len() != row.blobs.len() {
+        return Err(std::io::Error::other("index row: blob count and part sizes differ"));
+    }
+    let mut out = Vec::new();
+    let mut base = 0u64;
+    for (id, size) in row.blobs.iter().zip(sizes) {
+        let (lo, hi) = (base, base + size); // [lo, hi)
+        base = hi;
+        if hi <= start || lo > end || size == 0 {
+            continue;
+        }
+        let from = start.max(lo);
+        let to = (end + 1).min(hi);
+        out.push((std::fs::File::open(dir.blob_path(id))?, from - lo, to - from));
+    }
+    Ok(out)
+}
+
+async fn stream_segments(segments: Vec<Segment>, tx: mpsc::Sender<Result<GetResponse, Status>>) {
+    for (file, offset, len) in segments {
+        let mut file = Some(file);
+        let mut pos = offset;
+        let end = offset + len;
+        let mut first = true;
+        while pos < end {
+            let want = (end - pos).min(READ_CHUNK as u64) as usize;
+            let Some(f) = file.take() else { return };
+            let seek = first;
+            first = false;
+            let res = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, Vec<u8>)> {
+                let mut f = f;
+                if seek {
+                    f.seek(SeekFrom::Start(pos))?;
+                }
+                let mut buf = Vec::with_capacity(want);
+                (&mut f).take(want as u64).read_to_end(&mut buf)?;
+                if buf.len() < want {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "blob file is shorter than the index says",
+                    ));
+                }
+                Ok((f, buf))
+            })
+            .await;
+            let (f, buf) = match res {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(BlobdError::Io(e).into())).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(BlobdError::Join(e).into())).await;
+                    return;
+                }
+            };
+            pos += buf.len() as u64;
+            metrics::counter!("blobd_bytes_read_total").increment(buf.len() as u64);
+            if tx.send(Ok(GetResponse { msg: Some(get_response::Msg::Chunk(buf)) })).await.is_err() {
+                return; // client went away
+            }
+            file = Some(f);
+        }
+    }
+}
+
+impl BlobSvc {
+    async fn do_put(&self, mut stream: Streaming<PutRequest>) -> Result<WriteResponse> {
+        let first = stream.message().await.map_err(BlobdError::ClientStream)?;
+        let Some(PutRequest { msg: Some(put_request::Msg::Header(header)) }) = first else {
+            return Err(BlobdError::InvalidArgument("the first message must be the header".into()));
+        };
+        let mut meta = header.meta.ok_or_else(|| BlobdError::InvalidArgument("header without meta".into()))?;
+        validate_target(&meta.bucket, &meta.key)?;
+        let ver = Ver::from_wire(meta.version.as_ref())?;
+        let span = tracing::Span::current();
+        span.record("bucket", meta.bucket.as_str());
+        span.record("key", meta.key.as_str());
+        let (staged, commit) = receive_body(&self.store.dir, &mut stream, |m| match m.msg {
+            Some(put_request::Msg::Chunk(c)) => Body::Chunk(c),
+            Some(put_request::Msg::Commit(c)) => Body::Commit(c),
+            _ => Body::Unexpected,
+        })
+        .await?;
+        let store = self.store.clone();
+        detached(async move {
+            let placed = staged.finish(commit.size, &commit.md5_hex).await?;
+            let span = tracing::Span::current();
+            span.record("size", placed.size);
+            meta.size = placed.size;
+            meta.etag = placed.md5_hex.clone();
+            meta.tombstone = false;
+            meta.part_sizes.clear();
+            let (bucket, key) = (meta.bucket.clone(), meta.key.clone());
+            let new = NewObject { ver, tombstone: false, size: placed.size, blobs: vec![placed.id.clone()], meta };
+            let applied = store.index.apply_object(&bucket, &key, new).await?;
+            // The index decided; whether kept or listed in `unlink`, the file is accounted for.
+            let _ = placed.keep();
+            span.record("applied", applied.applied);
+            metrics::counter!("blobd_puts_total").increment(1);
+            Ok(store.finish_write(applied).await)
+        })
+        .await
+    }
+
+    async fn do_get(&self, req: GetRequest) -> Result<ReceiverStream<Result<GetResponse, Status>>> {
+        validate_target(&req.bucket, &req.key)?;
+        metrics::counter!("blobd_gets_total").increment(1);
+        // A concurrent overwrite may unlink the files between reading the row and
+        // opening them: read the row again (bounded).
+        let mut attempt = 0;
+        let (row, segments) = loop {
+            attempt += 1;
+            let row = self.store.index.get_object(&req.bucket, &req.key).await?.ok_or(BlobdError::NotFound)?;
+            if let Some(expect) = &req.expect_version
+                && (row.ver.hlc != expect.hlc || row.ver.writer != expect.writer)
+            {
+                return Err(BlobdError::VersionMismatch);
+            }
+            if row.tombstone || req.meta_only {
+                break (row, Vec::new());
+            }
+            let Some((start, end)) = range_of(&req, row.size)? else { break (row, Vec::new()) };
+            let dir = self.store.dir.clone();
+            let r2 = row.clone();
+            match tokio::task::spawn_blocking(move || open_segments(&dir, &r2, start, end)).await? {
+                Ok(segs) => break (row, segs),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let mut meta = row.meta;
+        meta.version = Some(row.ver.to_wire());
+        // The channel is empty: the first send cannot fail for lack of room.
+        let _ = tx.try_send(Ok(GetResponse { msg: Some(get_response::Msg::Meta(meta)) }));
+        if !segments.is_empty() {
+            tokio::spawn(stream_segments(segments, tx).in_current_span());
+        }
+        Ok(ReceiverStream::new(rx))
+    }
+
+    async fn do_list(&self, req: ListRequest) -> Result<ListResponse> {
+        if req.bucket.is_empty() {
+            return Err(BlobdError::InvalidArgument("bucket is empty".into()));
+        }
+        let limit = match req.limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        } as usize;
+        let prefix = req.prefix.as_bytes();
+        let delim = req.delimiter.as_bytes();
+        let start_after = req.start_after.as_bytes();
+        // Valid UTF-8 never contains 0xFF, so [0xFF] is above every key.
+        let upper = prefix_upper_bound(prefix).unwrap_or_else(|| vec![0xFF]);
+        let mut lower = prefix.to_vec();
+        if !start_after.is_empty() {
+            lower = lower.max(successor(start_after));
+        }
+        let mut entries: Vec<ListEntry> = Vec::new();
+        'scan: while entries.len() <= limit && lower < upper {
+            let want = (limit + 1 - entries.len()).min(1000);
+            let batch = self.store.index.scan(&req.bucket, &lower, &upper, want as i64).await?;
+            let full = batch.len() == want;
+            for (key, meta) in batch {
+                let rest = &key[prefix.len().min(key.len())..];
+                let cut = if delim.is_empty() { None } else { find(rest, delim) };
+                if let Some(i) = cut {
+                    let cp = key[..prefix.len() + i + delim.len()].to_vec();
+                    let cp_upper = prefix_upper_bound(&cp).unwrap_or_else(|| vec![0xFF]);
+                    // Roll up only prefixes beyond start_after that hold a live key here.
+                    if cp.as_slice() > start_after && self.store.index.has_live(&req.bucket, &cp, &cp_upper).await? {
+                        let cp = String::from_utf8(cp).map_err(|e| BlobdError::Corrupt(e.to_string()))?;
+                        entries.push(ListEntry {
+                            meta: Some(ObjectMeta { bucket: req.bucket.clone(), key: cp, ..Default::default() }),
+                            is_prefix: true,
+                        });
+                    }
+                    lower = cp_upper; // seek past every key under the rolled-up prefix
+                    continue 'scan;
+                }
+                lower = successor(&key);
+                entries.push(ListEntry { meta: Some(meta), is_prefix: false });
+                if entries.len() > limit {
+                    break 'scan;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        let truncated = entries.len() > limit;
+        entries.truncate(limit);
+        Ok(ListResponse { entries, truncated })
+    }
+
+    async fn do_put_part(&self, mut stream: Streaming<PutPartRequest>) -> Result<PutPartResponse> {
+        let first = stream.message().await.map_err(BlobdError::ClientStream)?;
+        let Some(PutPartRequest { msg: Some(put_part_request::Msg::Header(h)) }) = first else {
+            return Err(BlobdError::InvalidArgument("the first message must be the header".into()));
+        };
+        validate_target(&h.bucket, &h.key)?;
+        if h.part_number == 0 || h.part_number > MAX_PART_NUMBER {
+            return Err(BlobdError::InvalidArgument(format!("part number {} not in 1..=10000", h.part_number)));
+        }
+        let span = tracing::Span::current();
+        span.record("bucket", h.bucket.as_str());
+        span.record("key", h.key.as_str());
+        self.store.index.check_upload(&h.bucket, &h.key, &h.upload_id).await?;
+        let (staged, commit) = receive_body(&self.store.dir, &mut stream, |m| match m.msg {
+            Some(put_part_request::Msg::Chunk(c)) => Body::Chunk(c),
+            Some(put_part_request::Msg::Commit(c)) => Body::Commit(c),
+            _ => Body::Unexpected,
+        })
+        .await?;
+        let store = self.store.clone();
+        detached(async move {
+            let placed = staged.finish(commit.size, &commit.md5_hex).await?;
+            let old = store
+                .index
+                .put_part(&h.bucket, &h.key, &h.upload_id, h.part_number, &placed.id, placed.size, &placed.md5_hex)
+                .await?;
+            let _ = placed.keep();
+            store.dir.unlink(old.into_iter().collect()).await;
+            Ok(PutPartResponse {})
+        })
+        .await
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[tonic::async_trait]
+impl BlobService for BlobSvc {
+    async fn put(&self, request: Request<Streaming<PutRequest>>) -> Result<Response<WriteResponse>, Status> {
+        let span = new_span("blob.put", request.metadata(), "", "");
+        self.do_put(request.into_inner()).instrument(span).await.map(Response::new).map_err(Into::into)
+    }
+
+    type GetStream = ReceiverStream<Result<GetResponse, Status>>;
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<Self::GetStream>, Status> {
+        let span = new_span("blob.get", request.metadata(), &request.get_ref().bucket, &request.get_ref().key);
+        self.do_get(request.into_inner()).instrument(span).await.map(Response::new).map_err(Into::into)
+    }
+
+    async fn head(&self, request: Request<HeadRequest>) -> Result<Response<ObjectMeta>, Status> {
+        let span = new_span("blob.head", request.metadata(), &request.get_ref().bucket, &request.get_ref().key);
+        let req = request.into_inner();
+        async {
+            validate_target(&req.bucket, &req.key)?;
+            let row = self.store.index.get_object(&req.bucket, &req.key).await?.ok_or(BlobdError::NotFound)?;
+            let mut meta = row.meta;
+            meta.version = Some(row.ver.to_wire());
+            Ok::<_, BlobdError>(meta)
+        }
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<WriteResponse>, Status> {
+        let span = new_span("blob.delete", request.metadata(), &request.get_ref().bucket, &request.get_ref().key);
+        let req = request.into_inner();
+        let store = self.store.clone();
+        detached(async move {
+            validate_target(&req.bucket, &req.key)?;
+            let ver = Ver::from_wire(req.version.as_ref())?;
+            let meta = ObjectMeta {
+                bucket: req.bucket.clone(),
+                key: req.key.clone(),
+                version: Some(ver.to_wire()),
+                tombstone: true,
+                last_modified_ms: req.last_modified_ms,
+                ..Default::default()
+            };
+            let new = NewObject { ver, tombstone: true, size: 0, blobs: Vec::new(), meta };
+            let applied = store.index.apply_object(&req.bucket, &req.key, new).await?;
+            tracing::Span::current().record("applied", applied.applied);
+            Ok(store.finish_write(applied).await)
+        })
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+
+    async fn list(&self, request: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let span = new_span("blob.list", request.metadata(), &request.get_ref().bucket, &request.get_ref().prefix);
+        self.do_list(request.into_inner()).instrument(span).await.map(Response::new).map_err(Into::into)
+    }
+
+    async fn bucket_stats(
+        &self,
+        request: Request<BucketStatsRequest>,
+    ) -> Result<Response<BucketStatsResponse>, Status> {
+        let span = new_span("blob.bucket_stats", request.metadata(), &request.get_ref().bucket, "");
+        let req = request.into_inner();
+        async {
+            let (objects, uploads) = self.store.index.stats(&req.bucket).await?;
+            Ok::<_, BlobdError>(BucketStatsResponse { objects, uploads })
+        }
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+
+    async fn create_upload(
+        &self,
+        request: Request<CreateUploadRequest>,
+    ) -> Result<Response<CreateUploadResponse>, Status> {
+        let (b, k) = request.get_ref().meta.as_ref().map(|m| (m.bucket.clone(), m.key.clone())).unwrap_or_default();
+        let span = new_span("create_upload", request.metadata(), &b, &k);
+        let req = request.into_inner();
+        async {
+            let meta = req.meta.ok_or_else(|| BlobdError::InvalidArgument("meta is required".into()))?;
+            validate_target(&meta.bucket, &meta.key)?;
+            if req.upload_id.is_empty() {
+                return Err(BlobdError::InvalidArgument("upload_id is empty".into()));
+            }
+            self.store.index.create_upload(&req.upload_id, &meta).await?;
+            Ok(CreateUploadResponse {})
+        }
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+
+    async fn put_part(&self, request: Request<Streaming<PutPartRequest>>) -> Result<Response<PutPartResponse>, Status> {
+        let span = new_span("put_part", request.metadata(), "", "");
+        self.do_put_part(request.into_inner()).instrument(span).await.map(Response::new).map_err(Into::into)
+    }
+
+    async fn get_upload(&self, request: Request<GetUploadRequest>) -> Result<Response<GetUploadResponse>, Status> {
+        let span = new_span("get_upload", request.metadata(), &request.get_ref().bucket, &request.get_ref().key);
+        let req = request.into_inner();
+        async {
+            let (up, parts) = self.store.index.get_upload(&req.bucket, &req.key, &req.upload_id).await?;
+            Ok::<_, BlobdError>(GetUploadResponse { meta: Some(up.meta), parts })
+        }
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+
+    async fn complete_upload(
+        &self,
+        request: Request<CompleteUploadRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let span = new_span("complete_upload", request.metadata(), &request.get_ref().bucket, &request.get_ref().key);
+        let req = request.into_inner();
+        let store = self.store.clone();
+        detached(async move {
+            validate_target(&req.bucket, &req.key)?;
+            let ver = Ver::from_wire(req.version.as_ref())?;
+            let c = Completion {
+                bucket: req.bucket,
+                key: req.key,
+                upload_id: req.upload_id,
+                parts: req.parts,
+                ver,
+                last_modified_ms: req.last_modified_ms,
+                etag: req.etag,
+            };
+            let applied = store.index.complete_upload(c).await?;
+            Ok(store.finish_write(applied).await)
+        })
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+
+    async fn abort_upload(
+        &self,
+        request: Request<AbortUploadRequest>,
+    ) -> Result<Response<AbortUploadResponse>, Status> {
+        let span = new_span("abort_upload", request.metadata(), &request.get_ref().bucket, &request.get_ref().key);
+        let req = request.into_inner();
+        let store = self.store.clone();
+        detached(async move {
+            let blobs = store.index.abort_upload(&req.bucket, &req.key, &req.upload_id).await?;
+            store.dir.unlink(blobs).await;
+            Ok(AbortUploadResponse {})
+        })
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+}

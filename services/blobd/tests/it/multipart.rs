@@ -1,0 +1,153 @@
+use aether_proto::blob::v1::{
+    AbortUploadRequest, BucketStatsRequest, CompleteUploadRequest, CompletedPart, CreateUploadRequest, GetRequest,
+    GetUploadRequest, PartHeader, PutCommit, PutPartRequest, put_part_request,
+};
+use tonic::Code;
+
+use crate::harness::*;
+
+async fn put_part(c: &mut Client, key: &str, upload: &str, n: u32, data: &[u8]) -> Result<(), tonic::Status> {
+    let mut msgs = vec![PutPartRequest {
+        msg: Some(put_part_request::Msg::Header(PartHeader {
+            bucket: "b".into(),
+            key: key.into(),
+            upload_id: upload.into(),
+            part_number: n,
+        })),
+    }];
+    for ch in data.chunks(100_000) {
+        msgs.push(PutPartRequest { msg: Some(put_part_request::Msg::Chunk(ch.to_vec())) });
+    }
+    msgs.push(PutPartRequest {
+        msg: Some(put_part_request::Msg::Commit(PutCommit { size: data.len() as u64, md5_hex: md5_hex(data) })),
+    });
+    c.put_part(tokio_stream::iter(msgs)).await.map(|_| ())
+}
+
+async fn create(c: &mut Client, key: &str, upload: &str) {
+    c.create_upload(CreateUploadRequest { upload_id: upload.into(), meta: Some(meta("b", key, ver(0, ""))) })
+        .await
+        .unwrap();
+}
+
+fn part(n: u32, data: &[u8]) -> CompletedPart {
+    CompletedPart { part_number: n, etag: format!("\"{}\"", md5_hex(data)) }
+}
+
+#[tokio::test]
+async fn multipart_create_parts_complete_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path()).await;
+    let mut c = node.client().await;
+    let p1 = body((1 << 20) + (1 << 19) + 3, 1);
+    let p2 = body(1 << 20, 2);
+    let p3 = body(7, 3);
+    let unused = body(1000, 4);
+    create(&mut c, "mp/obj", "u1").await;
+    let s = c.bucket_stats(BucketStatsRequest { bucket: "b".into() }).await.unwrap().into_inner();
+    assert_eq!(s.uploads, 1);
+    put_part(&mut c, "mp/obj", "u1", 1, &unused).await.unwrap();
+    put_part(&mut c, "mp/obj", "u1", 1, &p1).await.unwrap(); // replaces part 1
+    put_part(&mut c, "mp/obj", "u1", 3, &p3).await.unwrap();
+    put_part(&mut c, "mp/obj", "u1", 2, &p2).await.unwrap();
+    put_part(&mut c, "mp/obj", "u1", 5, &unused).await.unwrap();
+    assert_eq!(node.blob_files(), 4, "the replaced part's blob is unlinked");
+    // Unknown upload, wrong key.
+    let err = put_part(&mut c, "mp/obj", "nope", 1, &p3).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = put_part(&mut c, "other", "u1", 1, &p3).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(node.staging_files(), 0);
+
+    let up = c
+        .get_upload(GetUploadRequest { bucket: "b".into(), key: "mp/obj".into(), upload_id: "u1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.meta.as_ref().unwrap().content_type, "text/plain");
+    let parts: Vec<(u32, u64, String)> = up.parts.iter().map(|p| (p.part_number, p.size, p.etag.clone())).collect();
+    assert_eq!(
+        parts,
+        [
+            (1, p1.len() as u64, md5_hex(&p1)),
+            (2, p2.len() as u64, md5_hex(&p2)),
+            (3, 7, md5_hex(&p3)),
+            (5, 1000, md5_hex(&unused))
+        ]
+    );
+
+    let complete = |parts: Vec<CompletedPart>, hlc: u64| CompleteUploadRequest {
+        bucket: "b".into(),
+        key: "mp/obj".into(),
+        upload_id: "u1".into(),
+        parts,
+        version: Some(ver(hlc, "gw")),
+        last_modified_ms: 42,
+        etag: "abc-3".into(),
+    };
+    // A wrong etag names the part.
+    let err = c.complete_upload(complete(vec![part(1, &p1), part(2, &p3)], 10)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("part 2"), "{}", err.message());
+    let err = c.complete_upload(complete(vec![part(1, &p1), part(4, &p3)], 10)).await.unwrap_err();
+    assert!(err.message().contains("part 4"), "{}", err.message());
+
+    let r = c.complete_upload(complete(vec![part(1, &p1), part(2, &p2), part(3, &p3)], 10)).await.unwrap().into_inner();
+    assert!(r.applied);
+    assert_eq!(node.blob_files(), 3, "the unlisted part's blob is unlinked, listed ones are not copied");
+    let whole: Vec<u8> = [p1.as_slice(), &p2, &p3].concat();
+    let (m, got) = get(&mut c, get_req("b", "mp/obj")).await.unwrap();
+    assert!(got == whole);
+    assert_eq!(m.size, whole.len() as u64);
+    assert_eq!(m.etag, "abc-3");
+    assert_eq!(m.part_sizes, [p1.len() as u64, p2.len() as u64, 7]);
+    assert_eq!(m.last_modified_ms, 42);
+    assert_eq!(m.content_type, "text/plain");
+    // Ranges across part boundaries.
+    let b1 = p1.len() as u64;
+    let b2 = b1 + p2.len() as u64;
+    for (s, e) in [(b1 - 1, b1), (b1 - 10, b2 + 3), (b2, b2 + 6), (0, whole.len() as u64 - 1), (b1, b1), (3, b2 - 1)] {
+        let req = GetRequest { has_range: true, start: s, end: e, ..get_req("b", "mp/obj") };
+        let (_, got) = get(&mut c, req).await.unwrap();
+        assert!(got == whole[s as usize..=e as usize], "range {s}-{e}");
+    }
+    // The upload is gone.
+    let err = c
+        .get_upload(GetUploadRequest { bucket: "b".into(), key: "mp/obj".into(), upload_id: "u1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let s = c.bucket_stats(BucketStatsRequest { bucket: "b".into() }).await.unwrap().into_inner();
+    assert_eq!((s.objects, s.uploads), (1, 0));
+
+    // A plain put replacing a multipart object unlinks all its parts.
+    put(&mut c, "b", "mp/obj", ver(11, "gw"), b"small").await;
+    assert_eq!(node.blob_files(), 1);
+
+    // Abort removes the upload, its parts and their blobs.
+    create(&mut c, "mp/two", "u2").await;
+    put_part(&mut c, "mp/two", "u2", 1, &p3).await.unwrap();
+    put_part(&mut c, "mp/two", "u2", 2, &p3).await.unwrap();
+    assert_eq!(node.blob_files(), 3);
+    c.abort_upload(AbortUploadRequest { bucket: "b".into(), key: "mp/two".into(), upload_id: "u2".into() })
+        .await
+        .unwrap();
+    assert_eq!(node.blob_files(), 1);
+    let err = c
+        .abort_upload(AbortUploadRequest { bucket: "b".into(), key: "mp/two".into(), upload_id: "u2".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // A completion older than the stored version loses and leaves nothing behind.
+    create(&mut c, "mp/obj", "u3").await;
+    put_part(&mut c, "mp/obj", "u3", 1, &p3).await.unwrap();
+    let mut req = complete(vec![part(1, &p3)], 5);
+    req.upload_id = "u3".into();
+    let r = c.complete_upload(req).await.unwrap().into_inner();
+    assert!(!r.applied);
+    assert_eq!(r.current, Some(ver(11, "gw")));
+    assert_eq!(node.blob_files(), 1);
+    assert!(get(&mut c, get_req("b", "mp/obj")).await.unwrap().1 == b"small");
+    node.stop().await;
+}
