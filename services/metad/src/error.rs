@@ -1,0 +1,115 @@
+//! metad's errors: `MetadError` for `run`, and `EtcdError` for requests, with the one
+//! mapping to `tonic::Status` that uses etcd's exact codes and message strings.
+
+use tonic::{Code, Status};
+
+/// Why `run` failed to start or stopped uncleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum MetadError {
+    #[error("io error on {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("raft log store: {0}")]
+    LogStore(#[from] sqlx::Error),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("no raft leader elected within {0:?}")]
+    NoLeader(std::time::Duration),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// A request failed; `Display` is etcd's message, `code` etcd's gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// A server fault; the detail is logged, never sent.
+    #[error("etcdserver: internal error")]
+    Internal(String),
+}
+
+impl EtcdError {
+    pub fn code(&self) -> Code {
+        match self {
+            Self::EmptyKey
+            | Self::DuplicateKey
+            | Self::TooManyOps
+            | Self::ValueProvided
+            | Self::LeaseProvided
+            | Self::KeyNotFound => Code::InvalidArgument,
+            Self::Compacted | Self::FutureRev | Self::LeaseTtlTooLarge => Code::OutOfRange,
+            Self::LeaseNotFound => Code::NotFound,
+            Self::LeaseExists => Code::FailedPrecondition,
+            Self::NoLeader | Self::Stopped => Code::Unavailable,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        match &e {
+            EtcdError::Internal(detail) => tracing::error!(detail = %detail, "internal error"),
+            EtcdError::NoLeader | EtcdError::Stopped => tracing::warn!(error = %e, "request refused"),
+            _ => tracing::debug!(error = %e, "request rejected"),
+        }
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+type NodeId = u64;
+type RaftErr<E> = openraft::error::RaftError<NodeId, E>;
+
+fn from_fatal(f: openraft::error::Fatal<NodeId>) -> EtcdError {
+    match f {
+        openraft::error::Fatal::Stopped => EtcdError::Stopped,
+        other => EtcdError::Internal(other.to_string()),
+    }
+}
+
+/// Map a failed `client_write` to what a client sees.
+pub(crate) fn from_write_error(
+    e: RaftErr<openraft::error::ClientWriteError<NodeId, openraft::BasicNode>>,
+) -> EtcdError {
+    match e {
+        RaftErr::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => EtcdError::NoLeader,
+        RaftErr::APIError(other) => EtcdError::Internal(other.to_string()),
+        RaftErr::Fatal(f) => from_fatal(f),
+    }
+}
+
+/// Map a failed read-index (`ensure_linearizable`) to what a client sees.
+pub(crate) fn from_read_error(
+    e: RaftErr<openraft::error::CheckIsLeaderError<NodeId, openraft::BasicNode>>,
+) -> EtcdError {
+    match e {
+        RaftErr::APIError(_) => EtcdError::NoLeader,
+        RaftErr::Fatal(f) => from_fatal(f),
+    }
+}

@@ -1,0 +1,521 @@
+//! openraft glue: the type config, the commands that go through the log, the log store
+//! (SQLite, WAL, synchronous=FULL), the state machine (the MVCC store in memory, snapshots
+//! in a file) and a network that knows no peers (single node).
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use aether_proto::etcd::etcdserverpb as pb;
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::RPCOption;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftNetwork, RaftNetworkFactory,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use prost::Message as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::broadcast;
+
+use crate::error::EtcdError;
+use crate::mvcc::{RevisionEvents, Store, WriteOutcome};
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = NodeId,
+        Node = BasicNode,
+        Entry = Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+type StorageResult<T> = Result<T, StorageError<NodeId>>;
+
+/// What goes through the Raft log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// A prost-encoded `TxnRequest` (Put and DeleteRange travel as one-op txns).
+    Txn(#[serde(with = "crate::b64")] Vec<u8>),
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
+}
+
+impl Command {
+    pub fn txn(req: &pb::TxnRequest) -> Self {
+        Command::Txn(req.encode_to_vec())
+    }
+}
+
+/// What applying one entry returned. Only the leader that proposed the entry reads it, in
+/// process, so it is never serialized.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CommandResult {
+    #[serde(skip)]
+    pub outcome: Option<Result<WriteOutcome, EtcdError>>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Log store
+
+/// Raft log, vote and committed id in SQLite; every log or vote write is a committed
+/// (fsynced) transaction before it is acknowledged. The committed id is written along with
+/// the next append rather than with an fsync of its own: after a restart the node re-applies
+/// up to the committed id it finds, and the rest once it has led and committed again.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    pool: SqlitePool,
+    committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
+}
+
+fn idx(i: u64) -> i64 {
+    i64::try_from(i).unwrap_or(i64::MAX)
+}
+
+impl LogStore {
+    pub async fn open(path: &Path) -> Result<Self, sqlx::Error> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL)")
+            .execute(&pool)
+            .await?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            .execute(&pool)
+            .await?;
+        Ok(Self { pool, committed: Arc::default() })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn get_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StorageIOError<NodeId>> {
+        let v: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM meta WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StorageIOError::read(&e))?;
+        v.map(|b| serde_json::from_slice(&b)).transpose().map_err(|e| StorageIOError::read(&e))
+    }
+
+    async fn set_meta<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StorageIOError<NodeId>> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
+        sqlx::query(
+            "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(name)
+        .bind(bytes)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    /// Bytes on disk (database and its WAL).
+    pub fn disk_size(path: &Path) -> u64 {
+        let mut n = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        n += std::fs::metadata(PathBuf::from(wal)).map(|m| m.len()).unwrap_or(0);
+        n
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => idx(*x),
+            Bound::Excluded(x) => idx(*x).saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(x) => idx(*x),
+            Bound::Excluded(x) => idx(*x) - 1,
+            Bound::Unbounded => i64::MAX,
+        };
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT entry FROM log WHERE idx >= ? AND idx <= ? ORDER BY idx")
+            .bind(start)
+            .bind(end)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let entries = rows
+            .iter()
+            .map(|b| serde_json::from_slice(b))
+            .collect::<Result<Vec<Entry<TypeConfig>>, _>>()
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta("last_purged").await?;
+        let last: Option<Vec<u8>> = sqlx::query_scalar("SELECT entry FROM log ORDER BY idx DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_id = match last {
+            Some(b) => {
+                let e: Entry<TypeConfig> = serde_json::from_slice(&b).map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(e.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StorageResult<()> {
+        Ok(self.set_meta("vote", vote).await?)
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
+        Ok(self.get_meta("vote").await?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed").await?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut tx = self.pool.begin().await.map_err(|e| StorageIOError::write_logs(&e))?;
+        for entry in entries {
+            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            sqlx::query("INSERT OR REPLACE INTO log (idx, entry) VALUES (?, ?)")
+                .bind(idx(entry.log_id.index))
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
+        let committed = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if committed.is_some() {
+            let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
+            sqlx::query(
+                "INSERT INTO meta (name, value) VALUES ('committed', ?) \
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            )
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
+        tx.commit().await.map_err(|e| StorageIOError::write_logs(&e))?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        sqlx::query("DELETE FROM log WHERE idx >= ?")
+            .bind(idx(log_id.index))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.set_meta("last_purged", &log_id).await?;
+        sqlx::query("DELETE FROM log WHERE idx <= ?")
+            .bind(idx(log_id.index))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// State machine
+
+/// The applied state: the MVCC store plus what Raft needs to know about it.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub store: Store,
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+}
+
+/// What the gRPC services share with the state machine.
+#[derive(Debug)]
+pub struct Shared {
+    state: RwLock<Applied>,
+    /// Every applied revision's events; watchers subscribe. Never blocks the apply path.
+    pub events: broadcast::Sender<Arc<RevisionEvents>>,
+}
+
+impl Shared {
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    snapshot_path: PathBuf,
+}
+
+/// Capacity of the event broadcast (revisions a watch stream may lag before it must
+/// catch up from history).
+pub const EVENT_BUFFER: usize = 1024;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+}
+
+impl StateMachine {
+    /// Open the state machine, loading the snapshot file if there is one.
+    pub async fn open(data_dir: &Path) -> Result<Self, crate::MetadError> {
+        let snapshot_path = data_dir.join("snapshot.bin");
+        let mut applied = Applied::default();
+        if let Some((meta, data)) = read_snapshot_file(&snapshot_path)
+            .await
+            .map_err(|e| crate::MetadError::Snapshot(format!("{}: {e}", snapshot_path.display())))?
+        {
+            applied.store = Store::from_bytes(&data).map_err(|e| crate::MetadError::Snapshot(e.to_string()))?;
+            applied.last_applied = meta.last_log_id;
+            applied.membership = meta.last_membership;
+        }
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(Self { shared: Arc::new(Shared { state: RwLock::new(applied), events }), snapshot_path })
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+fn apply_command(store: &mut Store, cmd: &Command) -> Result<WriteOutcome, EtcdError> {
+    match cmd {
+        Command::Txn(bytes) => {
+            let req = pb::TxnRequest::decode(bytes.as_slice()).map_err(|e| EtcdError::Internal(e.to_string()))?;
+            store.apply_txn(&req)
+        }
+        Command::Compact { revision } => store.apply_compact(*revision),
+        Command::LeaseGrant { id, ttl } => store.apply_lease_grant(*id, *ttl),
+        Command::LeaseRevoke { id } => store.apply_lease_revoke(*id),
+    }
+}
+
+async fn read_snapshot_file(path: &Path) -> std::io::Result<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed snapshot file");
+    let len_bytes: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let header = bytes.get(4..4 + len).ok_or_else(bad)?;
+    let header: SnapshotHeader = serde_json::from_slice(header).map_err(|_| bad())?;
+    Ok(Some((header.meta, bytes[4 + len..].to_vec())))
+}
+
+/// temp file → write → fsync → rename → fsync the directory.
+async fn write_snapshot_file(path: &Path, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let header = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() })?;
+    let header_len = u32::try_from(header.len()).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = tokio::fs::File::create(&tmp).await?;
+    f.write_all(&header_len.to_be_bytes()).await?;
+    f.write_all(&header).await?;
+    f.write_all(data).await?;
+    f.sync_all().await?;
+    drop(f);
+    tokio::fs::rename(&tmp, path).await?;
+    if let Some(dir) = path.parent() {
+        tokio::fs::File::open(dir).await?.sync_all().await?;
+    }
+    Ok(())
+}
+
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+    snapshot_path: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (meta, data) = {
+            let st = self.shared.read();
+            let data = st.store.to_bytes().map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+            let snapshot_id = match &st.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, st.store.revision()),
+                None => format!("0-0-{}", st.store.revision()),
+            };
+            let meta =
+                SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone(), snapshot_id };
+            (meta, data)
+        };
+        write_snapshot_file(&self.snapshot_path, &meta, &data)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(snapshot = %meta, "snapshot written");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        let st = self.shared.read();
+        Ok((st.last_applied, st.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<CommandResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        let mut st = self.shared.write();
+        for entry in entries {
+            st.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => results.push(CommandResult::default()),
+                EntryPayload::Membership(m) => {
+                    st.membership = StoredMembership::new(Some(entry.log_id), m);
+                    results.push(CommandResult::default());
+                }
+                EntryPayload::Normal(cmd) => {
+                    let outcome = apply_command(&mut st.store, &cmd);
+                    if let Ok(WriteOutcome { events: Some(ev), .. }) = &outcome {
+                        // No receivers is fine; a lagging receiver catches up from history.
+                        let _ = self.shared.events.send(Arc::new(ev.clone()));
+                    }
+                    if let Err(EtcdError::Internal(detail)) = &outcome {
+                        tracing::error!(detail = %detail, "apply failed");
+                    }
+                    results.push(CommandResult { outcome: Some(outcome) });
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { shared: self.shared.clone(), snapshot_path: self.snapshot_path.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StorageResult<()> {
+        let data = snapshot.into_inner();
+        let store = Store::from_bytes(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        write_snapshot_file(&self.snapshot_path, meta, &data)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let mut st = self.shared.write();
+        st.store = store;
+        st.last_applied = meta.last_log_id;
+        st.membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
+        let found =
+            read_snapshot_file(&self.snapshot_path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(found.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Network: single node, so every peer is unreachable.
+
+pub struct Network;
+
+pub struct NoPeer;
+
+fn no_peer() -> Unreachable {
+    Unreachable::new(&std::io::Error::other("single-node metad has no peers"))
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = NoPeer;
+
+    async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> Self::Network {
+        NoPeer
+    }
+}
+
+impl RaftNetwork<TypeConfig> for NoPeer {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        Err(RPCError::Unreachable(no_peer()))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        Err(RPCError::Unreachable(no_peer()))
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        Err(RPCError::Unreachable(no_peer()))
+    }
+}
