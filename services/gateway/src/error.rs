@@ -1,0 +1,173 @@
+//! The gateway's one error enum and its one wire mapping: S3 error code + HTTP status +
+//! message. Handlers return `Result<_, S3Error>`; rendering to XML (with resource and
+//! request id) happens in one place (`S3Error::to_response`).
+
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("The specified bucket does not exist")]
+    NoSuchBucket,
+    #[error("The specified key does not exist.")]
+    NoSuchKey,
+    #[error(
+        "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed."
+    )]
+    NoSuchUpload,
+    #[error(
+        "The requested bucket name is not available. The bucket namespace is shared by all users of the system. Please select a different name and try again."
+    )]
+    BucketAlreadyExists,
+    #[error("Your previous request to create the named bucket succeeded and you already own it.")]
+    BucketAlreadyOwnedByYou,
+    #[error("The bucket you tried to delete is not empty")]
+    BucketNotEmpty,
+    #[error("The specified bucket is not valid.")]
+    InvalidBucketName,
+    #[error(
+        "The request signature we calculated does not match the signature you provided. Check your key and signing method."
+    )]
+    SignatureDoesNotMatch,
+    #[error("The AWS Access Key Id you provided does not exist in our records.")]
+    InvalidAccessKeyId,
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error("The difference between the request time and the current time is too large.")]
+    RequestTimeTooSkewed,
+    #[error("The requested range is not satisfiable")]
+    InvalidRange { size: u64 },
+    #[error("The Content-MD5 you specified did not match what we received.")]
+    BadDigest,
+    /// A checksum (x-amz-checksum-*) did not match; the message names the algorithm.
+    #[error("The {0} you specified did not match the calculated checksum.")]
+    BadChecksum(&'static str),
+    #[error("The Content-MD5 you specified is not valid.")]
+    InvalidDigest,
+    #[error("The provided 'x-amz-content-sha256' header does not match what was computed.")]
+    XAmzContentSHA256Mismatch,
+    #[error("You did not provide the number of bytes specified by the Content-Length HTTP header.")]
+    IncompleteBody,
+    #[error("Your proposed upload exceeds the maximum allowed object size.")]
+    EntityTooLarge,
+    #[error("Your proposed upload is smaller than the minimum allowed object size.")]
+    EntityTooSmall,
+    #[error(
+        "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag."
+    )]
+    InvalidPart,
+    #[error("The list of parts was not in ascending order. The parts list must be specified in order by part number.")]
+    InvalidPartOrder,
+    #[error("The XML you provided was not well-formed or did not validate against our published schema.")]
+    MalformedXML,
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("Your key is too long")]
+    KeyTooLongError,
+    #[error("You must provide the Content-Length HTTP header.")]
+    MissingContentLength,
+    #[error("{0}")]
+    AuthorizationHeaderMalformed(String),
+    #[error("{0}")]
+    AuthorizationQueryParametersError(String),
+    #[error("The specified method is not allowed against this resource.")]
+    MethodNotAllowed,
+    #[error("{0} is not implemented by aether.")]
+    NotImplemented(String),
+    #[error("At least one of the pre-conditions you specified did not hold")]
+    PreconditionFailed,
+    /// A conditional GET/HEAD whose condition says the client's copy is current (304).
+    #[error("Not Modified")]
+    NotModified,
+    #[error("Reduce your request rate or retry: not enough storage nodes answered.")]
+    ServiceUnavailable,
+    #[error("We encountered an internal error. Please try again.")]
+    InternalError(String),
+}
+
+impl S3Error {
+    pub fn code(&self) -> &'static str {
+        use S3Error::*;
+        match self {
+            NoSuchBucket => "NoSuchBucket",
+            NoSuchKey => "NoSuchKey",
+            NoSuchUpload => "NoSuchUpload",
+            BucketAlreadyExists => "BucketAlreadyExists",
+            BucketAlreadyOwnedByYou => "BucketAlreadyOwnedByYou",
+            BucketNotEmpty => "BucketNotEmpty",
+            InvalidBucketName => "InvalidBucketName",
+            SignatureDoesNotMatch => "SignatureDoesNotMatch",
+            InvalidAccessKeyId => "InvalidAccessKeyId",
+            AccessDenied(_) => "AccessDenied",
+            RequestTimeTooSkewed => "RequestTimeTooSkewed",
+            InvalidRange { .. } => "InvalidRange",
+            BadDigest | BadChecksum(_) => "BadDigest",
+            InvalidDigest => "InvalidDigest",
+            XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
+            IncompleteBody => "IncompleteBody",
+            EntityTooLarge => "EntityTooLarge",
+            EntityTooSmall => "EntityTooSmall",
+            InvalidPart => "InvalidPart",
+            InvalidPartOrder => "InvalidPartOrder",
+            MalformedXML => "MalformedXML",
+            InvalidArgument(_) => "InvalidArgument",
+            InvalidRequest(_) => "InvalidRequest",
+            KeyTooLongError => "KeyTooLongError",
+            MissingContentLength => "MissingContentLength",
+            AuthorizationHeaderMalformed(_) => "AuthorizationHeaderMalformed",
+            AuthorizationQueryParametersError(_) => "AuthorizationQueryParametersError",
+            MethodNotAllowed => "MethodNotAllowed",
+            NotImplemented(_) => "NotImplemented",
+            PreconditionFailed => "PreconditionFailed",
+            NotModified => "NotModified",
+            ServiceUnavailable => "ServiceUnavailable",
+            InternalError(_) => "InternalError",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use S3Error::*;
+        match self {
+            NoSuchBucket | NoSuchKey | NoSuchUpload => StatusCode::NOT_FOUND,
+            BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty => StatusCode::CONFLICT,
+            SignatureDoesNotMatch | InvalidAccessKeyId | AccessDenied(_) | RequestTimeTooSkewed => {
+                StatusCode::FORBIDDEN
+            }
+            InvalidRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            MissingContentLength => StatusCode::LENGTH_REQUIRED,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            NotModified => StatusCode::NOT_MODIFIED,
+            ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            InternalError(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            InvalidBucketName
+            | BadDigest
+            | BadChecksum(_)
+            | InvalidDigest
+            | XAmzContentSHA256Mismatch
+            | IncompleteBody
+            | EntityTooLarge
+            | EntityTooSmall
+            | InvalidPart
+            | InvalidPartOrder
+            | MalformedXML
+            | InvalidArgument(_)
+            | InvalidRequest(_)
+            | KeyTooLongError
+            | AuthorizationHeaderMalformed(_)
+            | AuthorizationQueryParametersError(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The message a client sees. Internal details (the `InternalError` payload) are
+    /// logged, never sent.
+    pub fn message(&self) -> String {
+        self.to_string()
+    }
+
+    pub fn is_server_error(&self) -> bool {
+        self.status().is_server_error()
+    }
+}

@@ -1,0 +1,684 @@
+//! Placement and fan-out to blobd: which replicas hold a key, streaming writes to all of
+//! them at once with a write quorum, quorum reads of object metadata, and unary calls.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether_common::config::Quorum;
+use aether_common::grpc::ChannelPool;
+use aether_common::hlc::Hlc;
+use aether_common::telemetry::TraceInterceptor;
+use aether_proto::blob::v1 as pb;
+use bytes::{Bytes, BytesMut};
+use futures::FutureExt as _;
+use futures::Stream;
+use futures::stream::{FuturesUnordered, StreamExt};
+use md5::Digest as _;
+use pb::blob_service_client::BlobServiceClient;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use crate::auth::checksum::{ChecksumAlgorithm, Hasher};
+use crate::catalog::{Catalog, Snapshot};
+use crate::error::S3Error;
+
+pub type BlobClient = BlobServiceClient<InterceptedService<Channel, TraceInterceptor>>;
+
+/// Body bytes are forwarded to the replicas in chunks of exactly this size (the last
+/// one shorter). 256 KiB rather than 1 MiB: each replica holds about three chunks in
+/// flight (queue, gRPC encoder, HTTP/2 send buffer), and with 1 MiB an aws-cli multipart
+/// upload (10 parts at once, 3 replicas) peaked at 170 MB RSS; with 256 KiB at 77 MB,
+/// and no slower.
+pub const CHUNK_SIZE: usize = 256 << 10;
+/// Chunks queued per replica before the writer waits (bounded memory per request).
+const REPLICA_QUEUE: usize = 1;
+
+/// One replica of a key: its node id, address and whether it holds a live lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replica {
+    pub id: String,
+    pub addr: String,
+    pub alive: bool,
+}
+
+/// Compare two versions: (hlc, writer), the newest wins.
+pub fn version_key(v: Option<&pb::Version>) -> (u64, &str) {
+    v.map(|v| (v.hlc, v.writer.as_str())).unwrap_or((0, ""))
+}
+
+/// Everything the handlers need to reach blobd.
+pub struct Store {
+    pool: ChannelPool,
+    pub catalog: Catalog,
+    hlc: Hlc,
+    gateway_id: String,
+    replication_factor: usize,
+    write_quorum: Quorum,
+    read_quorum: Quorum,
+    pub timeout: Duration,
+}
+
+impl Store {
+    pub fn new(
+        catalog: Catalog,
+        gateway_id: String,
+        replication_factor: usize,
+        write_quorum: Quorum,
+        read_quorum: Quorum,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            pool: ChannelPool::new(),
+            catalog,
+            hlc: Hlc::new(),
+            gateway_id,
+            replication_factor: replication_factor.max(1),
+            write_quorum,
+            read_quorum,
+            timeout,
+        }
+    }
+
+    /// A client on the pooled channel for `addr` that injects trace context.
+    pub fn client(&self, addr: &str) -> Result<BlobClient, S3Error> {
+        let channel = self.pool.get(addr).map_err(|e| S3Error::InternalError(format!("channel to {addr}: {e}")))?;
+        Ok(BlobServiceClient::with_interceptor(channel, TraceInterceptor)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20))
+    }
+
+    /// The replicas of `bucket/key` in HRW order.
+    pub fn replicas(&self, snap: &Snapshot, bucket: &str, key: &str) -> Vec<Replica> {
+        let nodes = snap.placement_nodes();
+        let rf = self.replication_factor.min(nodes.len());
+        aether_common::placement::replicas(&nodes, bucket, key, rf)
+            .into_iter()
+            .filter_map(|n| {
+                let addr = snap.addr(&n.id)?.to_string();
+                Some(Replica { id: n.id.clone(), addr, alive: snap.is_alive(&n.id) })
+            })
+            .collect()
+    }
+
+    /// Every active node that holds a live lease (list and stats scatter over these).
+    pub fn live_nodes(&self, snap: &Snapshot) -> Vec<Replica> {
+        snap.placement_nodes()
+            .into_iter()
+            .filter_map(|n| {
+                let addr = snap.addr(&n.id)?.to_string();
+                Some(Replica { alive: snap.is_alive(&n.id), id: n.id, addr })
+            })
+            .collect()
+    }
+
+    pub fn write_quorum(&self, n: usize) -> usize {
+        self.write_quorum.required(n).max(1)
+    }
+
+    pub fn read_quorum(&self, n: usize) -> usize {
+        self.read_quorum.required(n).max(1)
+    }
+
+    /// A new version for a write by this gateway.
+    pub fn new_version(&self) -> pb::Version {
+        pb::Version { hlc: self.hlc.now(), writer: self.gateway_id.clone() }
+    }
+
+    pub fn observe(&self, v: Option<&pb::Version>) {
+        if let Some(v) = v {
+            self.hlc.observe(v.hlc);
+        }
+    }
+
+    /// Run `call` against every live replica; return once `need` succeeded (the others
+    /// finish in the background) or all answered. Dead replicas count as failed.
+    pub async fn unary_quorum<T, F, Fut>(
+        &self,
+        replicas: &[Replica],
+        need: usize,
+        call: F,
+    ) -> (Vec<T>, Vec<tonic::Status>)
+    where
+        F: Fn(BlobClient) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let mut pending = FuturesUnordered::new();
+        let mut errors = Vec::new();
+        for r in replicas {
+            if !r.alive {
+                errors.push(tonic::Status::unavailable(format!("node {} has no live lease", r.id)));
+                continue;
+            }
+            let client = match self.client(&r.addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(tonic::Status::unavailable(e.to_string()));
+                    continue;
+                }
+            };
+            let fut = tokio::time::timeout(self.timeout, call(client));
+            let node = r.id.clone();
+            let handle: JoinHandle<Result<T, tonic::Status>> = tokio::spawn(
+                async move {
+                    match fut.await {
+                        Ok(r) => r,
+                        Err(_) => Err(tonic::Status::deadline_exceeded(format!("node {node} timed out"))),
+                    }
+                }
+                .in_current_span(),
+            );
+            pending.push(handle);
+        }
+        let mut oks = Vec::new();
+        while let Some(joined) = pending.next().await {
+            match joined {
+                Ok(Ok(v)) => {
+                    oks.push(v);
+                    if oks.len() >= need {
+                        break;
+                    }
+                }
+                Ok(Err(status)) => errors.push(status),
+                Err(e) => errors.push(tonic::Status::internal(format!("task: {e}"))),
+            }
+        }
+        (oks, errors)
+    }
+
+    /// Stream a body to every replica at once and commit it after all checks passed;
+    /// succeed after the write quorum acknowledged.
+    pub async fn put_stream<S>(
+        &self,
+        replicas: &[Replica],
+        target: PutTarget,
+        body: S,
+        checks: BodyChecks,
+    ) -> Result<PutOutcome, S3Error>
+    where
+        S: Stream<Item = Result<Bytes, S3Error>> + Unpin,
+    {
+        if replicas.is_empty() {
+            tracing::warn!("no active storage nodes");
+            return Err(S3Error::ServiceUnavailable);
+        }
+        let need = self.write_quorum(replicas.len());
+        let mut slots = SlotGuard(Vec::new(), Vec::new());
+        for r in replicas.iter().filter(|r| r.alive) {
+            let mut client = match self.client(&r.addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(node = %r.id, error = %e, "replica unreachable");
+                    continue;
+                }
+            };
+            let (tx, rx) = mpsc::channel::<Frame>(REPLICA_QUEUE);
+            let handle = match &target {
+                PutTarget::Object(meta) => {
+                    let first = pb::PutRequest {
+                        msg: Some(pb::put_request::Msg::Header(pb::PutHeader { meta: Some((**meta).clone()) })),
+                    };
+                    let rest = ReceiverStream::new(rx).map(|f| pb::PutRequest {
+                        msg: Some(match f {
+                            Frame::Chunk(b) => pb::put_request::Msg::Chunk(to_wire(b)),
+                            Frame::Commit(c) => pb::put_request::Msg::Commit(c),
+                        }),
+                    });
+                    let stream = futures::stream::once(async move { first }).chain(rest);
+                    tokio::spawn(
+                        async move { client.put(stream).await.map(|r| r.into_inner().applied) }.in_current_span(),
+                    )
+                }
+                PutTarget::Part(header) => {
+                    let first = pb::PutPartRequest { msg: Some(pb::put_part_request::Msg::Header(header.clone())) };
+                    let rest = ReceiverStream::new(rx).map(|f| pb::PutPartRequest {
+                        msg: Some(match f {
+                            Frame::Chunk(b) => pb::put_part_request::Msg::Chunk(to_wire(b)),
+                            Frame::Commit(c) => pb::put_part_request::Msg::Commit(c),
+                        }),
+                    });
+                    let stream = futures::stream::once(async move { first }).chain(rest);
+                    tokio::spawn(async move { client.put_part(stream).await.map(|_| true) }.in_current_span())
+                }
+            };
+            slots.0.push(Slot { node: r.id.clone(), tx: Some(tx), handle: Some(handle) });
+        }
+        if slots.live() < need {
+            tracing::warn!(live = slots.live(), need, "not enough live replicas for the write quorum");
+            return Err(S3Error::ServiceUnavailable);
+        }
+
+        let mut hashes = BodyHashes::new(&checks);
+        let mut body = body;
+        let mut buf = BytesMut::new();
+        let mut len: u64 = 0;
+        while let Some(item) = body.next().await {
+            let data = item?;
+            len += data.len() as u64;
+            if len > checks.max_len {
+                return Err(S3Error::EntityTooLarge);
+            }
+            if checks.declared_len.is_some_and(|d| len > d) {
+                return Err(S3Error::InvalidRequest("The request body is longer than its declared length.".into()));
+            }
+            hashes.update(&data);
+            // Coalesce into chunks of exactly CHUNK_SIZE (exact capacity: no regrowth).
+            let mut data = data;
+            while !data.is_empty() {
+                if buf.is_empty() && data.len() >= CHUNK_SIZE {
+                    let chunk = data.split_to(CHUNK_SIZE);
+                    self.send_all(&mut slots, Frame::Chunk(chunk), need).await?;
+                    continue;
+                }
+                if buf.capacity() == 0 {
+                    buf = BytesMut::with_capacity(CHUNK_SIZE);
+                }
+                let take = (CHUNK_SIZE - buf.len()).min(data.len());
+                buf.extend_from_slice(&data.split_to(take));
+                if buf.len() == CHUNK_SIZE {
+                    let chunk = buf.split().freeze();
+                    self.send_all(&mut slots, Frame::Chunk(chunk), need).await?;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            let chunk = buf.split().freeze();
+            self.send_all(&mut slots, Frame::Chunk(chunk), need).await?;
+        }
+        if checks.declared_len.is_some_and(|d| len < d) {
+            return Err(S3Error::IncompleteBody);
+        }
+        let outcome = hashes.finish(&checks, len)?;
+
+        let commit = pb::PutCommit { size: len, md5_hex: hex::encode(outcome.md5) };
+        self.send_all(&mut slots, Frame::Commit(commit), need).await?;
+        // Close every stream and wait for the acknowledgements.
+        let mut pending = FuturesUnordered::new();
+        for slot in slots.0.iter_mut() {
+            slot.tx = None;
+            if let Some(h) = slot.handle.take() {
+                let node = slot.node.clone();
+                let timeout = self.timeout;
+                pending.push(async move { (node, tokio::time::timeout(timeout, h).await) });
+            }
+        }
+        let mut acks = 0;
+        while let Some((node, res)) = pending.next().await {
+            match res {
+                Ok(Ok(Ok(_applied))) => {
+                    acks += 1;
+                    if acks >= need {
+                        return Ok(outcome);
+                    }
+                }
+                Ok(Ok(Err(status))) => {
+                    tracing::warn!(node = %node, code = ?status.code(), message = status.message(), "replica write failed");
+                    slots.1.push(status);
+                }
+                Ok(Err(e)) => tracing::warn!(node = %node, error = %e, "replica write task failed"),
+                Err(_) => tracing::warn!(node = %node, "replica write timed out"),
+            }
+        }
+        tracing::warn!(acks, need, "write quorum not reached");
+        Err(quorum_error(&slots.1))
+    }
+
+    /// Send one frame to every live replica concurrently; a replica whose queue stays
+    /// full for the request timeout, or whose stream ended, is dropped.
+    async fn send_all(&self, slots: &mut SlotGuard, frame: Frame, need: usize) -> Result<(), S3Error> {
+        let timeout = self.timeout;
+        let sends = slots.0.iter().enumerate().filter_map(|(i, s)| {
+            let tx = s.tx.clone()?;
+            let frame = frame.clone();
+            Some(async move { (i, tokio::time::timeout(timeout, tx.send(frame)).await) })
+        });
+        let results = futures::future::join_all(sends).await;
+        for (i, res) in results {
+            let (failed, closed) = match res {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => ("stream ended", true),
+                Err(_) => ("queue full for the request timeout", false),
+            };
+            let slot = &mut slots.0[i];
+            tracing::warn!(node = %slot.node, reason = failed, "dropping replica from this write");
+            slot.tx = None;
+            if let Some(mut h) = slot.handle.take() {
+                if closed {
+                    // The replica ended its stream: keep its answer (e.g. NOT_FOUND).
+                    match tokio::time::timeout(Duration::from_secs(1), &mut h).await {
+                        Ok(Ok(Err(status))) => slots.1.push(status),
+                        Ok(_) => {}
+                        Err(_) => h.abort(),
+                    }
+                } else {
+                    h.abort();
+                }
+            }
+        }
+        if slots.live() < need {
+            tracing::warn!(live = slots.live(), need, "write quorum lost while streaming");
+            return Err(quorum_error(&slots.1));
+        }
+        Ok(())
+    }
+
+    /// Read the object's metadata from `read_quorum` replicas (HRW order, skipping dead
+    /// nodes, falling back to the next on error). `Ok(None)`: no replica holds the key.
+    /// With `with_body`, the first replica is asked with `Get` instead of `Head`, so when
+    /// it holds the newest version its open stream serves the body (one round trip).
+    pub async fn read_newest(
+        &self,
+        replicas: &[Replica],
+        bucket: &str,
+        key: &str,
+        with_body: bool,
+    ) -> Result<Option<NewestRead>, S3Error> {
+        let candidates: Vec<&Replica> = replicas.iter().filter(|r| r.alive).collect();
+        if candidates.is_empty() {
+            tracing::warn!("no live replica for a read");
+            return Err(S3Error::ServiceUnavailable);
+        }
+        let need = self.read_quorum(replicas.len());
+        if candidates.len() < need {
+            tracing::warn!(live = candidates.len(), need, "not enough live replicas for the read quorum");
+            return Err(S3Error::ServiceUnavailable);
+        }
+        let ask = |r: &Replica, get: bool| {
+            let client = self.client(&r.addr);
+            let timeout = self.timeout;
+            let replica = r.clone();
+            let (bucket, key) = (bucket.to_string(), key.to_string());
+            async move {
+                let res = match client {
+                    Ok(c) => tokio::time::timeout(timeout, ask_replica(c, bucket, key, get))
+                        .await
+                        .unwrap_or_else(|_| Err("timed out".to_string())),
+                    Err(e) => Err(e.to_string()),
+                };
+                (replica, res)
+            }
+            .boxed()
+        };
+        let mut pending = FuturesUnordered::new();
+        let mut next = 0;
+        while next < need {
+            pending.push(ask(candidates[next], with_body && next == 0));
+            next += 1;
+        }
+        let mut answers: Vec<(Replica, Option<pb::ObjectMeta>)> = Vec::new();
+        let mut open: Option<(Replica, tonic::Streaming<pb::GetResponse>)> = None;
+        while let Some((replica, res)) = pending.next().await {
+            match res {
+                Ok((meta, stream)) => {
+                    if let Some(stream) = stream {
+                        open = Some((replica.clone(), stream));
+                    }
+                    answers.push((replica, meta));
+                    if answers.len() >= need {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(node = %replica.id, error = %e, "replica read failed");
+                    if next < candidates.len() {
+                        pending.push(ask(candidates[next], false));
+                        next += 1;
+                    }
+                }
+            }
+        }
+        if answers.len() < need {
+            tracing::warn!(answers = answers.len(), need, "read quorum not reached");
+            return Err(S3Error::ServiceUnavailable);
+        }
+        let newest = answers
+            .iter()
+            .filter_map(|(_, m)| m.as_ref())
+            .max_by(|a, b| version_key(a.version.as_ref()).cmp(&version_key(b.version.as_ref())))
+            .cloned();
+        let Some(newest) = newest else { return Ok(None) };
+        self.observe(newest.version.as_ref());
+        let want = version_key(newest.version.as_ref());
+        let holders: Vec<Replica> = answers
+            .into_iter()
+            .filter(|(_, m)| m.as_ref().is_some_and(|m| version_key(m.version.as_ref()) == want))
+            .map(|(r, _)| r)
+            .collect();
+        let stream = open.filter(|(r, _)| holders.contains(r)).map(|(_, s)| s);
+        Ok(Some(NewestRead { meta: newest, holders, stream }))
+    }
+
+    /// Open a Get stream for exactly `meta`'s version from the first holder that answers;
+    /// the stream yields the body bytes.
+    pub async fn open_body(
+        &self,
+        holders: &[Replica],
+        meta: &pb::ObjectMeta,
+        range: Option<(u64, u64)>,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, S3Error> {
+        let stream = self.open_stream(holders, meta, range).await?;
+        Ok(body_of(stream))
+    }
+
+    async fn open_stream(
+        &self,
+        holders: &[Replica],
+        meta: &pb::ObjectMeta,
+        range: Option<(u64, u64)>,
+    ) -> Result<tonic::Streaming<pb::GetResponse>, S3Error> {
+        for r in holders {
+            let mut client = match self.client(&r.addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(node = %r.id, error = %e, "replica unreachable");
+                    continue;
+                }
+            };
+            let req = pb::GetRequest {
+                bucket: meta.bucket.clone(),
+                key: meta.key.clone(),
+                has_range: range.is_some(),
+                start: range.map(|r| r.0).unwrap_or(0),
+                end: range.map(|r| r.1).unwrap_or(0),
+                meta_only: false,
+                expect_version: meta.version.clone(),
+            };
+            let opened = tokio::time::timeout(self.timeout, async {
+                let mut stream = client.get(req).await?.into_inner();
+                // The first message is the meta; anything else is a protocol error.
+                match stream.message().await? {
+                    Some(pb::GetResponse { msg: Some(pb::get_response::Msg::Meta(_)) }) => Ok(stream),
+                    _ => Err(tonic::Status::internal("get stream did not start with meta")),
+                }
+            })
+            .await;
+            match opened {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(s)) => {
+                    tracing::warn!(node = %r.id, code = ?s.code(), message = s.message(), "replica get failed")
+                }
+                Err(_) => tracing::warn!(node = %r.id, "replica get timed out"),
+            }
+        }
+        Err(S3Error::ServiceUnavailable)
+    }
+}
+
+/// The newest version found by a quorum read.
+pub struct NewestRead {
+    pub meta: pb::ObjectMeta,
+    /// Replicas that answered with exactly that version.
+    pub holders: Vec<Replica>,
+    /// An open Get stream (meta already consumed) of a holder, when one was asked.
+    pub stream: Option<tonic::Streaming<pb::GetResponse>>,
+}
+
+type Answer = (Option<pb::ObjectMeta>, Option<tonic::Streaming<pb::GetResponse>>);
+
+/// Ask one replica for the key's meta: `Head`, or `Get` keeping the stream open.
+async fn ask_replica(mut client: BlobClient, bucket: String, key: String, get: bool) -> Result<Answer, String> {
+    let absent = |s: &tonic::Status| s.code() == tonic::Code::NotFound;
+    if !get {
+        return match client.head(pb::HeadRequest { bucket, key }).await {
+            Ok(resp) => Ok((Some(resp.into_inner()), None)),
+            Err(s) if absent(&s) => Ok((None, None)),
+            Err(s) => Err(s.to_string()),
+        };
+    }
+    let req = pb::GetRequest { bucket, key, ..Default::default() };
+    let mut stream = match client.get(req).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) if absent(&s) => return Ok((None, None)),
+        Err(s) => return Err(s.to_string()),
+    };
+    match stream.message().await {
+        Ok(Some(pb::GetResponse { msg: Some(pb::get_response::Msg::Meta(meta)) })) => {
+            let keep = (!meta.tombstone).then_some(stream);
+            Ok((Some(meta), keep))
+        }
+        Ok(_) => Err("get stream did not start with meta".to_string()),
+        Err(s) if absent(&s) => Ok((None, None)),
+        Err(s) => Err(s.to_string()),
+    }
+}
+
+/// The body bytes of a Get stream whose meta was consumed.
+pub fn body_of(
+    stream: tonic::Streaming<pb::GetResponse>,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    stream.filter_map(|item| async move {
+        match item {
+            Ok(pb::GetResponse { msg: Some(pb::get_response::Msg::Chunk(c)) }) => Some(Ok(Bytes::from(c))),
+            Ok(_) => None,
+            Err(s) => Some(Err(std::io::Error::other(format!("replica stream failed: {s}")))),
+        }
+    })
+}
+
+/// What a streamed write creates: an object version or a multipart part.
+#[derive(Debug, Clone)]
+pub enum PutTarget {
+    Object(Box<pb::ObjectMeta>),
+    Part(pb::PartHeader),
+}
+
+/// The checks a streamed body must pass before the write is committed.
+#[derive(Debug, Clone, Default)]
+pub struct BodyChecks {
+    /// Content-Length, or x-amz-decoded-content-length for aws-chunked bodies.
+    pub declared_len: Option<u64>,
+    pub max_len: u64,
+    /// Expected SHA-256 of the payload (`PayloadCheck::Sha256`).
+    pub sha256: Option<[u8; 32]>,
+    pub content_md5: Option<[u8; 16]>,
+    /// `x-amz-checksum-*` headers (algorithm, base64 value).
+    pub checksums: Vec<(ChecksumAlgorithm, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PutOutcome {
+    pub size: u64,
+    pub md5: [u8; 16],
+}
+
+struct BodyHashes {
+    md5: md5::Md5,
+    sha256: Option<sha2::Sha256>,
+    checksums: Vec<(ChecksumAlgorithm, Hasher)>,
+}
+
+impl BodyHashes {
+    fn new(checks: &BodyChecks) -> Self {
+        Self {
+            md5: md5::Md5::new(),
+            sha256: checks.sha256.map(|_| sha2::Sha256::new()),
+            checksums: checks.checksums.iter().map(|(a, _)| (*a, Hasher::new(*a))).collect(),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        self.md5.update(data);
+        if let Some(h) = self.sha256.as_mut() {
+            sha2::Digest::update(h, data);
+        }
+        for (_, h) in self.checksums.iter_mut() {
+            h.update(data);
+        }
+    }
+
+    fn finish(self, checks: &BodyChecks, size: u64) -> Result<PutOutcome, S3Error> {
+        if let (Some(h), Some(want)) = (self.sha256, checks.sha256) {
+            let got: [u8; 32] = sha2::Digest::finalize(h).into();
+            if got != want {
+                return Err(S3Error::XAmzContentSHA256Mismatch);
+            }
+        }
+        let md5: [u8; 16] = self.md5.finalize().into();
+        if checks.content_md5.is_some_and(|want| want != md5) {
+            return Err(S3Error::BadDigest);
+        }
+        for ((alg, h), (_, want)) in self.checksums.into_iter().zip(checks.checksums.iter()) {
+            if h.finalize_base64() != *want {
+                return Err(S3Error::BadChecksum(alg.name()));
+            }
+        }
+        Ok(PutOutcome { size, md5 })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Frame {
+    Chunk(Bytes),
+    Commit(pb::PutCommit),
+}
+
+/// prost maps `bytes` fields to `Vec<u8>` in this build (see the report: `.bytes(["."])`
+/// in proto/build.rs would make this zero-copy).
+fn to_wire(b: Bytes) -> Vec<u8> {
+    Vec::from(b)
+}
+
+struct Slot {
+    node: String,
+    tx: Option<mpsc::Sender<Frame>>,
+    handle: Option<JoinHandle<Result<bool, tonic::Status>>>,
+}
+
+/// Aborts every replica stream that is still running when the write fails, so an
+/// uncommitted write never lands.
+struct SlotGuard(Vec<Slot>, Vec<tonic::Status>);
+
+/// The error for a write that missed its quorum: a replica that does not know the
+/// multipart upload makes it `NoSuchUpload`, anything else is `ServiceUnavailable`.
+pub fn quorum_error(failures: &[tonic::Status]) -> S3Error {
+    if failures.iter().any(|s| s.code() == tonic::Code::NotFound) {
+        S3Error::NoSuchUpload
+    } else {
+        S3Error::ServiceUnavailable
+    }
+}
+
+impl SlotGuard {
+    fn live(&self) -> usize {
+        self.0.iter().filter(|s| s.tx.is_some()).count()
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        for s in self.0.iter_mut() {
+            // Handles already taken belong to committed writes that finish on their own.
+            if let Some(h) = s.handle.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+/// Shared handle type.
+pub type SharedStore = Arc<Store>;

@@ -1,0 +1,247 @@
+//! Bucket operations. Buckets live in metad; create and delete go through etcd
+//! transactions so two gateways racing on one name produce exactly one winner.
+
+use aether_common::catalog::{BucketEntry, BucketState};
+use aether_proto::blob::v1 as pb;
+use axum::body::Body;
+use axum::response::Response;
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use http::StatusCode;
+
+use super::{AppState, Ctx, ReqBody, empty_response, existing_bucket, read_small_body, xml_response};
+use crate::catalog::CachedBucket;
+use crate::error::S3Error;
+use crate::xml;
+
+/// S3 bucket naming rules.
+pub fn validate_bucket_name(name: &str) -> Result<(), S3Error> {
+    let bytes = name.as_bytes();
+    let ok_chars = bytes.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-');
+    let alnum = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let valid = (3..=63).contains(&bytes.len())
+        && ok_chars
+        && alnum(bytes.first())
+        && alnum(bytes.last())
+        && !name.contains("..")
+        && !name.contains(".-")
+        && !name.contains("-.")
+        && name.parse::<std::net::Ipv4Addr>().is_err()
+        && !name.starts_with("xn--")
+        && !name.starts_with("sthree-")
+        && !name.starts_with("amzn-s3-demo-")
+        && !name.ends_with("-s3alias")
+        && !name.ends_with("--ol-s3")
+        && !name.ends_with(".mrap")
+        && !name.ends_with("--x-s3")
+        && !name.ends_with("--table-s3");
+    if valid { Ok(()) } else { Err(S3Error::InvalidBucketName) }
+}
+
+fn metad_error(e: impl std::fmt::Display) -> S3Error {
+    tracing::warn!(error = %e, "metad request failed");
+    S3Error::ServiceUnavailable
+}
+
+pub async fn handle_list_buckets(state: &AppState, ctx: &Ctx) -> Result<Response, S3Error> {
+    let snap = state.store.catalog.snapshot();
+    let bucket = snap
+        .buckets
+        .iter()
+        .filter(|(_, b)| b.entry.state == BucketState::Active)
+        .map(|(name, b)| xml::BucketXml { name: name.clone(), creation_date: normalize_created(&b.entry.created) })
+        .collect();
+    let doc = xml::ListAllMyBucketsResult {
+        xmlns: xml::S3_NS,
+        owner: xml::Owner { id: ctx.access_key.clone(), display_name: ctx.access_key.clone() },
+        buckets: xml::Buckets { bucket },
+    };
+    xml_response(xml::to_xml("ListAllMyBucketsResult", &doc)?)
+}
+
+/// Creation times are stored as RFC 3339; S3 shows them with milliseconds.
+fn normalize_created(created: &str) -> String {
+    match time::OffsetDateTime::parse(created, &time::format_description::well_known::Rfc3339) {
+        Ok(t) => super::iso8601_ms((t.unix_timestamp_nanos() / 1_000_000) as i64),
+        Err(_) => created.to_string(),
+    }
+}
+
+pub async fn handle_create_bucket(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    body: ReqBody,
+) -> Result<Response, S3Error> {
+    validate_bucket_name(bucket)?;
+    let body = read_small_body(body, 64 << 10).await?;
+    let cfg = xml::parse_create_bucket(&body)?;
+    if let Some(lc) = cfg.location_constraint.as_deref().filter(|l| !l.is_empty())
+        && lc != state.cfg.region
+    {
+        return Err(S3Error::InvalidRequest(format!(
+            "The {lc} location constraint is incompatible for the region specific endpoint this request was sent to."
+        )));
+    }
+    let key = state.store.catalog.keys().bucket(bucket);
+    let created = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| S3Error::InternalError(format!("format time: {e}")))?;
+    let entry = BucketEntry { created, owner: ctx.access_key.clone(), state: BucketState::Active };
+    let value = serde_json::to_vec(&entry).map_err(|e| S3Error::InternalError(format!("encode bucket: {e}")))?;
+    let mut client = state.store.catalog.client().map_err(metad_error)?;
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(key.as_str(), value, None)])
+        .or_else([TxnOp::get(key.as_str(), None)]);
+    let resp = client.txn(txn).await.map_err(metad_error)?;
+    if resp.succeeded() {
+        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        state.store.catalog.apply_local_bucket(bucket, Some(CachedBucket { entry, mod_revision: rev }));
+        tracing::info!(bucket, "bucket created");
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::LOCATION, format!("/{bucket}"))
+            .body(Body::empty())
+            .map_err(|e| S3Error::InternalError(format!("response: {e}")));
+    }
+    let existing = resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().and_then(|kv| serde_json::from_slice::<BucketEntry>(kv.value()).ok()),
+        _ => None,
+    });
+    match existing {
+        Some(e) if e.owner == ctx.access_key => Err(S3Error::BucketAlreadyOwnedByYou),
+        _ => Err(S3Error::BucketAlreadyExists),
+    }
+}
+
+pub async fn handle_delete_bucket(state: &AppState, _ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let key = state.store.catalog.keys().bucket(bucket);
+    let mut client = state.store.catalog.client().map_err(metad_error)?;
+    // Read the authoritative entry (the cache may lag) and mark it Deleting.
+    let got = client.get(key.as_str(), None).await.map_err(metad_error)?;
+    let Some(kv) = got.kvs().first() else {
+        state.store.catalog.apply_local_bucket(bucket, None);
+        return Err(S3Error::NoSuchBucket);
+    };
+    let mut entry: BucketEntry =
+        serde_json::from_slice(kv.value()).map_err(|e| S3Error::InternalError(format!("bucket entry: {e}")))?;
+    entry.state = BucketState::Deleting;
+    let deleting = serde_json::to_vec(&entry).map_err(|e| S3Error::InternalError(format!("encode bucket: {e}")))?;
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision())])
+        .and_then([TxnOp::put(key.as_str(), deleting, None)]);
+    let resp = client.txn(txn).await.map_err(metad_error)?;
+    if !resp.succeeded() {
+        // Someone else changed the bucket meanwhile; let the client retry.
+        tracing::info!(bucket, "bucket changed during delete");
+        return Err(S3Error::ServiceUnavailable);
+    }
+    let deleting_rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+
+    let revert = |reason: S3Error| {
+        let mut client = client.clone();
+        let key = key.clone();
+        let mut entry = entry.clone();
+        async move {
+            entry.state = BucketState::Active;
+            if let Ok(active) = serde_json::to_vec(&entry) {
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, deleting_rev)])
+                    .and_then([TxnOp::put(key.as_str(), active, None)]);
+                if let Err(e) = client.txn(txn).await {
+                    tracing::warn!(error = %e, "could not revert bucket to active");
+                }
+            }
+            Err(reason)
+        }
+    };
+
+    let snap = state.store.catalog.snapshot();
+    let nodes = state.store.live_nodes(&snap);
+    let mut total: u64 = 0;
+    if nodes.iter().any(|n| !n.alive) {
+        tracing::warn!(bucket, "a storage node without a live lease cannot confirm the bucket is empty");
+        return revert(S3Error::ServiceUnavailable).await;
+    }
+    let bucket_name = bucket.to_string();
+    let (oks, errs) = state
+        .store
+        .unary_quorum(&nodes, nodes.len(), |mut c| {
+            let req = pb::BucketStatsRequest { bucket: bucket_name.clone() };
+            async move { c.bucket_stats(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    if oks.len() < nodes.len() {
+        for e in &errs {
+            tracing::warn!(code = ?e.code(), message = e.message(), "bucket stats failed");
+        }
+        return revert(S3Error::ServiceUnavailable).await;
+    }
+    for s in &oks {
+        total += s.objects + s.uploads;
+    }
+    if total > 0 {
+        return revert(S3Error::BucketNotEmpty).await;
+    }
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, deleting_rev)])
+        .and_then([TxnOp::delete(key.as_str(), None)]);
+    let resp = client.txn(txn).await.map_err(metad_error)?;
+    if !resp.succeeded() {
+        tracing::info!(bucket, "bucket changed during delete");
+        return Err(S3Error::ServiceUnavailable);
+    }
+    state.store.catalog.apply_local_bucket(bucket, None);
+    tracing::info!(bucket, "bucket deleted");
+    empty_response(StatusCode::NO_CONTENT)
+}
+
+pub async fn handle_head_bucket(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("x-amz-bucket-region", state.cfg.region.as_str())
+        .body(Body::empty())
+        .map_err(|e| S3Error::InternalError(format!("response: {e}")))
+}
+
+pub async fn handle_get_bucket_location(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    // S3 answers an empty constraint for us-east-1.
+    let region = if state.cfg.region == "us-east-1" { String::new() } else { state.cfg.region.clone() };
+    xml_response(xml::to_xml("LocationConstraint", &xml::LocationConstraint { xmlns: xml::S3_NS, region })?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names() {
+        for ok in ["abc", "my-bucket", "my.bucket.1", "a1b", "123", &"a".repeat(63)] {
+            assert!(validate_bucket_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            &"a".repeat(64),
+            "My-Bucket",
+            "-abc",
+            "abc-",
+            ".abc",
+            "a..b",
+            "a.-b",
+            "a-.b",
+            "192.168.1.1",
+            "xn--abc",
+            "sthree-abc",
+            "abc-s3alias",
+            "abc--ol-s3",
+            "a_b",
+            "a b",
+            "",
+        ] {
+            assert!(matches!(validate_bucket_name(bad), Err(S3Error::InvalidBucketName)), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The S3 operations: one `handle_*` function per operation, dispatched from an
+//! [`Endpoint`]. Handlers return `Result<Response, S3Error>`; errors are rendered in one
+//! place (`server::error_response`).
+
+pub mod bucket;
+pub mod list;
+pub mod multipart;
+pub mod object;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures::stream::{BoxStream, StreamExt};
+use http::HeaderMap;
+use sha2::Digest as _;
+
+use crate::auth::PayloadCheck;
+use crate::catalog::CachedBucket;
+use crate::config::GatewayConfig;
+use crate::endpoint::{Endpoint, Query};
+use crate::error::S3Error;
+use crate::replicas::Store;
+
+/// Shared state of one running gateway.
+pub struct AppState {
+    pub cfg: GatewayConfig,
+    pub store: Store,
+}
+
+/// What a handler knows about the request besides its endpoint and body.
+pub struct Ctx {
+    pub request_id: String,
+    pub access_key: String,
+    pub headers: HeaderMap,
+    pub query: Query,
+}
+
+/// The request body with the check its payload needs (owned: chunked decoding consumes it).
+pub struct ReqBody {
+    pub body: Body,
+    pub payload: PayloadCheck,
+}
+
+/// Dispatch one parsed, authenticated request.
+pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: ReqBody) -> Result<Response, S3Error> {
+    match endpoint {
+        Endpoint::ListBuckets => bucket::handle_list_buckets(state, ctx).await,
+        Endpoint::CreateBucket { bucket } => bucket::handle_create_bucket(state, ctx, &bucket, body).await,
+        Endpoint::DeleteBucket { bucket } => bucket::handle_delete_bucket(state, ctx, &bucket).await,
+        Endpoint::HeadBucket { bucket } => bucket::handle_head_bucket(state, &bucket).await,
+        Endpoint::GetBucketLocation { bucket } => bucket::handle_get_bucket_location(state, &bucket).await,
+        Endpoint::ListObjects { bucket, v2 } => list::handle_list_objects(state, ctx, &bucket, v2).await,
+        Endpoint::PutObject { bucket, key } => object::handle_put_object(state, ctx, &bucket, &key, body).await,
+        Endpoint::GetObject { bucket, key } => object::handle_get_object(state, ctx, &bucket, &key, false).await,
+        Endpoint::HeadObject { bucket, key } => object::handle_get_object(state, ctx, &bucket, &key, true).await,
+        Endpoint::DeleteObject { bucket, key } => object::handle_delete_object(state, &bucket, &key).await,
+        Endpoint::CreateMultipartUpload { bucket, key } => {
+            multipart::handle_create_multipart_upload(state, ctx, &bucket, &key).await
+        }
+        Endpoint::UploadPart { bucket, key, upload_id, part_number } => {
+            multipart::handle_upload_part(state, ctx, &bucket, &key, &upload_id, part_number, body).await
+        }
+        Endpoint::CompleteMultipartUpload { bucket, key, upload_id } => {
+            multipart::handle_complete_multipart_upload(state, &bucket, &key, &upload_id, body).await
+        }
+        Endpoint::AbortMultipartUpload { bucket, key, upload_id } => {
+            multipart::handle_abort_multipart_upload(state, &bucket, &key, &upload_id).await
+        }
+        Endpoint::NotImplemented { operation, .. } => Err(S3Error::NotImplemented(operation.to_string())),
+    }
+}
+
+/// The bucket from the cached catalog, or `NoSuchBucket`.
+pub fn existing_bucket(state: &AppState, bucket: &str) -> Result<CachedBucket, S3Error> {
+    state.store.catalog.snapshot().buckets.get(bucket).cloned().ok_or(S3Error::NoSuchBucket)
+}
+
+/// The request body as decoded payload bytes (aws-chunked framing removed and verified).
+pub fn body_stream(body: ReqBody) -> BoxStream<'static, Result<Bytes, S3Error>> {
+    let ReqBody { body, payload } = body;
+    let raw = body.into_data_stream().map(|r| {
+        r.map_err(|e| {
+            tracing::debug!(error = %e, "request body ended early");
+            S3Error::IncompleteBody
+        })
+    });
+    match payload {
+        PayloadCheck::Chunked(mode) => crate::auth::decode_chunked(raw, mode).boxed(),
+        _ => raw.boxed(),
+    }
+}
+
+/// Read a small body (XML documents) fully, at most `limit` bytes, checking the signed
+/// payload hash when there is one.
+pub async fn read_small_body(body: ReqBody, limit: usize) -> Result<Bytes, S3Error> {
+    let want = match &body.payload {
+        PayloadCheck::Sha256(h) => Some(*h),
+        _ => None,
+    };
+    let mut stream = body_stream(body);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > limit {
+            return Err(S3Error::InvalidRequest("The request body is too large for this operation.".into()));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if let Some(want) = want {
+        let got: [u8; 32] = sha2::Sha256::digest(&buf).into();
+        if got != want {
+            return Err(S3Error::XAmzContentSHA256Mismatch);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// A header's value as text, if present and visible ASCII.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// RFC 3339 with milliseconds, as S3 XML shows times (`2009-10-12T17:50:30.000Z`).
+pub fn iso8601_ms(unix_ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&f).unwrap_or_default()
+}
+
+/// RFC 7231 date (`Last-Modified`).
+pub fn http_date(unix_ms: i64) -> String {
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(&f).unwrap_or_default()
+}
+
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// An XML response with status 200.
+pub fn xml_response(xml: String) -> Result<Response, S3Error> {
+    Response::builder()
+        .status(http::StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "application/xml")
+        .body(Body::from(xml))
+        .map_err(|e| S3Error::InternalError(format!("response: {e}")))
+}
+
+/// An empty response with `status`.
+pub fn empty_response(status: http::StatusCode) -> Result<Response, S3Error> {
+    Response::builder().status(status).body(Body::empty()).map_err(|e| S3Error::InternalError(format!("response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso8601_ms(1_255_369_830_123), "2009-10-12T17:50:30.123Z");
+        assert_eq!(http_date(1_255_369_830_123), "Mon, 12 Oct 2009 17:50:30 GMT");
+    }
+}

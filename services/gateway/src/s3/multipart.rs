@@ -1,0 +1,281 @@
+//! Multipart uploads: create, upload part (streamed like PutObject), complete (blobd links
+//! the parts, nothing is copied again), abort.
+
+use std::collections::HashMap;
+
+use aether_proto::blob::v1 as pb;
+use axum::body::Body;
+use axum::response::Response;
+use http::StatusCode;
+use md5::Digest as _;
+
+use super::object::{body_checks, meta_from_headers, quoted_etag};
+use super::{
+    AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, now_ms, read_small_body, xml_response,
+};
+use crate::error::S3Error;
+use crate::replicas::PutTarget;
+use crate::xml;
+
+/// Every part but the last must be at least this large.
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// The largest part S3 accepts.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+
+pub async fn handle_create_multipart_upload(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let meta = meta_from_headers(&ctx.headers, bucket, key)?;
+    let upload_id = uuid::Uuid::new_v4().simple().to_string();
+    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    if replicas.is_empty() {
+        return Err(S3Error::ServiceUnavailable);
+    }
+    let need = state.store.write_quorum(replicas.len());
+    let req = pb::CreateUploadRequest { upload_id: upload_id.clone(), meta: Some(meta) };
+    let (oks, errs) = state
+        .store
+        .unary_quorum(&replicas, need, |mut c| {
+            let req = req.clone();
+            async move { c.create_upload(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    if oks.len() < need {
+        for e in &errs {
+            tracing::warn!(code = ?e.code(), message = e.message(), "create upload failed");
+        }
+        return Err(S3Error::ServiceUnavailable);
+    }
+    let doc = xml::InitiateMultipartUploadResult {
+        xmlns: xml::S3_NS,
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id,
+    };
+    xml_response(xml::to_xml("InitiateMultipartUploadResult", &doc)?)
+}
+
+pub async fn handle_upload_part(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    part_number: u32,
+    body: ReqBody,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let checks = body_checks(ctx, &body.payload, MAX_PART_SIZE)?;
+    let echo: Vec<(&'static str, String)> =
+        checks.checksums.iter().map(|(a, v)| (a.header_name(), v.clone())).collect();
+    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    let header = pb::PartHeader {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: upload_id.to_string(),
+        part_number,
+    };
+    let outcome = state.store.put_stream(&replicas, PutTarget::Part(header), body_stream(body), checks).await?;
+    metrics::counter!("gateway_bytes_in_total").increment(outcome.size);
+    let mut resp =
+        Response::builder().status(StatusCode::OK).header(http::header::ETAG, quoted_etag(&hex::encode(outcome.md5)));
+    for (name, value) in echo {
+        resp = resp.header(name, value);
+    }
+    resp.body(Body::empty()).map_err(|e| S3Error::InternalError(format!("response: {e}")))
+}
+
+/// An ETag as clients send it back: quotes optional.
+fn bare_etag(etag: &str) -> &str {
+    etag.trim().trim_matches('"')
+}
+
+/// Check the requested parts against the stored ones and compute the multipart ETag
+/// (`hex(md5(concat of binary part md5s))-N`).
+pub fn check_parts(
+    requested: &[xml::CompletedPartXml],
+    stored: &HashMap<u32, (String, u64)>,
+) -> Result<String, S3Error> {
+    if requested.is_empty() {
+        return Err(S3Error::MalformedXML);
+    }
+    if requested.windows(2).any(|w| w[0].part_number >= w[1].part_number) {
+        return Err(S3Error::InvalidPartOrder);
+    }
+    let mut md5 = md5::Md5::new();
+    for (i, part) in requested.iter().enumerate() {
+        let Some((etag, size)) = stored.get(&part.part_number) else { return Err(S3Error::InvalidPart) };
+        if bare_etag(etag) != bare_etag(&part.etag) {
+            return Err(S3Error::InvalidPart);
+        }
+        if i + 1 < requested.len() && *size < MIN_PART_SIZE {
+            return Err(S3Error::EntityTooSmall);
+        }
+        let raw = hex::decode(bare_etag(etag)).map_err(|_| S3Error::InvalidPart)?;
+        md5.update(&raw);
+    }
+    Ok(format!("{}-{}", hex::encode(md5.finalize()), requested.len()))
+}
+
+pub async fn handle_complete_multipart_upload(
+    state: &AppState,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    body: ReqBody,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let body = read_small_body(body, 4 << 20).await?;
+    let doc = xml::parse_complete(&body)?;
+    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    if replicas.is_empty() {
+        return Err(S3Error::ServiceUnavailable);
+    }
+    // Ask every live replica; a part counts if any replica holds it.
+    let get =
+        pb::GetUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
+    let (uploads, errs) = state
+        .store
+        .unary_quorum(&replicas, replicas.len(), |mut c| {
+            let req = get.clone();
+            async move { c.get_upload(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    if uploads.is_empty() {
+        if errs.iter().any(|e| e.code() == tonic::Code::NotFound) {
+            return Err(S3Error::NoSuchUpload);
+        }
+        for e in &errs {
+            tracing::warn!(code = ?e.code(), message = e.message(), "get upload failed");
+        }
+        return Err(S3Error::ServiceUnavailable);
+    }
+    let mut stored: HashMap<u32, (String, u64)> = HashMap::new();
+    let wanted: HashMap<u32, &str> = doc.parts.iter().map(|p| (p.part_number, bare_etag(&p.etag))).collect();
+    for upload in &uploads {
+        for p in &upload.parts {
+            // Prefer the copy whose ETag matches the request.
+            let matches = wanted.get(&p.part_number).is_some_and(|w| *w == bare_etag(&p.etag));
+            if matches || !stored.contains_key(&p.part_number) {
+                stored.insert(p.part_number, (p.etag.clone(), p.size));
+            }
+        }
+    }
+    let etag = check_parts(&doc.parts, &stored)?;
+    let need = state.store.write_quorum(replicas.len());
+    let req = pb::CompleteUploadRequest {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: upload_id.to_string(),
+        parts: doc
+            .parts
+            .iter()
+            .map(|p| pb::CompletedPart { part_number: p.part_number, etag: bare_etag(&p.etag).to_string() })
+            .collect(),
+        version: Some(state.store.new_version()),
+        last_modified_ms: now_ms(),
+        etag: etag.clone(),
+    };
+    let (oks, errs) = state
+        .store
+        .unary_quorum(&replicas, need, |mut c| {
+            let req = req.clone();
+            async move { c.complete_upload(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    if oks.len() < need {
+        for e in &errs {
+            tracing::warn!(code = ?e.code(), message = e.message(), "complete upload failed");
+        }
+        return Err(S3Error::ServiceUnavailable);
+    }
+    let doc = xml::CompleteMultipartUploadResult {
+        xmlns: xml::S3_NS,
+        location: format!("/{bucket}/{key}"),
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        etag: quoted_etag(&etag),
+    };
+    let mut resp = xml_response(xml::to_xml("CompleteMultipartUploadResult", &doc)?)?;
+    if let Ok(v) = http::HeaderValue::from_str(&quoted_etag(&etag)) {
+        resp.headers_mut().insert(http::header::ETAG, v);
+    }
+    Ok(resp)
+}
+
+pub async fn handle_abort_multipart_upload(
+    state: &AppState,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    if replicas.is_empty() {
+        return Err(S3Error::ServiceUnavailable);
+    }
+    let need = state.store.write_quorum(replicas.len());
+    let req =
+        pb::AbortUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
+    let (oks, errs) = state
+        .store
+        .unary_quorum(&replicas, replicas.len(), |mut c| {
+            let req = req.clone();
+            async move { c.abort_upload(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    let not_found = errs.iter().filter(|e| e.code() == tonic::Code::NotFound).count();
+    if oks.is_empty() && not_found > 0 {
+        return Err(S3Error::NoSuchUpload);
+    }
+    if oks.len() + not_found < need {
+        for e in &errs {
+            tracing::warn!(code = ?e.code(), message = e.message(), "abort upload failed");
+        }
+        return Err(S3Error::ServiceUnavailable);
+    }
+    empty_response(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(n: u32, etag: &str) -> xml::CompletedPartXml {
+        xml::CompletedPartXml { part_number: n, etag: etag.to_string() }
+    }
+
+    #[test]
+    fn parts_are_checked_and_etag_computed() {
+        let a = hex::encode(md5::Md5::digest(b"a"));
+        let b = hex::encode(md5::Md5::digest(b"b"));
+        let mut stored = HashMap::new();
+        stored.insert(1, (a.clone(), MIN_PART_SIZE));
+        stored.insert(2, (b.clone(), 1));
+        let etag = check_parts(&[part(1, &format!("\"{a}\"")), part(2, &b)], &stored).unwrap();
+        let mut m = md5::Md5::new();
+        m.update(hex::decode(&a).unwrap());
+        m.update(hex::decode(&b).unwrap());
+        assert_eq!(etag, format!("{}-2", hex::encode(m.finalize())));
+
+        assert!(matches!(check_parts(&[], &stored), Err(S3Error::MalformedXML)));
+        assert!(matches!(check_parts(&[part(2, &b), part(1, &a)], &stored), Err(S3Error::InvalidPartOrder)));
+        assert!(matches!(check_parts(&[part(1, &a), part(1, &a)], &stored), Err(S3Error::InvalidPartOrder)));
+        assert!(matches!(check_parts(&[part(1, &a), part(3, &b)], &stored), Err(S3Error::InvalidPart)));
+        assert!(matches!(check_parts(&[part(1, &b)], &stored), Err(S3Error::InvalidPart)));
+        // A small part is fine only as the last one.
+        assert!(matches!(
+            check_parts(&[part(2, &b), part(3, &a)], &{
+                let mut s = stored.clone();
+                s.insert(3, (a.clone(), 1));
+                s
+            }),
+            Err(S3Error::EntityTooSmall)
+        ));
+        assert!(check_parts(&[part(2, &b)], &stored).is_ok());
+    }
+}

@@ -1,0 +1,377 @@
+//! Object operations: PutObject, GetObject / HeadObject (with ranges), DeleteObject.
+
+use std::collections::HashMap;
+
+use aether_proto::blob::v1 as pb;
+use axum::body::Body;
+use axum::response::Response;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::{AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, header_str, http_date, now_ms};
+use crate::auth::PayloadCheck;
+use crate::auth::checksum::{content_md5, requested_checksums};
+use crate::error::S3Error;
+use crate::replicas::{BodyChecks, NewestRead, PutTarget, body_of};
+
+/// Content headers and `x-amz-meta-*` of a write, into an `ObjectMeta` skeleton.
+pub fn meta_from_headers(headers: &HeaderMap, bucket: &str, key: &str) -> Result<pb::ObjectMeta, S3Error> {
+    let get = |n: &str| header_str(headers, n).unwrap_or("").to_string();
+    let content_encoding = header_str(headers, "content-encoding")
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("aws-chunked"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut user_metadata = HashMap::new();
+    let mut meta_bytes = 0usize;
+    for (name, value) in headers {
+        if let Some(m) = name.as_str().strip_prefix("x-amz-meta-") {
+            let value = value
+                .to_str()
+                .map_err(|_| S3Error::InvalidArgument(format!("Invalid value for header x-amz-meta-{m}")))?;
+            meta_bytes += m.len() + value.len();
+            user_metadata.insert(m.to_string(), value.to_string());
+        }
+    }
+    if meta_bytes > 2048 {
+        return Err(S3Error::InvalidArgument("Your metadata headers exceed the maximum allowed metadata size".into()));
+    }
+    let content_type = header_str(headers, "content-type").filter(|s| !s.is_empty()).unwrap_or("binary/octet-stream");
+    Ok(pb::ObjectMeta {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        content_type: content_type.to_string(),
+        content_encoding,
+        content_disposition: get("content-disposition"),
+        content_language: get("content-language"),
+        cache_control: get("cache-control"),
+        expires: get("expires"),
+        user_metadata,
+        last_modified_ms: now_ms(),
+        ..Default::default()
+    })
+}
+
+/// The declared payload length: x-amz-decoded-content-length for aws-chunked bodies,
+/// else Content-Length (required).
+pub fn declared_length(ctx: &Ctx, payload: &PayloadCheck, max: u64) -> Result<Option<u64>, S3Error> {
+    let parse = |name: &str| -> Result<Option<u64>, S3Error> {
+        match header_str(&ctx.headers, name) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| S3Error::InvalidArgument(format!("Invalid {name} header"))),
+        }
+    };
+    let len = match payload {
+        PayloadCheck::Chunked(mode) => match mode.decoded_length() {
+            Some(n) => Some(n),
+            None => parse("x-amz-decoded-content-length")?,
+        },
+        _ => match parse("content-length")? {
+            Some(n) => Some(n),
+            None => return Err(S3Error::MissingContentLength),
+        },
+    };
+    if len.is_some_and(|n| n > max) {
+        return Err(S3Error::EntityTooLarge);
+    }
+    Ok(len)
+}
+
+pub fn body_checks(ctx: &Ctx, payload: &PayloadCheck, max: u64) -> Result<BodyChecks, S3Error> {
+    Ok(BodyChecks {
+        declared_len: declared_length(ctx, payload, max)?,
+        max_len: max,
+        sha256: match payload {
+            PayloadCheck::Sha256(h) => Some(*h),
+            _ => None,
+        },
+        content_md5: content_md5(&ctx.headers)?,
+        checksums: requested_checksums(&ctx.headers)?,
+    })
+}
+
+pub fn quoted_etag(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+pub async fn handle_put_object(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    body: ReqBody,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let checks = body_checks(ctx, &body.payload, state.cfg.max_object_size)?;
+    let mut meta = meta_from_headers(&ctx.headers, bucket, key)?;
+    meta.version = Some(state.store.new_version());
+    for (alg, value) in &checks.checksums {
+        meta.checksums.insert(alg.name().to_ascii_lowercase(), value.clone());
+    }
+    let echo: Vec<(&'static str, String)> =
+        checks.checksums.iter().map(|(a, v)| (a.header_name(), v.clone())).collect();
+    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    let stream = body_stream(body);
+    let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), stream, checks).await?;
+    metrics::counter!("gateway_bytes_in_total").increment(outcome.size);
+    let mut resp =
+        Response::builder().status(StatusCode::OK).header(http::header::ETAG, quoted_etag(&hex::encode(outcome.md5)));
+    for (name, value) in echo {
+        resp = resp.header(name, value);
+    }
+    resp.body(Body::empty()).map_err(|e| S3Error::InternalError(format!("response: {e}")))
+}
+
+/// A `Range` header resolved against the object size: `Ok(None)` = whole body (no
+/// header, or one S3 ignores), `Ok(Some((start, end)))` inclusive, or `InvalidRange`.
+pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>, S3Error> {
+    let Some(h) = header else { return Ok(None) };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else { return Ok(None) };
+    let (a, b) = (a.trim(), b.trim());
+    let unsatisfiable = Err(S3Error::InvalidRange { size });
+    if a.is_empty() {
+        let Ok(n) = b.parse::<u64>() else { return Ok(None) };
+        if n == 0 || size == 0 {
+            return unsatisfiable;
+        }
+        return Ok(Some((size.saturating_sub(n), size - 1)));
+    }
+    let Ok(start) = a.parse::<u64>() else { return Ok(None) };
+    let end = if b.is_empty() {
+        u64::MAX
+    } else {
+        match b.parse::<u64>() {
+            Ok(e) if e >= start => e,
+            _ => return Ok(None),
+        }
+    };
+    if start >= size {
+        return unsatisfiable;
+    }
+    Ok(Some((start, end.min(size - 1))))
+}
+
+fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if value.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// The response headers of GetObject / HeadObject for `meta`.
+pub fn object_headers(meta: &pb::ObjectMeta) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    insert(&mut h, "etag", &quoted_etag(&meta.etag));
+    insert(&mut h, "last-modified", &http_date(meta.last_modified_ms));
+    insert(
+        &mut h,
+        "content-type",
+        if meta.content_type.is_empty() { "binary/octet-stream" } else { &meta.content_type },
+    );
+    insert(&mut h, "content-encoding", &meta.content_encoding);
+    insert(&mut h, "content-disposition", &meta.content_disposition);
+    insert(&mut h, "content-language", &meta.content_language);
+    insert(&mut h, "cache-control", &meta.cache_control);
+    insert(&mut h, "expires", &meta.expires);
+    insert(&mut h, "accept-ranges", "bytes");
+    for (k, v) in &meta.user_metadata {
+        if let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(format!("x-amz-meta-{k}").as_bytes()), HeaderValue::from_str(v))
+        {
+            h.insert(name, value);
+        }
+    }
+    h
+}
+
+pub async fn handle_get_object(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    head: bool,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    let range_header = header_str(&ctx.headers, "range");
+    // Without a range the first replica is asked with Get, and serves the body if it
+    // holds the newest version.
+    let with_body = !head && range_header.is_none();
+    let Some(read) = state.store.read_newest(&replicas, bucket, key, with_body).await? else {
+        return Err(S3Error::NoSuchKey);
+    };
+    let NewestRead { meta, holders, stream } = read;
+    if meta.tombstone {
+        return Err(S3Error::NoSuchKey);
+    }
+    check_conditions(&ctx.headers, &meta)?;
+    let range = parse_range(range_header, meta.size)?;
+    let mut headers = object_headers(&meta);
+    let (status, len) = match range {
+        Some((s, e)) => {
+            insert(&mut headers, "content-range", &format!("bytes {s}-{e}/{}", meta.size));
+            (StatusCode::PARTIAL_CONTENT, e - s + 1)
+        }
+        None => (StatusCode::OK, meta.size),
+    };
+    insert(&mut headers, "content-length", &len.to_string());
+    let body = if head || len == 0 {
+        Body::empty()
+    } else {
+        metrics::counter!("gateway_bytes_out_total").increment(len);
+        match stream {
+            Some(open) if range.is_none() => Body::from_stream(body_of(open)),
+            _ => Body::from_stream(state.store.open_body(&holders, &meta, range).await?),
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}
+
+/// `If-Match` / `If-None-Match` / `If-Modified-Since` / `If-Unmodified-Since` against
+/// the stored version (RFC 7232 precedence: the ETag conditions win over the dates).
+pub fn check_conditions(headers: &HeaderMap, meta: &pb::ObjectMeta) -> Result<(), S3Error> {
+    let etag_in = |list: &str| {
+        list.split(',').map(|t| t.trim().trim_start_matches("W/").trim_matches('"')).any(|t| t == "*" || t == meta.etag)
+    };
+    let modified_s = meta.last_modified_ms.div_euclid(1000);
+    let date = |name: &str| {
+        header_str(headers, name)
+            .and_then(|v| time::PrimitiveDateTime::parse(v, HTTP_DATE).ok().map(|t| t.assume_utc().unix_timestamp()))
+    };
+    match header_str(headers, "if-match") {
+        Some(list) if !etag_in(list) => return Err(S3Error::PreconditionFailed),
+        Some(_) => {}
+        None => {
+            if date("if-unmodified-since").is_some_and(|t| modified_s > t) {
+                return Err(S3Error::PreconditionFailed);
+            }
+        }
+    }
+    match header_str(headers, "if-none-match") {
+        Some(list) if etag_in(list) => return Err(S3Error::NotModified),
+        Some(_) => {}
+        None => {
+            if date("if-modified-since").is_some_and(|t| modified_s <= t) {
+                return Err(S3Error::NotModified);
+            }
+        }
+    }
+    Ok(())
+}
+
+const HTTP_DATE: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+);
+
+pub async fn handle_delete_object(state: &AppState, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    if replicas.is_empty() {
+        return Err(S3Error::ServiceUnavailable);
+    }
+    let need = state.store.write_quorum(replicas.len());
+    let req = pb::DeleteRequest {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        version: Some(state.store.new_version()),
+        last_modified_ms: now_ms(),
+    };
+    let (oks, errs) = state
+        .store
+        .unary_quorum(&replicas, need, |mut c| {
+            let req = req.clone();
+            async move { c.delete(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    if oks.len() < need {
+        for e in &errs {
+            tracing::warn!(code = ?e.code(), message = e.message(), "replica delete failed");
+        }
+        return Err(S3Error::ServiceUnavailable);
+    }
+    empty_response(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10).unwrap(), None);
+        assert_eq!(parse_range(Some("bytes=0-4"), 10).unwrap(), Some((0, 4)));
+        assert_eq!(parse_range(Some("bytes=5-"), 10).unwrap(), Some((5, 9)));
+        assert_eq!(parse_range(Some("bytes=5-100"), 10).unwrap(), Some((5, 9)));
+        assert_eq!(parse_range(Some("bytes=-3"), 10).unwrap(), Some((7, 9)));
+        assert_eq!(parse_range(Some("bytes=-30"), 10).unwrap(), Some((0, 9)));
+        assert_eq!(parse_range(Some("bytes=9-9"), 10).unwrap(), Some((9, 9)));
+        assert!(matches!(parse_range(Some("bytes=10-"), 10), Err(S3Error::InvalidRange { size: 10 })));
+        assert!(matches!(parse_range(Some("bytes=10-20"), 10), Err(S3Error::InvalidRange { size: 10 })));
+        assert!(matches!(parse_range(Some("bytes=-0"), 10), Err(S3Error::InvalidRange { .. })));
+        assert!(matches!(parse_range(Some("bytes=0-"), 0), Err(S3Error::InvalidRange { size: 0 })));
+        // Syntactically invalid or multi-range headers are ignored.
+        assert_eq!(parse_range(Some("bytes=5-2"), 10).unwrap(), None);
+        assert_eq!(parse_range(Some("items=0-1"), 10).unwrap(), None);
+        assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10).unwrap(), None);
+        assert_eq!(parse_range(Some("bytes=a-b"), 10).unwrap(), None);
+    }
+
+    #[test]
+    fn conditions() {
+        let meta = pb::ObjectMeta { etag: "abc".into(), last_modified_ms: 1_255_369_830_123, ..Default::default() };
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        assert!(check_conditions(&h(&[]), &meta).is_ok());
+        assert!(check_conditions(&h(&[("if-match", "\"abc\"")]), &meta).is_ok());
+        assert!(matches!(check_conditions(&h(&[("if-match", "\"x\"")]), &meta), Err(S3Error::PreconditionFailed)));
+        assert!(matches!(check_conditions(&h(&[("if-none-match", "\"abc\"")]), &meta), Err(S3Error::NotModified)));
+        assert!(check_conditions(&h(&[("if-none-match", "\"x\"")]), &meta).is_ok());
+        let later = "Tue, 13 Oct 2009 00:00:00 GMT";
+        let earlier = "Sun, 11 Oct 2009 00:00:00 GMT";
+        assert!(matches!(check_conditions(&h(&[("if-modified-since", later)]), &meta), Err(S3Error::NotModified)));
+        assert!(check_conditions(&h(&[("if-modified-since", earlier)]), &meta).is_ok());
+        assert!(matches!(
+            check_conditions(&h(&[("if-unmodified-since", earlier)]), &meta),
+            Err(S3Error::PreconditionFailed)
+        ));
+        // If-Match wins over If-Unmodified-Since.
+        assert!(check_conditions(&h(&[("if-match", "abc"), ("if-unmodified-since", earlier)]), &meta).is_ok());
+    }
+
+    #[test]
+    fn content_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("content-encoding", "aws-chunked, gzip".parse().unwrap());
+        h.insert("x-amz-meta-color", "blue".parse().unwrap());
+        h.insert("cache-control", "no-cache".parse().unwrap());
+        let m = meta_from_headers(&h, "b", "k").unwrap();
+        assert_eq!(m.content_encoding, "gzip");
+        assert_eq!(m.content_type, "binary/octet-stream");
+        assert_eq!(m.user_metadata.get("color").map(String::as_str), Some("blue"));
+        let out = object_headers(&pb::ObjectMeta { etag: "abc".into(), ..m });
+        assert_eq!(out.get("etag").unwrap(), "\"abc\"");
+        assert_eq!(out.get("x-amz-meta-color").unwrap(), "blue");
+        assert_eq!(out.get("cache-control").unwrap(), "no-cache");
+        assert_eq!(out.get("accept-ranges").unwrap(), "bytes");
+        assert!(out.get("content-language").is_none());
+    }
+}

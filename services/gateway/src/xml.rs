@@ -1,0 +1,279 @@
+//! S3 XML documents: serialized with quick-xml, in the S3 namespace, behind the XML
+//! declaration. Error documents are rendered from `S3Error` in `server::error_response`,
+//! the one place errors reach the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::S3Error;
+
+pub const S3_NS: &str = "http://s3.amazonaws.com/doc/2006-03-01/";
+const DECL: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>";
+
+/// Serialize `value` as the document element `root`.
+pub fn to_xml<T: Serialize>(root: &str, value: &T) -> Result<String, S3Error> {
+    let mut out = String::from(DECL);
+    let ser = quick_xml::se::Serializer::with_root(&mut out, Some(root))
+        .map_err(|e| S3Error::InternalError(format!("xml root: {e}")))?;
+    value.serialize(ser).map_err(|e| S3Error::InternalError(format!("xml: {e}")))?;
+    Ok(out)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorDoc<'a> {
+    #[serde(rename = "Code")]
+    pub code: &'a str,
+    #[serde(rename = "Message")]
+    pub message: &'a str,
+    #[serde(rename = "Resource", skip_serializing_if = "Option::is_none")]
+    pub resource: Option<&'a str>,
+    #[serde(rename = "RequestId")]
+    pub request_id: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Owner {
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "DisplayName")]
+    pub display_name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BucketXml {
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "CreationDate")]
+    pub creation_date: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Buckets {
+    #[serde(rename = "Bucket", default)]
+    pub bucket: Vec<BucketXml>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListAllMyBucketsResult {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "Owner")]
+    pub owner: Owner,
+    #[serde(rename = "Buckets")]
+    pub buckets: Buckets,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LocationConstraint {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "$text")]
+    pub region: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContentsXml {
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "LastModified")]
+    pub last_modified: String,
+    #[serde(rename = "ETag")]
+    pub etag: String,
+    #[serde(rename = "Size")]
+    pub size: u64,
+    #[serde(rename = "StorageClass")]
+    pub storage_class: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommonPrefixXml {
+    #[serde(rename = "Prefix")]
+    pub prefix: String,
+}
+
+/// ListObjectsV2 and ListObjects (v1) share one document; the fields of the other
+/// version stay `None`.
+#[derive(Debug, Serialize, Default)]
+pub struct ListBucketResult {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "Name")]
+    pub name: String,
+    #[serde(rename = "Prefix")]
+    pub prefix: String,
+    #[serde(rename = "Marker", skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
+    #[serde(rename = "NextMarker", skip_serializing_if = "Option::is_none")]
+    pub next_marker: Option<String>,
+    #[serde(rename = "Delimiter", skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+    #[serde(rename = "MaxKeys")]
+    pub max_keys: usize,
+    #[serde(rename = "KeyCount", skip_serializing_if = "Option::is_none")]
+    pub key_count: Option<usize>,
+    #[serde(rename = "IsTruncated")]
+    pub is_truncated: bool,
+    #[serde(rename = "ContinuationToken", skip_serializing_if = "Option::is_none")]
+    pub continuation_token: Option<String>,
+    #[serde(rename = "NextContinuationToken", skip_serializing_if = "Option::is_none")]
+    pub next_continuation_token: Option<String>,
+    #[serde(rename = "StartAfter", skip_serializing_if = "Option::is_none")]
+    pub start_after: Option<String>,
+    #[serde(rename = "EncodingType", skip_serializing_if = "Option::is_none")]
+    pub encoding_type: Option<&'static str>,
+    #[serde(rename = "Contents", default)]
+    pub contents: Vec<ContentsXml>,
+    #[serde(rename = "CommonPrefixes", default)]
+    pub common_prefixes: Vec<CommonPrefixXml>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InitiateMultipartUploadResult {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "Bucket")]
+    pub bucket: String,
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "UploadId")]
+    pub upload_id: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompleteMultipartUploadResult {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "Location")]
+    pub location: String,
+    #[serde(rename = "Bucket")]
+    pub bucket: String,
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "ETag")]
+    pub etag: String,
+}
+
+/// The CompleteMultipartUpload request body.
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct CompleteMultipartUpload {
+    #[serde(rename = "Part", default)]
+    pub parts: Vec<CompletedPartXml>,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct CompletedPartXml {
+    #[serde(rename = "PartNumber")]
+    pub part_number: u32,
+    #[serde(rename = "ETag")]
+    pub etag: String,
+}
+
+/// The optional CreateBucket request body.
+#[derive(Debug, Deserialize, Default)]
+pub struct CreateBucketConfiguration {
+    #[serde(rename = "LocationConstraint", default)]
+    pub location_constraint: Option<String>,
+}
+
+pub fn parse_complete(body: &[u8]) -> Result<CompleteMultipartUpload, S3Error> {
+    let text = std::str::from_utf8(body).map_err(|_| S3Error::MalformedXML)?;
+    quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXML)
+}
+
+pub fn parse_create_bucket(body: &[u8]) -> Result<CreateBucketConfiguration, S3Error> {
+    let text = std::str::from_utf8(body).map_err(|_| S3Error::MalformedXML)?;
+    if text.trim().is_empty() {
+        return Ok(CreateBucketConfiguration::default());
+    }
+    quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXML)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_document() {
+        let doc = ErrorDoc {
+            code: "NoSuchKey",
+            message: "The specified key does not exist.",
+            resource: Some("/b/k&x"),
+            request_id: "r1",
+        };
+        let s = to_xml("Error", &doc).unwrap();
+        assert_eq!(
+            s,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Resource>/b/k&amp;x</Resource><RequestId>r1</RequestId></Error>"
+        );
+    }
+
+    #[test]
+    fn list_buckets_document() {
+        let doc = ListAllMyBucketsResult {
+            xmlns: S3_NS,
+            owner: Owner { id: "AK".into(), display_name: "AK".into() },
+            buckets: Buckets {
+                bucket: vec![BucketXml { name: "a".into(), creation_date: "2026-01-01T00:00:00.000Z".into() }],
+            },
+        };
+        let s = to_xml("ListAllMyBucketsResult", &doc).unwrap();
+        assert!(s.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListAllMyBucketsResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Owner>"), "{s}");
+        assert!(s.contains("<Buckets><Bucket><Name>a</Name><CreationDate>2026-01-01T00:00:00.000Z</CreationDate></Bucket></Buckets>"), "{s}");
+    }
+
+    #[test]
+    fn list_objects_document() {
+        let doc = ListBucketResult {
+            xmlns: S3_NS,
+            name: "b".into(),
+            prefix: "p/".into(),
+            delimiter: Some("/".into()),
+            max_keys: 2,
+            key_count: Some(2),
+            is_truncated: true,
+            next_continuation_token: Some("tok".into()),
+            contents: vec![ContentsXml {
+                key: "p/a".into(),
+                last_modified: "x".into(),
+                etag: "\"e\"".into(),
+                size: 3,
+                storage_class: "STANDARD",
+            }],
+            common_prefixes: vec![CommonPrefixXml { prefix: "p/d/".into() }],
+            ..Default::default()
+        };
+        let s = to_xml("ListBucketResult", &doc).unwrap();
+        assert!(s.contains("<Name>b</Name><Prefix>p/</Prefix><Delimiter>/</Delimiter><MaxKeys>2</MaxKeys><KeyCount>2</KeyCount><IsTruncated>true</IsTruncated><NextContinuationToken>tok</NextContinuationToken>"), "{s}");
+        assert!(s.contains("<Contents><Key>p/a</Key><LastModified>x</LastModified><ETag>\"e\"</ETag><Size>3</Size><StorageClass>STANDARD</StorageClass></Contents><CommonPrefixes><Prefix>p/d/</Prefix></CommonPrefixes>"), "{s}");
+        assert!(!s.contains("Marker"), "{s}");
+    }
+
+    #[test]
+    fn multipart_documents() {
+        let s = to_xml(
+            "CompleteMultipartUploadResult",
+            &CompleteMultipartUploadResult {
+                xmlns: S3_NS,
+                location: "/b/k".into(),
+                bucket: "b".into(),
+                key: "k".into(),
+                etag: "\"x-2\"".into(),
+            },
+        )
+        .unwrap();
+        assert!(s.contains("<Location>/b/k</Location><Bucket>b</Bucket><Key>k</Key><ETag>\"x-2\"</ETag>"), "{s}");
+        let body = br#"<?xml version="1.0" encoding="UTF-8"?>
+<CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Part><ETag>"aa"</ETag><PartNumber>1</PartNumber><ChecksumCRC32>x</ChecksumCRC32></Part>
+  <Part><PartNumber>2</PartNumber><ETag>bb</ETag></Part>
+</CompleteMultipartUpload>"#;
+        let c = parse_complete(body).unwrap();
+        assert_eq!(c.parts.len(), 2);
+        assert_eq!(c.parts[0], CompletedPartXml { part_number: 1, etag: "\"aa\"".into() });
+        assert_eq!(c.parts[1].part_number, 2);
+        assert!(matches!(parse_complete(b"<CompleteMultipartUpload><Part>"), Err(S3Error::MalformedXML)));
+        assert!(matches!(parse_complete(b"not xml"), Err(S3Error::MalformedXML)));
+        let cfg = parse_create_bucket(b"<CreateBucketConfiguration><LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>").unwrap();
+        assert_eq!(cfg.location_constraint.as_deref(), Some("eu-west-1"));
+        assert!(parse_create_bucket(b"").unwrap().location_constraint.is_none());
+    }
+}
