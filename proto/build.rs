@@ -13,11 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_protos(&["blob/v1/blob.proto"], &["."])?;
 
-    tonic_prost_build::configure()
-        .build_client(false)
-        .build_server(true)
-        .generate_default_stubs(true)
-        .compile_protos(&["etcd/etcd/api/etcdserverpb/rpc.proto", "etcd/etcd/api/mvccpb/kv.proto", "etcd/etcd/api/authpb/auth.proto"], &["etcd"])?;
+    tonic_prost_build::configure().build_client(false).build_server(true).generate_default_stubs(true).compile_protos(
+        &["etcd/etcd/api/etcdserverpb/rpc.proto", "etcd/etcd/api/mvccpb/kv.proto", "etcd/etcd/api/authpb/auth.proto"],
+        &["etcd"],
+    )?;
     println!("cargo:rerun-if-changed=blob");
     println!("cargo:rerun-if-changed=etcd");
     Ok(())

@@ -34,7 +34,8 @@ async fn auth_errors_presigned_urls_and_digests() -> anyhow::Result<()> {
     let r = http1::request(&c.gateways[0].s3_addr, "GET", "/", &[], Vec::new()).await?;
     assert_eq!(r.status, 403, "{}", r.body_text());
 
-    // A client clock 20 minutes behind.
+    // A client clock 20 minutes behind. Retries are off: the SDK would otherwise correct
+    // its clock from our Date header and retry (which is what a client should do).
     let creds = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "t");
     let skewed = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::new()
@@ -44,6 +45,7 @@ async fn auth_errors_presigned_urls_and_digests() -> anyhow::Result<()> {
             .credentials_provider(creds)
             .force_path_style(true)
             .time_source(SkewedClock(Duration::from_secs(20 * 60)))
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
             .build(),
     );
     assert_eq!(err_code(skewed.list_buckets().send().await), "RequestTimeTooSkewed");
@@ -56,10 +58,20 @@ async fn auth_errors_presigned_urls_and_digests() -> anyhow::Result<()> {
 
     // Presigned PUT then GET with a plain HTTP client.
     let addr = c.gateways[0].s3_addr.clone();
-    let put = s3.put_object().bucket("sec").key("pre signed").presigned(PresigningConfig::expires_in(Duration::from_secs(300))?).await?;
+    let put = s3
+        .put_object()
+        .bucket("sec")
+        .key("pre signed")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(300))?)
+        .await?;
     let r = http1::request(&addr, "PUT", &path_and_query(put.uri()), &[], b"via presigned".to_vec()).await?;
     assert_eq!(r.status, 200, "{}", r.body_text());
-    let get = s3.get_object().bucket("sec").key("pre signed").presigned(PresigningConfig::expires_in(Duration::from_secs(300))?).await?;
+    let get = s3
+        .get_object()
+        .bucket("sec")
+        .key("pre signed")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(300))?)
+        .await?;
     let r = http1::request(&addr, "GET", &path_and_query(get.uri()), &[], Vec::new()).await?;
     assert_eq!(r.status, 200, "{}", r.body_text());
     assert_eq!(r.body, b"via presigned");
@@ -78,7 +90,12 @@ async fn auth_errors_presigned_urls_and_digests() -> anyhow::Result<()> {
     assert_eq!(r.status, 403);
     assert!(r.body_text().contains("AccessDenied"), "{}", r.body_text());
     // Expiry beyond 7 days is refused.
-    let week = s3.get_object().bucket("sec").key("pre signed").presigned(PresigningConfig::expires_in(Duration::from_secs(7 * 86400))?).await?;
+    let week = s3
+        .get_object()
+        .bucket("sec")
+        .key("pre signed")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(7 * 86400))?)
+        .await?;
     let too_long = path_and_query(week.uri()).replace("X-Amz-Expires=604800", "X-Amz-Expires=604801");
     let r = http1::request(&addr, "GET", &too_long, &[], Vec::new()).await?;
     assert_eq!(r.status, 400, "{}", r.body_text());
@@ -96,11 +113,15 @@ async fn truncated_and_mismatched_bodies_store_nothing() -> anyhow::Result<()> {
     let _ = http1::truncated_put(&addr, "/raw/trunc", 1 << 20, &[7u8; 1000]).await?;
     let r = http1::request(&addr, "GET", "/raw/trunc", &[], Vec::new()).await?;
     assert_eq!(r.status, 404, "{}", r.body_text());
-    wait_for("staging dirs to be empty", Duration::from_secs(10), || async { (c.staging_leftovers() == 0).then_some(()) }).await?;
+    wait_for("staging dirs to be empty", Duration::from_secs(10), || async {
+        (c.staging_leftovers() == 0).then_some(())
+    })
+    .await?;
 
     // Payload hash that does not match the body.
     let wrong = "0".repeat(64);
-    let r = http1::request(&addr, "PUT", "/raw/hash", &[("x-amz-content-sha256", wrong.as_str())], b"body".to_vec()).await?;
+    let r = http1::request(&addr, "PUT", "/raw/hash", &[("x-amz-content-sha256", wrong.as_str())], b"body".to_vec())
+        .await?;
     assert_eq!(r.status, 400, "{}", r.body_text());
     assert!(r.body_text().contains("XAmzContentSHA256Mismatch"), "{}", r.body_text());
     let r = http1::request(&addr, "GET", "/raw/hash", &[], Vec::new()).await?;

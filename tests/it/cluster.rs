@@ -17,7 +17,13 @@ async fn holds(c: &Cluster, i: usize, bucket: &str, key: &str) -> anyhow::Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bytes_live_exactly_on_their_hrw_replicas() -> anyhow::Result<()> {
-    let c = Cluster::start(ClusterOptions { blobds: 5, gateways: 1, write_quorum: Quorum::All, ..ClusterOptions::default() }).await?;
+    let c = Cluster::start(ClusterOptions {
+        blobds: 5,
+        gateways: 1,
+        write_quorum: Quorum::All,
+        ..ClusterOptions::default()
+    })
+    .await?;
     let s3 = c.s3(0);
     s3.create_bucket().bucket("place").send().await?;
     let nodes: Vec<PlacementNode> =
@@ -43,22 +49,32 @@ async fn bytes_live_exactly_on_their_hrw_replicas() -> anyhow::Result<()> {
 async fn quorum_survives_one_blobd_down() -> anyhow::Result<()> {
     let mut c = Cluster::start(ClusterOptions::default()).await?;
     let s3 = c.s3(0);
-    s3.create_bucket().bucket("ha").send().await?;
+    s3.create_bucket().bucket("ha-bucket").send().await?;
     for k in 0..20 {
-        s3.put_object().bucket("ha").key(format!("before-{k}")).body(bs(&pattern(1000 + k, k as u64))).send().await?;
+        s3.put_object()
+            .bucket("ha-bucket")
+            .key(format!("before-{k}"))
+            .body(bs(&pattern(1000 + k, k as u64)))
+            .send()
+            .await?;
     }
     c.stop_blobd(0).await?;
     for k in 0..20 {
-        s3.put_object().bucket("ha").key(format!("after-{k}")).body(bs(&pattern(2000 + k, k as u64))).send().await?;
+        s3.put_object()
+            .bucket("ha-bucket")
+            .key(format!("after-{k}"))
+            .body(bs(&pattern(2000 + k, k as u64)))
+            .send()
+            .await?;
     }
     let s3b = c.s3(1);
     for k in 0..20 {
-        let got = s3b.get_object().bucket("ha").key(format!("before-{k}")).send().await?;
+        let got = s3b.get_object().bucket("ha-bucket").key(format!("before-{k}")).send().await?;
         assert_eq!(body_bytes(got).await, pattern(1000 + k, k as u64));
-        let got = s3b.get_object().bucket("ha").key(format!("after-{k}")).send().await?;
+        let got = s3b.get_object().bucket("ha-bucket").key(format!("after-{k}")).send().await?;
         assert_eq!(body_bytes(got).await, pattern(2000 + k, k as u64));
     }
-    let listed = s3b.list_objects_v2().bucket("ha").send().await?;
+    let listed = s3b.list_objects_v2().bucket("ha-bucket").send().await?;
     assert_eq!(listed.key_count(), Some(40));
     Ok(())
 }

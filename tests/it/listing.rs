@@ -5,7 +5,12 @@ use aether_tests::{Cluster, ClusterOptions};
 use crate::bs;
 
 /// Everything ListObjectsV2 returns for (prefix, delimiter), following continuation tokens.
-async fn list_all(s3: &aws_sdk_s3::Client, prefix: &str, delimiter: Option<&str>, page: i32) -> anyhow::Result<(Vec<String>, Vec<String>, usize)> {
+async fn list_all(
+    s3: &aws_sdk_s3::Client,
+    prefix: &str,
+    delimiter: Option<&str>,
+    page: i32,
+) -> anyhow::Result<(Vec<String>, Vec<String>, usize)> {
     let mut keys = Vec::new();
     let mut prefixes = Vec::new();
     let mut token: Option<String> = None;

@@ -21,10 +21,18 @@ async fn multipart_upload_complete_abort_and_errors() -> anyhow::Result<()> {
         let n = i as i32 + 1;
         // Upload part 2 twice: the second upload replaces the first.
         if n == 2 {
-            s3.upload_part().bucket("mpu").key("obj").upload_id(&id).part_number(n).body(bs(&pattern(5 * MIB, 99))).send().await?;
+            s3.upload_part()
+                .bucket("mpu")
+                .key("obj")
+                .upload_id(&id)
+                .part_number(n)
+                .body(bs(&pattern(5 * MIB, 99)))
+                .send()
+                .await?;
         }
         // Parts go through the other gateway too: the gateway holds no state.
-        let out = c.s3(i % 2).upload_part().bucket("mpu").key("obj").upload_id(&id).part_number(n).body(bs(d)).send().await?;
+        let out =
+            c.s3(i % 2).upload_part().bucket("mpu").key("obj").upload_id(&id).part_number(n).body(bs(d)).send().await?;
         let md5 = md5::Md5::digest(d);
         assert_eq!(out.e_tag(), Some(format!("\"{}\"", hex::encode(md5)).as_str()));
         md5s.extend_from_slice(&md5);
@@ -70,7 +78,13 @@ async fn multipart_upload_complete_abort_and_errors() -> anyhow::Result<()> {
     assert_eq!(got.content_type(), Some("text/x-mpu"));
     assert_eq!(body_bytes(got).await, whole);
     // A range across the part 1 / part 2 boundary.
-    let r = s3.get_object().bucket("mpu").key("obj").range(format!("bytes={}-{}", 5 * MIB - 10, 5 * MIB + 9)).send().await?;
+    let r = s3
+        .get_object()
+        .bucket("mpu")
+        .key("obj")
+        .range(format!("bytes={}-{}", 5 * MIB - 10, 5 * MIB + 9))
+        .send()
+        .await?;
     assert_eq!(body_bytes(r).await, whole[5 * MIB - 10..5 * MIB + 10]);
     // Completed uploads are gone.
     let r = s3.upload_part().bucket("mpu").key("obj").upload_id(&id).part_number(1).body(bs(b"x")).send().await;
@@ -81,7 +95,15 @@ async fn multipart_upload_complete_abort_and_errors() -> anyhow::Result<()> {
     let id2 = up.upload_id().unwrap_or_default().to_string();
     let mut parts = Vec::new();
     for n in 1..=2 {
-        let out = s3.upload_part().bucket("mpu").key("small").upload_id(&id2).part_number(n).body(bs(&pattern(1000, n as u64))).send().await?;
+        let out = s3
+            .upload_part()
+            .bucket("mpu")
+            .key("small")
+            .upload_id(&id2)
+            .part_number(n)
+            .body(bs(&pattern(1000, n as u64)))
+            .send()
+            .await?;
         parts.push(CompletedPart::builder().part_number(n).e_tag(out.e_tag().unwrap_or_default()).build());
     }
     let r = s3
@@ -96,7 +118,10 @@ async fn multipart_upload_complete_abort_and_errors() -> anyhow::Result<()> {
 
     // Abort, then the upload is gone and the bucket can be emptied and deleted.
     s3.abort_multipart_upload().bucket("mpu").key("small").upload_id(&id2).send().await?;
-    assert_eq!(err_code(s3.abort_multipart_upload().bucket("mpu").key("small").upload_id(&id2).send().await), "NoSuchUpload");
+    assert_eq!(
+        err_code(s3.abort_multipart_upload().bucket("mpu").key("small").upload_id(&id2).send().await),
+        "NoSuchUpload"
+    );
     assert_eq!(err_code(s3.get_object().bucket("mpu").key("small").send().await), "NoSuchKey");
     s3.delete_object().bucket("mpu").key("obj").send().await?;
     s3.delete_bucket().bucket("mpu").send().await?;

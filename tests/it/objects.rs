@@ -43,7 +43,8 @@ async fn create_bucket_race_has_one_winner() -> anyhow::Result<()> {
     let c = Cluster::start(ClusterOptions { blobds: 1, ..ClusterOptions::default() }).await?;
     for round in 0..5 {
         let name = format!("race-{round}");
-        let (a, b) = tokio::join!(c.s3(0).create_bucket().bucket(&name).send(), c.s3(1).create_bucket().bucket(&name).send());
+        let (a, b) =
+            tokio::join!(c.s3(0).create_bucket().bucket(&name).send(), c.s3(1).create_bucket().bucket(&name).send());
         let ok = [a.is_ok(), b.is_ok()].iter().filter(|x| **x).count();
         assert_eq!(ok, 1, "round {round}: exactly one CreateBucket must win");
         let loser = if a.is_ok() { err_code(b) } else { err_code(a) };
@@ -82,12 +83,20 @@ async fn objects_round_trip_with_metadata_ranges_and_odd_keys() -> anyhow::Resul
     assert_eq!(head.e_tag(), Some(format!("\"{md5}\"").as_str()));
 
     // Ranges.
-    for (range, lo, hi) in [("bytes=0-9", 0usize, 9usize), ("bytes=99990-", 99_990, 99_999), ("bytes=-5", 99_995, 99_999), ("bytes=500-200000", 500, 99_999)] {
+    for (range, lo, hi) in [
+        ("bytes=0-9", 0usize, 9usize),
+        ("bytes=99990-", 99_990, 99_999),
+        ("bytes=-5", 99_995, 99_999),
+        ("bytes=500-200000", 500, 99_999),
+    ] {
         let r = s3.get_object().bucket("objs").key("dir/file.bin").range(range).send().await?;
         assert_eq!(r.content_range(), Some(format!("bytes {lo}-{hi}/100000").as_str()), "{range}");
         assert_eq!(body_bytes(r).await, data[lo..=hi], "{range}");
     }
-    assert_eq!(err_code(s3.get_object().bucket("objs").key("dir/file.bin").range("bytes=100000-").send().await), "InvalidRange");
+    assert_eq!(
+        err_code(s3.get_object().bucket("objs").key("dir/file.bin").range("bytes=100000-").send().await),
+        "InvalidRange"
+    );
 
     // Empty object, odd keys, the longest key.
     let long_key = "k".repeat(1024);

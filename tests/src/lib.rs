@@ -109,14 +109,8 @@ async fn local() -> anyhow::Result<(TcpListener, String)> {
 impl Cluster {
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new().prefix("aether-cluster-").tempdir()?;
-        let mut c = Cluster {
-            opts,
-            root,
-            metad_addr: String::new(),
-            metad: None,
-            blobds: Vec::new(),
-            gateways: Vec::new(),
-        };
+        let mut c =
+            Cluster { opts, root, metad_addr: String::new(), metad: None, blobds: Vec::new(), gateways: Vec::new() };
         for i in 0..c.opts.blobds {
             let data_dir = c.root.path().join(format!("blobd-{i}"));
             std::fs::create_dir_all(&data_dir)?;
@@ -183,7 +177,8 @@ impl Cluster {
             let (prefix, addr) = (prefix.clone(), addr.clone());
             async move {
                 let mut c = etcd_client::Client::connect([addr], None).await.ok()?;
-                let r = c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.ok()?;
+                let r =
+                    c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.ok()?;
                 (r.count() as usize == n).then_some(())
             }
         })
@@ -294,10 +289,7 @@ impl Cluster {
 
     /// Files left in every blobd's staging directory (should be none at rest).
     pub fn staging_leftovers(&self) -> usize {
-        self.blobds
-            .iter()
-            .map(|b| std::fs::read_dir(b.data_dir.join("staging")).map(|d| d.count()).unwrap_or(0))
-            .sum()
+        self.blobds.iter().map(|b| std::fs::read_dir(b.data_dir.join("staging")).map(|d| d.count()).unwrap_or(0)).sum()
     }
 }
 

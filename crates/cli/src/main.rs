@@ -286,15 +286,30 @@ async fn server(file: FileConfig, a: ServerArgs, shutdown: Shutdown) -> anyhow::
     let mut tasks = tokio::task::JoinSet::new();
     let sd = shutdown.clone();
     tasks.spawn(async move {
-        ("metad", aether_metad::run(metad, MetadListeners { client: metad_listener, admin: None }, sd).await.map_err(anyhow::Error::from))
+        (
+            "metad",
+            aether_metad::run(metad, MetadListeners { client: metad_listener, admin: None }, sd)
+                .await
+                .map_err(anyhow::Error::from),
+        )
     });
     let sd = shutdown.clone();
     tasks.spawn(async move {
-        ("blobd", aether_blobd::run(blobd, BlobdListeners { grpc: blobd_listener, admin: None }, sd).await.map_err(anyhow::Error::from))
+        (
+            "blobd",
+            aether_blobd::run(blobd, BlobdListeners { grpc: blobd_listener, admin: None }, sd)
+                .await
+                .map_err(anyhow::Error::from),
+        )
     });
     let sd = shutdown.clone();
     tasks.spawn(async move {
-        ("gateway", aether_gateway::run(gateway, GatewayListeners { s3, admin: Some(admin) }, sd).await.map_err(anyhow::Error::from))
+        (
+            "gateway",
+            aether_gateway::run(gateway, GatewayListeners { s3, admin: Some(admin) }, sd)
+                .await
+                .map_err(anyhow::Error::from),
+        )
     });
 
     // Whichever service stops first (error or shutdown) stops the others.
