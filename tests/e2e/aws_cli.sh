@@ -25,10 +25,10 @@ echo "--- mb, cp small, cp 50 MiB (multipart), sync, ls, rm, rb"
 s3 s3 mb s3://e2e-bucket
 head -c 1234 /dev/urandom >"$work/small.bin"
 head -c $((50 * 1024 * 1024)) /dev/urandom >"$work/big.bin"
-s3 s3 cp "$work/small.bin" s3://e2e-bucket/small.bin
-s3 s3 cp "$work/big.bin" s3://e2e-bucket/dir/big.bin
-s3 s3 cp s3://e2e-bucket/small.bin "$work/small.out"
-s3 s3 cp s3://e2e-bucket/dir/big.bin "$work/big.out"
+s3 s3 cp --no-progress "$work/small.bin" s3://e2e-bucket/small.bin
+s3 s3 cp --no-progress "$work/big.bin" s3://e2e-bucket/dir/big.bin
+s3 s3 cp --no-progress s3://e2e-bucket/small.bin "$work/small.out"
+s3 s3 cp --no-progress s3://e2e-bucket/dir/big.bin "$work/big.out"
 cmp "$work/small.bin" "$work/small.out"
 cmp "$work/big.bin" "$work/big.out"
 etag=$(s3 s3api head-object --bucket e2e-bucket --key dir/big.bin --query ETag --output text)
@@ -36,11 +36,11 @@ case "$etag" in *-*) echo "multipart ETag $etag" ;; *) echo "expected a multipar
 
 mkdir -p "$work/tree/a/b"
 for i in 1 2 3; do echo "file $i" >"$work/tree/f$i.txt"; echo "deep $i" >"$work/tree/a/b/d$i.txt"; done
-s3 s3 sync "$work/tree" s3://e2e-bucket/tree
+s3 s3 sync --no-progress "$work/tree" s3://e2e-bucket/tree
 listing=$(s3 s3 ls --recursive s3://e2e-bucket/tree/)
 echo "$listing"
 [ "$(echo "$listing" | wc -l)" -eq 6 ]
-s3 s3 sync s3://e2e-bucket/tree "$work/tree-back"
+s3 s3 sync --no-progress s3://e2e-bucket/tree "$work/tree-back"
 diff -r "$work/tree" "$work/tree-back"
 top=$(s3 s3 ls s3://e2e-bucket/)
 echo "$top" | grep -q "PRE dir/"

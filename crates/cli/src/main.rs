@@ -326,3 +326,32 @@ async fn server(file: FileConfig, a: ServerArgs, shutdown: Shutdown) -> anyhow::
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_parses() {
+        let text = include_str!("../../../docs/aether.example.toml");
+        let cfg: FileConfig = aether_common::config::parse_toml(text).expect("docs/aether.example.toml");
+        assert_eq!(cfg.gateway.replication_factor, 3);
+        assert_eq!(cfg.gateway.write_quorum, Quorum::Quorum);
+        assert_eq!(cfg.blobd.lease_ttl_secs, 10);
+        assert_eq!(cfg.metad.snapshot_threshold, 10_000);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key() {
+        let err = aether_common::config::parse_toml::<FileConfig>("[gateway]\nreplication_factr = 2\n").unwrap_err();
+        assert!(err.contains("replication_factr"), "{err}");
+        let err = aether_common::config::parse_toml::<FileConfig>("[gatewy]\n").unwrap_err();
+        assert!(err.contains("gatewy"), "{err}");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
