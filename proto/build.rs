@@ -8,9 +8,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err(format!("PROTOC is not set; expected tools/protoc ({})", vendored.display()).into());
     }
 
+    // `bytes` fields as `bytes::Bytes`: body chunks move from the HTTP body to every
+    // replica's gRPC stream (and from disk to the client) without a copy.
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .bytes(".")
         .compile_protos(&["blob/v1/blob.proto"], &["."])?;
 
     tonic_prost_build::configure().build_client(false).build_server(true).generate_default_stubs(true).compile_protos(

@@ -6,6 +6,7 @@ mod cluster;
 mod listing;
 mod multipart;
 mod objects;
+mod trace;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;

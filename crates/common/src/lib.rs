@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod config;
+pub mod etcd;
 pub mod grpc;
 pub mod hlc;
 pub mod placement;

@@ -93,7 +93,7 @@ async fn timed<T>(f: impl Future<Output = Result<T, etcd_client::Error>>) -> Res
 
 async fn register_once(reg: &Registration) -> Result<(Client, i64), RegisterError> {
     let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(RPC_TIMEOUT);
-    let mut client = timed(Client::connect(&reg.endpoints, Some(opts))).await?;
+    let mut client = timed(aether_common::etcd::connect(&reg.endpoints, Some(opts))).await?;
     if reg.auto_join {
         join(&mut client, reg).await?;
     }

@@ -68,7 +68,7 @@ impl BlobSvc {
 
 /// A body message of a Put or PutPart stream.
 enum Body {
-    Chunk(Vec<u8>),
+    Chunk(Bytes),
     Commit(PutCommit),
     Unexpected,
 }
@@ -85,7 +85,7 @@ async fn receive_body<T>(
         loop {
             let msg = stream.message().await.map_err(BlobdError::ClientStream)?;
             match msg.map(&classify) {
-                Some(Body::Chunk(c)) => staged.write(Bytes::from(c)).await?,
+                Some(Body::Chunk(c)) => staged.write(c).await?,
                 Some(Body::Commit(c)) => return Ok(c),
                 Some(Body::Unexpected) => {
                     return Err(BlobdError::InvalidArgument("unexpected message in the body".into()));
@@ -197,7 +197,7 @@ async fn stream_segments(segments: Vec<Segment>, tx: mpsc::Sender<Result<GetResp
             };
             pos += buf.len() as u64;
             metrics::counter!("blobd_bytes_read_total").increment(buf.len() as u64);
-            if tx.send(Ok(GetResponse { msg: Some(get_response::Msg::Chunk(buf)) })).await.is_err() {
+            if tx.send(Ok(GetResponse { msg: Some(get_response::Msg::Chunk(Bytes::from(buf))) })).await.is_err() {
                 return; // client went away
             }
             file = Some(f);

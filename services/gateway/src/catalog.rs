@@ -203,7 +203,7 @@ impl Catalog {
     }
 
     async fn load_and_watch(&self, endpoints: &[String]) -> Result<(), CatalogError> {
-        let mut client = etcd_client::Client::connect(endpoints, None).await?;
+        let mut client = aether_common::etcd::connect(endpoints, None).await?;
         let prefix = self.keys.prefix().to_string();
         let resp = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);

@@ -225,7 +225,7 @@ impl Store {
                     };
                     let rest = ReceiverStream::new(rx).map(|f| pb::PutRequest {
                         msg: Some(match f {
-                            Frame::Chunk(b) => pb::put_request::Msg::Chunk(to_wire(b)),
+                            Frame::Chunk(b) => pb::put_request::Msg::Chunk(b),
                             Frame::Commit(c) => pb::put_request::Msg::Commit(c),
                         }),
                     });
@@ -238,7 +238,7 @@ impl Store {
                     let first = pb::PutPartRequest { msg: Some(pb::put_part_request::Msg::Header(header.clone())) };
                     let rest = ReceiverStream::new(rx).map(|f| pb::PutPartRequest {
                         msg: Some(match f {
-                            Frame::Chunk(b) => pb::put_part_request::Msg::Chunk(to_wire(b)),
+                            Frame::Chunk(b) => pb::put_part_request::Msg::Chunk(b),
                             Frame::Commit(c) => pb::put_part_request::Msg::Commit(c),
                         }),
                     });
@@ -553,7 +553,7 @@ pub fn body_of(
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     stream.filter_map(|item| async move {
         match item {
-            Ok(pb::GetResponse { msg: Some(pb::get_response::Msg::Chunk(c)) }) => Some(Ok(Bytes::from(c))),
+            Ok(pb::GetResponse { msg: Some(pb::get_response::Msg::Chunk(c)) }) => Some(Ok(c)),
             Ok(_) => None,
             Err(s) => Some(Err(std::io::Error::other(format!("replica stream failed: {s}")))),
         }
@@ -635,12 +635,6 @@ impl BodyHashes {
 enum Frame {
     Chunk(Bytes),
     Commit(pb::PutCommit),
-}
-
-/// prost maps `bytes` fields to `Vec<u8>` in this build (see the report: `.bytes(["."])`
-/// in proto/build.rs would make this zero-copy).
-fn to_wire(b: Bytes) -> Vec<u8> {
-    Vec::from(b)
 }
 
 struct Slot {

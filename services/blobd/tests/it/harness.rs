@@ -112,7 +112,7 @@ pub fn put_msgs(bucket: &str, key: &str, v: Version, body: &[u8], chunk: usize) 
     let mut msgs =
         vec![PutRequest { msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta(bucket, key, v)) })) }];
     for c in body.chunks(chunk.max(1)) {
-        msgs.push(PutRequest { msg: Some(put_request::Msg::Chunk(c.to_vec())) });
+        msgs.push(PutRequest { msg: Some(put_request::Msg::Chunk(c.to_vec().into())) });
     }
     msgs.push(PutRequest {
         msg: Some(put_request::Msg::Commit(PutCommit { size: body.len() as u64, md5_hex: md5_hex(body) })),

@@ -62,7 +62,7 @@ async fn measure() {
     };
     let chunk2 = chunk.clone();
     let body_stream = futures::stream::iter(0..TOTAL_MIB)
-        .map(move |_| PutRequest { msg: Some(put_request::Msg::Chunk(chunk2.clone())) });
+        .map(move |_| PutRequest { msg: Some(put_request::Msg::Chunk(chunk2.clone().into())) });
     let stream = futures::stream::iter([header]).chain(body_stream).chain(futures::stream::iter([commit]));
     let r = c.put(stream).await.unwrap().into_inner();
     assert!(r.applied);

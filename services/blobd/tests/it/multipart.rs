@@ -16,7 +16,7 @@ async fn put_part(c: &mut Client, key: &str, upload: &str, n: u32, data: &[u8]) 
         })),
     }];
     for ch in data.chunks(100_000) {
-        msgs.push(PutPartRequest { msg: Some(put_part_request::Msg::Chunk(ch.to_vec())) });
+        msgs.push(PutPartRequest { msg: Some(put_part_request::Msg::Chunk(ch.to_vec().into())) });
     }
     msgs.push(PutPartRequest {
         msg: Some(put_part_request::Msg::Commit(PutCommit { size: data.len() as u64, md5_hex: md5_hex(data) })),

@@ -151,7 +151,7 @@ async fn incomplete_or_bad_puts_store_nothing() {
     assert_eq!(c.head(HeadRequest { bucket: "b".into(), key: "k".into() }).await.unwrap_err().code(), Code::NotFound);
 
     // First message not a header.
-    let msgs = vec![PutRequest { msg: Some(put_request::Msg::Chunk(vec![1, 2, 3])) }];
+    let msgs = vec![PutRequest { msg: Some(put_request::Msg::Chunk(vec![1, 2, 3].into())) }];
     assert_eq!(c.put(tokio_stream::iter(msgs)).await.unwrap_err().code(), Code::InvalidArgument);
 
     // The client goes away mid-stream: the staging file is removed.
@@ -159,7 +159,7 @@ async fn incomplete_or_bad_puts_store_nothing() {
     let header =
         PutRequest { msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta("b", "k", ver(1, "a"))) })) };
     tx.send(header).await.unwrap();
-    tx.send(PutRequest { msg: Some(put_request::Msg::Chunk(data.clone())) }).await.unwrap();
+    tx.send(PutRequest { msg: Some(put_request::Msg::Chunk(data.clone().into())) }).await.unwrap();
     let mut c2 = node.client().await;
     let call = tokio::spawn(async move { c2.put(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
     wait_for("a staging file", 10, || node.staging_files() == 1).await;
