@@ -56,6 +56,14 @@ async fn auth_errors_presigned_urls_and_digests() -> anyhow::Result<()> {
     assert_eq!(err_code(r), "BadDigest");
     assert_eq!(err_code(s3.get_object().bucket("sec").key("md5").send().await), "NoSuchKey");
 
+    // A wrong x-amz-checksum-crc32 header: BadDigest and nothing stored.
+    let r = s3.put_object().bucket("sec").key("crc").checksum_crc32("AAAAAA==").body(bs(b"hello")).send().await;
+    assert_eq!(err_code(r), "BadDigest");
+    assert_eq!(err_code(s3.get_object().bucket("sec").key("crc").send().await), "NoSuchKey");
+    // The right one is accepted (CRC32 of "hello" is 0x3610a686).
+    let right = base64::engine::general_purpose::STANDARD.encode(0x3610_a686u32.to_be_bytes());
+    s3.put_object().bucket("sec").key("crc").checksum_crc32(right).body(bs(b"hello")).send().await?;
+
     // Presigned PUT then GET with a plain HTTP client.
     let addr = c.gateways[0].s3_addr.clone();
     let put = s3

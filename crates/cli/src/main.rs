@@ -21,7 +21,7 @@ struct Cli {
     #[arg(long, env = "AETHER_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `aether_gateway=debug,info`.
-    #[arg(long, env = "AETHER_LOG_LEVEL", default_value = "info", global = true)]
+    #[arg(long, env = "AETHER_LOG_LEVEL", default_value = "info,openraft=warn", global = true)]
     log_level: String,
     /// Log as JSON lines.
     #[arg(long, env = "AETHER_LOG_JSON", global = true)]

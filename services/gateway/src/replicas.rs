@@ -191,6 +191,30 @@ impl Store {
         (oks, errors)
     }
 
+    /// A unary write (create upload, complete, delete) on the replica set: succeed once the
+    /// write quorum answered, else log every replica's failure and answer 503.
+    pub async fn write_unary<T, F, Fut>(
+        &self,
+        replicas: &[Replica],
+        what: &'static str,
+        call: F,
+    ) -> Result<Vec<T>, S3Error>
+    where
+        F: Fn(BlobClient) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let need = self.write_quorum(replicas.len());
+        let (oks, errs) = self.unary_quorum(replicas, need, call).await;
+        if oks.len() < need {
+            for e in &errs {
+                tracing::warn!(op = what, code = ?e.code(), message = e.message(), "replica write failed");
+            }
+            return Err(S3Error::ServiceUnavailable);
+        }
+        Ok(oks)
+    }
+
     /// Stream a body to every replica at once and commit it after all checks passed;
     /// succeed after the write quorum acknowledged.
     pub async fn put_stream<S>(

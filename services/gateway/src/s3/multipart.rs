@@ -35,21 +35,14 @@ pub async fn handle_create_multipart_upload(
     if replicas.is_empty() {
         return Err(S3Error::ServiceUnavailable);
     }
-    let need = state.store.write_quorum(replicas.len());
     let req = pb::CreateUploadRequest { upload_id: upload_id.clone(), meta: Some(meta) };
-    let (oks, errs) = state
+    state
         .store
-        .unary_quorum(&replicas, need, |mut c| {
+        .write_unary(&replicas, "create_upload", |mut c| {
             let req = req.clone();
             async move { c.create_upload(req).await.map(|r| r.into_inner()) }
         })
-        .await;
-    if oks.len() < need {
-        for e in &errs {
-            tracing::warn!(code = ?e.code(), message = e.message(), "create upload failed");
-        }
-        return Err(S3Error::ServiceUnavailable);
-    }
+        .await?;
     let doc = xml::InitiateMultipartUploadResult {
         xmlns: xml::S3_NS,
         bucket: bucket.to_string(),
@@ -166,7 +159,6 @@ pub async fn handle_complete_multipart_upload(
         }
     }
     let etag = check_parts(&doc.parts, &stored)?;
-    let need = state.store.write_quorum(replicas.len());
     let req = pb::CompleteUploadRequest {
         bucket: bucket.to_string(),
         key: key.to_string(),
@@ -180,19 +172,13 @@ pub async fn handle_complete_multipart_upload(
         last_modified_ms: now_ms(),
         etag: etag.clone(),
     };
-    let (oks, errs) = state
+    state
         .store
-        .unary_quorum(&replicas, need, |mut c| {
+        .write_unary(&replicas, "complete_upload", |mut c| {
             let req = req.clone();
             async move { c.complete_upload(req).await.map(|r| r.into_inner()) }
         })
-        .await;
-    if oks.len() < need {
-        for e in &errs {
-            tracing::warn!(code = ?e.code(), message = e.message(), "complete upload failed");
-        }
-        return Err(S3Error::ServiceUnavailable);
-    }
+        .await?;
     let doc = xml::CompleteMultipartUploadResult {
         xmlns: xml::S3_NS,
         location: format!("/{bucket}/{key}"),

@@ -283,26 +283,19 @@ pub async fn handle_delete_object(state: &AppState, bucket: &str, key: &str) -> 
     if replicas.is_empty() {
         return Err(S3Error::ServiceUnavailable);
     }
-    let need = state.store.write_quorum(replicas.len());
     let req = pb::DeleteRequest {
         bucket: bucket.to_string(),
         key: key.to_string(),
         version: Some(state.store.new_version()),
         last_modified_ms: now_ms(),
     };
-    let (oks, errs) = state
+    state
         .store
-        .unary_quorum(&replicas, need, |mut c| {
+        .write_unary(&replicas, "delete", |mut c| {
             let req = req.clone();
             async move { c.delete(req).await.map(|r| r.into_inner()) }
         })
-        .await;
-    if oks.len() < need {
-        for e in &errs {
-            tracing::warn!(code = ?e.code(), message = e.message(), "replica delete failed");
-        }
-        return Err(S3Error::ServiceUnavailable);
-    }
+        .await?;
     empty_response(StatusCode::NO_CONTENT)
 }
 
