@@ -124,6 +124,12 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     rates.sort_by(f64::total_cmp);
-    println!("median over {} runs: {:.0} ops/s", rates.len(), rates[rates.len() / 2]);
+    let median = rates[rates.len() / 2];
+    println!(
+        "median over {} runs: {:.0} ops/s, {:.1} MiB/s",
+        rates.len(),
+        median,
+        median * a.size as f64 / (1 << 20) as f64
+    );
     Ok(())
 }
