@@ -93,7 +93,7 @@ impl Store {
     }
 
     /// The replicas of `bucket/key` in HRW order.
-    pub fn replicas(&self, snap: &Snapshot, bucket: &str, key: &str) -> Vec<Replica> {
+    fn replicas(&self, snap: &Snapshot, bucket: &str, key: &str) -> Vec<Replica> {
         let nodes = snap.placement_nodes();
         let rf = self.replication_factor.min(nodes.len());
         aether_common::placement::replicas(&nodes, bucket, key, rf)
@@ -103,6 +103,17 @@ impl Store {
                 Some(Replica { id: n.id.clone(), addr, alive: snap.is_alive(&n.id) })
             })
             .collect()
+    }
+
+    /// The replica set of `bucket/key` from the current catalog; no active storage node at
+    /// all is `503 ServiceUnavailable` for every operation.
+    pub fn replica_set(&self, bucket: &str, key: &str) -> Result<Vec<Replica>, S3Error> {
+        let replicas = self.replicas(&self.catalog.snapshot(), bucket, key);
+        if replicas.is_empty() {
+            tracing::warn!("no active storage nodes");
+            return Err(S3Error::ServiceUnavailable);
+        }
+        Ok(replicas)
     }
 
     /// Every active node that holds a live lease (list and stats scatter over these).
@@ -227,10 +238,6 @@ impl Store {
     where
         S: Stream<Item = Result<Bytes, S3Error>> + Unpin,
     {
-        if replicas.is_empty() {
-            tracing::warn!("no active storage nodes");
-            return Err(S3Error::ServiceUnavailable);
-        }
         let need = self.write_quorum(replicas.len());
         let mut slots = SlotGuard(Vec::new(), Vec::new());
         for r in replicas.iter().filter(|r| r.alive) {

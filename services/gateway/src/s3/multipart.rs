@@ -31,10 +31,7 @@ pub async fn handle_create_multipart_upload(
     existing_bucket(state, bucket)?;
     let meta = meta_from_headers(&ctx.headers, bucket, key)?;
     let upload_id = uuid::Uuid::new_v4().simple().to_string();
-    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
-    if replicas.is_empty() {
-        return Err(S3Error::ServiceUnavailable);
-    }
+    let replicas = state.store.replica_set(bucket, key)?;
     let req = pb::CreateUploadRequest { upload_id: upload_id.clone(), meta: Some(meta) };
     state
         .store
@@ -65,7 +62,7 @@ pub async fn handle_upload_part(
     let checks = body_checks(ctx, &body.payload, MAX_PART_SIZE)?;
     let echo: Vec<(&'static str, String)> =
         checks.checksums.iter().map(|(a, v)| (a.header_name(), v.clone())).collect();
-    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    let replicas = state.store.replica_set(bucket, key)?;
     let header = pb::PartHeader {
         bucket: bucket.to_string(),
         key: key.to_string(),
@@ -124,10 +121,7 @@ pub async fn handle_complete_multipart_upload(
     existing_bucket(state, bucket)?;
     let body = read_small_body(body, 4 << 20).await?;
     let doc = xml::parse_complete(&body)?;
-    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
-    if replicas.is_empty() {
-        return Err(S3Error::ServiceUnavailable);
-    }
+    let replicas = state.store.replica_set(bucket, key)?;
     // Ask every live replica; a part counts if any replica holds it.
     let get =
         pb::GetUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
@@ -200,10 +194,7 @@ pub async fn handle_abort_multipart_upload(
     upload_id: &str,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
-    if replicas.is_empty() {
-        return Err(S3Error::ServiceUnavailable);
-    }
+    let replicas = state.store.replica_set(bucket, key)?;
     let need = state.store.write_quorum(replicas.len());
     let req =
         pb::AbortUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };

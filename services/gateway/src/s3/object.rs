@@ -115,7 +115,7 @@ pub async fn handle_put_object(
     }
     let echo: Vec<(&'static str, String)> =
         checks.checksums.iter().map(|(a, v)| (a.header_name(), v.clone())).collect();
-    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    let replicas = state.store.replica_set(bucket, key)?;
     let stream = body_stream(body);
     let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), stream, checks).await?;
     metrics::counter!("gateway_bytes_in_total").increment(outcome.size);
@@ -203,7 +203,7 @@ pub async fn handle_get_object(
     head: bool,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
+    let replicas = state.store.replica_set(bucket, key)?;
     let range_header = header_str(&ctx.headers, "range");
     // Without a range the first replica is asked with Get, and serves the body if it
     // holds the newest version.
@@ -279,10 +279,7 @@ const HTTP_DATE: &[time::format_description::BorrowedFormatItem<'static>] = time
 
 pub async fn handle_delete_object(state: &AppState, bucket: &str, key: &str) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let replicas = state.store.replicas(&state.store.catalog.snapshot(), bucket, key);
-    if replicas.is_empty() {
-        return Err(S3Error::ServiceUnavailable);
-    }
+    let replicas = state.store.replica_set(bucket, key)?;
     let req = pb::DeleteRequest {
         bucket: bucket.to_string(),
         key: key.to_string(),
