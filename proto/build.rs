@@ -14,13 +14,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .bytes(".")
-        .compile_protos(&["blob/v1/blob.proto"], &["."])?;
+        .compile_protos(&["blob/v1/blob.proto", "raft/v1/raft.proto"], &["."])?;
 
     tonic_prost_build::configure().build_client(false).build_server(true).generate_default_stubs(true).compile_protos(
         &["etcd/etcd/api/etcdserverpb/rpc.proto", "etcd/etcd/api/mvccpb/kv.proto", "etcd/etcd/api/authpb/auth.proto"],
         &["etcd"],
     )?;
     println!("cargo:rerun-if-changed=blob");
+    println!("cargo:rerun-if-changed=raft");
     println!("cargo:rerun-if-changed=etcd");
     Ok(())
 }

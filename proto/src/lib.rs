@@ -8,6 +8,13 @@ pub mod blob {
     }
 }
 
+/// metad's peer protocol (Raft RPCs and requests forwarded to the leader).
+pub mod raft {
+    pub mod v1 {
+        tonic::include_proto!("raft.v1");
+    }
+}
+
 /// etcd v3's server-side API (vendored protos, unchanged), used by metad.
 pub mod etcd {
     pub mod mvccpb {

@@ -151,7 +151,7 @@ impl Cluster {
         let shutdown = Shutdown::new();
         let sd = shutdown.clone();
         let task = tokio::spawn(async move {
-            aether_metad::run(cfg, MetadListeners { client, admin: None }, sd).await.map_err(anyhow::Error::from)
+            aether_metad::run(cfg, MetadListeners { client, peer: None, admin: None }, sd).await.map_err(anyhow::Error::from)
         });
         self.metad = Some(Running { shutdown, task });
         self.metad_addr = addr.clone();

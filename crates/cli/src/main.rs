@@ -132,8 +132,23 @@ struct MetadArgs {
     admin_listen: SocketAddr,
     #[arg(long, env = "AETHER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Member name (etcd's --name).
     #[arg(long, env = "AETHER_NAME")]
     name: Option<String>,
+    /// Raft peer address (etcd's conventional 2380).
+    #[arg(long, env = "AETHER_LISTEN_PEER", default_value = "0.0.0.0:2380")]
+    listen_peer: SocketAddr,
+    /// `name=http://host:port,...`: every member of a new cluster, by peer URL.
+    #[arg(long, env = "AETHER_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// `new` (form a cluster) or `existing` (join one after MemberAdd).
+    #[arg(long, env = "AETHER_INITIAL_CLUSTER_STATE")]
+    initial_cluster_state: Option<aether_metad::ClusterState>,
+    #[arg(long, env = "AETHER_INITIAL_CLUSTER_TOKEN")]
+    initial_cluster_token: Option<String>,
+    /// Comma-separated client URLs other members and clients reach this member at.
+    #[arg(long, env = "AETHER_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
 }
 
 /// The TOML file: one section per service, each denying unknown keys.
@@ -250,8 +265,21 @@ fn main() -> anyhow::Result<()> {
                 if let Some(v) = a.name {
                     cfg.name = v;
                 }
+                if let Some(v) = a.initial_cluster {
+                    cfg.initial_cluster = v;
+                }
+                if let Some(v) = a.initial_cluster_state {
+                    cfg.initial_cluster_state = v;
+                }
+                if let Some(v) = a.initial_cluster_token {
+                    cfg.initial_cluster_token = v;
+                }
+                if !a.advertise_client_urls.is_empty() {
+                    cfg.advertise_client_urls = a.advertise_client_urls;
+                }
                 let listeners = MetadListeners {
                     client: bind(a.listen, "client").await?,
+                    peer: Some(bind(a.listen_peer, "peer").await?),
                     admin: Some(bind(a.admin_listen, "admin").await?),
                 };
                 aether_metad::run(cfg, listeners, shutdown).await?;
@@ -288,7 +316,7 @@ async fn server(file: FileConfig, a: ServerArgs, shutdown: Shutdown) -> anyhow::
     tasks.spawn(async move {
         (
             "metad",
-            aether_metad::run(metad, MetadListeners { client: metad_listener, admin: None }, sd)
+            aether_metad::run(metad, MetadListeners { client: metad_listener, peer: None, admin: None }, sd)
                 .await
                 .map_err(anyhow::Error::from),
         )

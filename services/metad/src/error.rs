@@ -18,10 +18,12 @@ pub enum MetadError {
     Transport(#[from] tonic::transport::Error),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A request failed; `Display` is etcd's message, `code` etcd's gRPC code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum EtcdError {
     #[error("etcdserver: key is not provided")]
     EmptyKey,
@@ -47,8 +49,26 @@ pub enum EtcdError {
     LeaseTtlTooLarge,
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: request timed out")]
+    Timeout,
     #[error("etcdserver: server stopped")]
     Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    BadMemberUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: the member has been permanently removed from the cluster")]
+    MemberRemoved,
     /// A server fault; the detail is logged, never sent.
     #[error("etcdserver: internal error")]
     Internal(String),
@@ -64,9 +84,17 @@ impl EtcdError {
             | Self::LeaseProvided
             | Self::KeyNotFound => Code::InvalidArgument,
             Self::Compacted | Self::FutureRev | Self::LeaseTtlTooLarge => Code::OutOfRange,
-            Self::LeaseNotFound => Code::NotFound,
-            Self::LeaseExists => Code::FailedPrecondition,
-            Self::NoLeader | Self::Stopped => Code::Unavailable,
+            Self::LeaseNotFound | Self::MemberNotFound => Code::NotFound,
+            Self::LeaseExists | Self::PeerUrlExists | Self::MemberNotLearner | Self::LearnerNotReady => {
+                Code::FailedPrecondition
+            }
+            Self::BadMemberUrls => Code::InvalidArgument,
+            Self::NoLeader
+            | Self::LeaderChanged
+            | Self::Timeout
+            | Self::Stopped
+            | Self::Unhealthy
+            | Self::MemberRemoved => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
     }
@@ -76,14 +104,16 @@ impl From<EtcdError> for Status {
     fn from(e: EtcdError) -> Status {
         match &e {
             EtcdError::Internal(detail) => tracing::error!(detail = %detail, "internal error"),
-            EtcdError::NoLeader | EtcdError::Stopped => tracing::warn!(error = %e, "request refused"),
+            EtcdError::NoLeader | EtcdError::LeaderChanged | EtcdError::Timeout | EtcdError::Stopped => {
+                tracing::warn!(error = %e, "request refused")
+            }
             _ => tracing::debug!(error = %e, "request rejected"),
         }
         Status::new(e.code(), e.to_string())
     }
 }
 
-type NodeId = u64;
+use crate::raft::{Member, NodeId};
 type RaftErr<E> = openraft::error::RaftError<NodeId, E>;
 
 fn from_fatal(f: openraft::error::Fatal<NodeId>) -> EtcdError {
@@ -93,23 +123,21 @@ fn from_fatal(f: openraft::error::Fatal<NodeId>) -> EtcdError {
     }
 }
 
-/// Map a failed `client_write` to what a client sees.
-pub(crate) fn from_write_error(
-    e: RaftErr<openraft::error::ClientWriteError<NodeId, openraft::BasicNode>>,
-) -> EtcdError {
+/// Map a failed `client_write` to what a client sees. A proposal that lost its leader may
+/// still commit under the next one, so this is etcd's "leader changed", not a retry.
+pub(crate) fn from_write_error(e: RaftErr<openraft::error::ClientWriteError<NodeId, Member>>) -> EtcdError {
     match e {
-        RaftErr::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => EtcdError::NoLeader,
+        RaftErr::APIError(openraft::error::ClientWriteError::ForwardToLeader(_)) => EtcdError::LeaderChanged,
         RaftErr::APIError(other) => EtcdError::Internal(other.to_string()),
         RaftErr::Fatal(f) => from_fatal(f),
     }
 }
 
-/// Map a failed read-index (`ensure_linearizable`) to what a client sees.
-pub(crate) fn from_read_error(
-    e: RaftErr<openraft::error::CheckIsLeaderError<NodeId, openraft::BasicNode>>,
-) -> EtcdError {
+/// Map a failed read-index to what a client sees.
+pub(crate) fn from_read_error(e: RaftErr<openraft::error::CheckIsLeaderError<NodeId, Member>>) -> EtcdError {
     match e {
-        RaftErr::APIError(_) => EtcdError::NoLeader,
+        RaftErr::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_)) => EtcdError::LeaderChanged,
+        RaftErr::APIError(openraft::error::CheckIsLeaderError::QuorumNotEnough(_)) => EtcdError::Timeout,
         RaftErr::Fatal(f) => from_fatal(f),
     }
 }

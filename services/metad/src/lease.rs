@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use aether_common::shutdown::Shutdown;
 
 use crate::error::EtcdError;
-use crate::node::{NODE_ID, Node};
+use crate::node::Node;
 use crate::raft::Command;
 
 #[derive(Debug, Default)]
@@ -48,7 +48,7 @@ pub async fn expiry_loop(node: Arc<Node>, interval: Duration, shutdown: Shutdown
             _ = tick.tick() => {}
             () = shutdown.wait() => return,
         }
-        let leader = node.raft.metrics().borrow().current_leader == Some(NODE_ID);
+        let leader = node.is_leader();
         if !leader {
             was_leader = false;
             continue;
@@ -71,7 +71,7 @@ pub async fn expiry_loop(node: Arc<Node>, interval: Duration, shutdown: Shutdown
         };
         was_leader = true;
         for id in expired {
-            match node.write(Command::LeaseRevoke { id }).await {
+            match node.write_local(Command::LeaseRevoke { id }).await {
                 Ok(out) => {
                     node.leases.remove(id);
                     tracing::info!(lease = id, revision = out.revision, "lease expired");

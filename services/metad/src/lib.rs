@@ -1,17 +1,20 @@
-//! metad: aether's metadata service. A Raft-replicated (openraft; single node for now)
-//! MVCC key-value store behind an etcd v3-compatible gRPC API (KV, Watch, Lease, Cluster,
-//! Maintenance), so `etcdctl` and the `etcd-client` crate work against it unchanged.
+//! metad: aether's metadata service. A Raft-replicated (openraft) MVCC key-value store
+//! behind an etcd v3-compatible gRPC API (KV, Watch, Lease, Cluster, Maintenance), so
+//! `etcdctl` and the `etcd-client` crate work against it unchanged. 1, 3 or 5 members,
+//! bootstrapped like etcd (`name`, `initial_cluster`, `initial_cluster_state`).
 
 mod b64;
 mod error;
 mod lease;
 mod mvcc;
 mod node;
+mod peer;
 mod raft;
 mod service;
 mod watch;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +25,37 @@ use aether_proto::etcd::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use openraft::{BasicNode, SnapshotPolicy};
+use aether_proto::raft::v1::raft_peer_server::RaftPeerServer;
+use openraft::SnapshotPolicy;
 use tonic::transport::server::TcpIncoming;
 
 pub use crate::error::{EtcdError, MetadError};
-use crate::node::{NODE_ID, Node};
-use crate::raft::{LogStore, Network, Raft, StateMachine};
+use crate::node::{Node, NodeParts, fnv1a};
+use crate::peer::{PeerCall, PeerReply, PeerService, Peers};
+use crate::raft::{Identity, LogStore, Member, NodeId, Raft, StateMachine};
 use crate::service::EtcdService;
+
+/// etcd's `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterState {
+    /// Form a new cluster from `initial_cluster` (every listed member starts with `new`).
+    #[default]
+    New,
+    /// Join a running cluster this member was added to (etcd's MemberAdd).
+    Existing,
+}
+
+impl std::str::FromStr for ClusterState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "new" => Ok(Self::New),
+            "existing" => Ok(Self::Existing),
+            other => Err(format!("initial cluster state must be new or existing, not {other:?}")),
+        }
+    }
+}
 
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,6 +66,17 @@ pub struct MetadConfig {
     pub lease_check_interval_ms: u64,
     /// Log entries between snapshots.
     pub snapshot_threshold: u64,
+    /// `name=peer_url,...` for every member of a new cluster (etcd's `--initial-cluster`).
+    /// Empty: a one-member cluster of this member.
+    pub initial_cluster: String,
+    pub initial_cluster_state: ClusterState,
+    /// Seeds the cluster and member ids (etcd's `--initial-cluster-token`).
+    pub initial_cluster_token: String,
+    /// Client URLs announced to the cluster (MemberList); default `http://<client listener>`.
+    pub advertise_client_urls: Vec<String>,
+    pub heartbeat_interval_ms: u64,
+    /// Election timeout; a follower waits between this and twice this without a heartbeat.
+    pub election_timeout_ms: u64,
 }
 
 impl Default for MetadConfig {
@@ -48,69 +86,193 @@ impl Default for MetadConfig {
             data_dir: PathBuf::from("data/metad"),
             lease_check_interval_ms: 500,
             snapshot_threshold: 10_000,
+            initial_cluster: String::new(),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "aether-metad".to_string(),
+            advertise_client_urls: Vec::new(),
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
         }
     }
 }
 
 pub struct MetadListeners {
     pub client: tokio::net::TcpListener,
+    /// Raft traffic between members; `None` only for a one-member cluster.
+    pub peer: Option<tokio::net::TcpListener>,
     pub admin: Option<tokio::net::TcpListener>,
 }
 
-/// How long `run` waits for this node to become leader before giving up.
-const LEADER_WAIT: Duration = Duration::from_secs(30);
+/// How long a member started with `existing` keeps asking its peers who it is.
+const JOIN_WAIT: Duration = Duration::from_secs(60);
+
+/// This member's peer URL and the parsed `initial_cluster`.
+struct Bootstrap {
+    own_url: String,
+    members: Vec<(String, String)>,
+}
+
+fn bootstrap(
+    cfg: &MetadConfig,
+    peer_addr: Option<SocketAddr>,
+    client_addr: SocketAddr,
+) -> Result<Bootstrap, MetadError> {
+    let default_url = format!("http://{}", peer_addr.unwrap_or(client_addr));
+    let spec = cfg.initial_cluster.trim();
+    if spec.is_empty() {
+        return Ok(Bootstrap { own_url: default_url.clone(), members: vec![(cfg.name.clone(), default_url)] });
+    }
+    let mut members = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part
+            .split_once('=')
+            .filter(|(n, u)| !n.is_empty() && (u.starts_with("http://") || u.starts_with("https://")))
+            .ok_or_else(|| {
+                MetadError::Config(format!("initial cluster entry {part:?} is not name=http://host:port"))
+            })?;
+        if members.iter().any(|(n, _): &(String, String)| n == name) {
+            return Err(MetadError::Config(format!("initial cluster names {name:?} twice")));
+        }
+        members.push((name.to_string(), url.to_string()));
+    }
+    let own_url =
+        members.iter().find(|(n, _)| *n == cfg.name).map(|(_, u)| u.clone()).ok_or_else(|| {
+            MetadError::Config(format!("member {:?} is not in the initial cluster {spec:?}", cfg.name))
+        })?;
+    if members.len() > 1 && peer_addr.is_none() {
+        return Err(MetadError::Config("a multi-member cluster needs a peer listener".into()));
+    }
+    Ok(Bootstrap { own_url, members })
+}
+
+fn member_id(token: &str, peer_url: &str) -> NodeId {
+    fnv1a(&[b"aether-member", token.as_bytes(), peer_url.as_bytes()])
+}
+
+/// This member's identity: stored, or derived (new cluster), or learned from the running
+/// cluster (existing).
+async fn identity(cfg: &MetadConfig, log: &LogStore, boot: &Bootstrap, peers: &Peers) -> Result<Identity, MetadError> {
+    let storage = |e: openraft::StorageIOError<NodeId>| MetadError::Raft(e.to_string());
+    if let Some(id) = log.identity().await.map_err(storage)? {
+        return Ok(id);
+    }
+    let id = if log.has_state().await.map_err(storage)? {
+        // A data dir from the single-member first cut: Raft node 1.
+        Identity { member_id: 1, cluster_id: fnv1a(&[b"aether-cluster", cfg.name.as_bytes()]) }
+    } else if cfg.initial_cluster_state == ClusterState::New {
+        let mut urls: Vec<&str> = boot.members.iter().map(|(_, u)| u.as_str()).collect();
+        urls.sort_unstable();
+        let mut parts: Vec<&[u8]> = vec![b"aether-cluster", cfg.initial_cluster_token.as_bytes()];
+        parts.extend(urls.iter().map(|u| u.as_bytes()));
+        Identity { member_id: member_id(&cfg.initial_cluster_token, &boot.own_url), cluster_id: fnv1a(&parts) }
+    } else {
+        join_identity(boot, peers).await?
+    };
+    log.save_identity(&id).await.map_err(storage)?;
+    Ok(id)
+}
+
+/// Ask the other initial members for the cluster id and the member id MemberAdd gave this
+/// member's peer URL.
+async fn join_identity(boot: &Bootstrap, peers: &Peers) -> Result<Identity, MetadError> {
+    let deadline = tokio::time::Instant::now() + JOIN_WAIT;
+    loop {
+        for (_, url) in boot.members.iter().filter(|(_, u)| *u != boot.own_url) {
+            match peers.call(url, &PeerCall::Identity, Duration::from_secs(2)).await {
+                Ok(PeerReply::Identity { cluster_id, members }) => {
+                    return match members.iter().find(|m| m.member.addr == boot.own_url) {
+                        Some(m) => Ok(Identity { member_id: m.id, cluster_id }),
+                        None => Err(MetadError::Config(format!(
+                            "peer URL {} is not a member of the cluster at {url}; add it with MemberAdd first",
+                            boot.own_url
+                        ))),
+                    };
+                }
+                Ok(other) => tracing::warn!(peer = %url, reply = ?other, "unexpected identity reply"),
+                Err(e) => tracing::debug!(peer = %url, error = %e, "peer not answering yet"),
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(MetadError::Config(format!("no member of the existing cluster answered within {JOIN_WAIT:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await; // retry interval
+    }
+}
 
 /// Serve until `shutdown` resolves, then stop Raft, close files and return.
 pub async fn run(cfg: MetadConfig, listeners: MetadListeners, shutdown: Shutdown) -> Result<(), MetadError> {
     let data_dir = cfg.data_dir.clone();
-    tokio::fs::create_dir_all(&data_dir).await.map_err(|source| MetadError::Io { path: data_dir.clone(), source })?;
-    let client_addr =
-        listeners.client.local_addr().map_err(|source| MetadError::Io { path: data_dir.clone(), source })?;
+    let io = |source| MetadError::Io { path: data_dir.clone(), source };
+    tokio::fs::create_dir_all(&data_dir).await.map_err(io)?;
+    let client_addr = listeners.client.local_addr().map_err(io)?;
+    let peer_addr = listeners.peer.as_ref().map(|l| l.local_addr()).transpose().map_err(io)?;
+    let boot = bootstrap(&cfg, peer_addr, client_addr)?;
 
     let db_path = data_dir.join("raft-log.db");
     let log = LogStore::open(&db_path).await?;
-    let sm = match StateMachine::open(&data_dir).await {
-        Ok(sm) => sm,
-        Err(e) => {
-            log.close().await;
-            return Err(e);
-        }
-    };
+    let result = start(cfg, listeners, shutdown, &log, boot, client_addr, peer_addr).await;
+    log.close().await;
+    tracing::info!("metad stopped");
+    result
+}
+
+async fn start(
+    cfg: MetadConfig,
+    listeners: MetadListeners,
+    shutdown: Shutdown,
+    log: &LogStore,
+    boot: Bootstrap,
+    client_addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
+) -> Result<(), MetadError> {
+    let raft_err = |e: &dyn std::fmt::Display| MetadError::Raft(e.to_string());
+    // Outgoing peer connections leave from the peer listener's address when it is a
+    // specific one.
+    let local_ip = peer_addr.map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
+    let peers = Peers::new(local_ip);
+    let identity = identity(&cfg, log, &boot, &peers).await?;
+    peers.set_from(identity.member_id);
+
+    let sm = StateMachine::open(&cfg.data_dir).await?;
     let shared = sm.shared();
+    let election = cfg.election_timeout_ms.max(cfg.heartbeat_interval_ms * 3).max(10);
     let raft_config = openraft::Config {
         cluster_name: "aether-metad".to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 200,
-        election_timeout_max: 400,
+        heartbeat_interval: cfg.heartbeat_interval_ms.max(1),
+        election_timeout_min: election,
+        election_timeout_max: election * 2,
+        install_snapshot_timeout: 10_000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_threshold.max(1)),
-        // Entries kept below a snapshot (for lagging followers, once there are any).
+        // Entries kept below a snapshot, so a briefly lagging follower needs no snapshot.
         max_in_snapshot_log_to_keep: cfg.snapshot_threshold.min(1000),
         ..Default::default()
     }
     .validate()
-    .map_err(|e| MetadError::Raft(e.to_string()));
-    let raft = match raft_config {
-        Ok(c) => {
-            Raft::new(NODE_ID, Arc::new(c), Network, log.clone(), sm).await.map_err(|e| MetadError::Raft(e.to_string()))
-        }
-        Err(e) => Err(e),
-    };
-    let raft = match raft {
-        Ok(r) => r,
-        Err(e) => {
-            log.close().await;
-            return Err(e);
-        }
-    };
+    .map_err(|e| raft_err(&e))?;
+    let raft = Raft::new(identity.member_id, Arc::new(raft_config), peers.clone(), log.clone(), sm)
+        .await
+        .map_err(|e| raft_err(&e))?;
 
-    let node = Arc::new(Node::new(&cfg, raft.clone(), shared, client_addr, db_path, shutdown.clone()));
-    let result = serve(node, &cfg, listeners, client_addr, shutdown).await;
-
+    let client_urls = if cfg.advertise_client_urls.is_empty() {
+        vec![format!("http://{client_addr}")]
+    } else {
+        cfg.advertise_client_urls.clone()
+    };
+    let node = Arc::new(Node::new(NodeParts {
+        raft: raft.clone(),
+        shared,
+        name: cfg.name.clone(),
+        identity,
+        client_urls,
+        data_dir: cfg.data_dir.clone(),
+        db_path: cfg.data_dir.join("raft-log.db"),
+        peers,
+        shutdown: shutdown.clone(),
+    }));
+    let result = serve(node, &cfg, listeners, &boot, client_addr, shutdown).await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
-    log.close().await;
-    tracing::info!("metad stopped");
     result
 }
 
@@ -118,50 +280,82 @@ async fn serve(
     node: Arc<Node>,
     cfg: &MetadConfig,
     listeners: MetadListeners,
-    client_addr: std::net::SocketAddr,
+    boot: &Bootstrap,
+    client_addr: SocketAddr,
     shutdown: Shutdown,
 ) -> Result<(), MetadError> {
     let raft = node.raft.clone();
     let readiness = Readiness::default();
-    let admin = listeners.admin.map(|l| {
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(l) = listeners.admin {
         let checks = vec![readiness.clone()];
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Err(e) = aether_common::admin::serve(l, checks, shutdown).await {
                 tracing::warn!(error = %e, "admin server failed");
             }
-        })
-    });
+        });
+    }
+    if let Some(l) = listeners.peer {
+        let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+        let svc = RaftPeerServer::new(PeerService::new(node.clone()))
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, shutdown.wait())
+                .await
+            {
+                tracing::error!(error = %e, "peer server failed");
+            }
+        });
+    }
 
     let initialized = raft.is_initialized().await.map_err(|e| MetadError::Raft(e.to_string()))?;
-    if !initialized {
-        let members = BTreeMap::from([(NODE_ID, BasicNode::new(client_addr.to_string()))]);
-        raft.initialize(members).await.map_err(|e| MetadError::Raft(e.to_string()))?;
-        tracing::info!(name = %cfg.name, "initialized a new single-node cluster");
+    if !initialized && cfg.initial_cluster_state == ClusterState::New {
+        let members: BTreeMap<NodeId, Member> = boot
+            .members
+            .iter()
+            .map(|(name, url)| {
+                let m = Member { addr: url.clone(), name: name.clone(), client_urls: Vec::new() };
+                (member_id(&cfg.initial_cluster_token, url), m)
+            })
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(name = %cfg.name, members = boot.members.len(), "initialized a new cluster"),
+            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(e) => return Err(MetadError::Raft(e.to_string())),
+        }
     }
 
-    // Wait to lead, then for the log to be applied up to this term's commit.
-    let ready = async {
+    // Ready while a leader is known.
+    {
         let mut metrics = raft.metrics();
-        metrics.wait_for(|m| m.current_leader == Some(NODE_ID)).await.map_err(|e| MetadError::Raft(e.to_string()))?;
-        raft.ensure_linearizable().await.map_err(|e| MetadError::Raft(e.to_string()))?;
-        Ok::<(), MetadError>(())
-    };
-    tokio::select! {
-        r = tokio::time::timeout(LEADER_WAIT, ready) => match r {
-            Ok(r) => r?,
-            Err(_) => return Err(MetadError::NoLeader(LEADER_WAIT)),
-        },
-        () = shutdown.wait() => return Ok(()),
+        let readiness = readiness.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            loop {
+                readiness.set(metrics.borrow_and_update().current_leader.is_some());
+                tokio::select! {
+                    r = metrics.changed() => if r.is_err() { break },
+                    () = shutdown.wait() => break,
+                }
+            }
+            readiness.set(false);
+        });
     }
-    readiness.set(true);
-    tracing::info!(addr = %client_addr, name = %cfg.name, revision = node.shared.read().store.revision(), "metad serving");
-
-    let lease_task = tokio::spawn(lease::expiry_loop(
+    tasks.spawn(lease::expiry_loop(
         node.clone(),
         Duration::from_millis(cfg.lease_check_interval_ms.max(10)),
         shutdown.clone(),
     ));
+    tasks.spawn(publish_loop(node.clone()));
+    tracing::info!(
+        client = %client_addr, name = %cfg.name, member_id = %format!("{:x}", node.id),
+        cluster_id = %format!("{:x}", node.cluster_id), "metad serving"
+    );
 
     let svc = EtcdService::new(node.clone());
     let incoming = TcpIncoming::from(listeners.client).with_nodelay(Some(true));
@@ -175,9 +369,33 @@ async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown.wait())
         .await;
     readiness.set(false);
-    let _ = lease_task.await;
-    if let Some(a) = admin {
-        let _ = a.await;
-    }
+    // Every task ends on shutdown; the client server returning early (an error) also ends
+    // the rest.
+    shutdown.trigger();
+    while tasks.join_next().await.is_some() {}
     result.map_err(MetadError::from)
+}
+
+/// Announce this member's name and client URLs in the membership config (once a leader
+/// is known; retried, bounded).
+async fn publish_loop(node: Arc<Node>) {
+    for _ in 0..600 {
+        let published = node
+            .members()
+            .into_iter()
+            .any(|m| m.id == node.id && m.member.name == node.name && m.member.client_urls == node.client_urls);
+        if published {
+            return;
+        }
+        let op =
+            peer::MemberOp::Publish { id: node.id, name: node.name.clone(), client_urls: node.client_urls.clone() };
+        match node.member_op(op).await {
+            Ok(_) => return,
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes; will retry"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {} // retry interval
+            () = node.shutdown.wait() => return,
+        }
+    }
 }

@@ -630,6 +630,40 @@ impl Store {
         self.leases.get(&id).map(|l| l.keys.iter().cloned().collect()).unwrap_or_default()
     }
 
+    /// etcd's HashKV: a CRC-32C over every key change with a revision up to `revision`
+    /// (0 = the current one) and after the compaction point. Replicas that applied the same
+    /// log agree. Returns (hash, compact revision, hashed revision).
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), EtcdError> {
+        let rev = if revision <= 0 { self.revision } else { revision };
+        if rev > self.revision {
+            return Err(EtcdError::FutureRev);
+        }
+        if rev < self.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+        for (k, recs) in &self.keys {
+            for r in recs.iter().filter(|r| r.rev <= rev) {
+                d.update(&(k.len() as u64).to_be_bytes());
+                d.update(k);
+                d.update(&r.rev.to_be_bytes());
+                d.update(&r.sub.to_be_bytes());
+                match &r.val {
+                    Some(v) => {
+                        d.update(&[1]);
+                        d.update(&v.create_revision.to_be_bytes());
+                        d.update(&v.version.to_be_bytes());
+                        d.update(&v.lease.to_be_bytes());
+                        d.update(&(v.value.len() as u64).to_be_bytes());
+                        d.update(&v.value);
+                    }
+                    None => d.update(&[0]),
+                }
+            }
+        }
+        Ok((d.finalize() as u32, self.compact_revision, rev))
+    }
+
     /// Approximate bytes held (for Maintenance.Status).
     pub fn approx_size(&self) -> i64 {
         let mut n: usize = 0;

@@ -1,69 +1,83 @@
-//! The state every gRPC service shares: the Raft handle, the applied state, ids, the
-//! leader-local lease clock.
+//! The state every gRPC service shares: the Raft handle, the applied state, this member's
+//! identity, the leader-local lease clock, and the paths by which a follower serves a
+//! request (writes, read-index and lease keep-alives go to the leader).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use aether_common::shutdown::Shutdown;
 use aether_proto::etcd::etcdserverpb as pb;
+use openraft::ChangeMembers;
+use prost::Message as _;
 
-use crate::MetadConfig;
 use crate::error::{EtcdError, from_read_error, from_write_error};
 use crate::lease::LeaseClock;
 use crate::mvcc::WriteOutcome;
-use crate::raft::{Command, Raft, Shared};
+use crate::peer::{MemberInfo, MemberOp, PeerCall, PeerReply, Peers};
+use crate::raft::{Command, Identity, Member, NodeId, Raft, Shared};
 
-/// Raft node id of the single member.
-pub const NODE_ID: u64 = 1;
+/// How long a request waits for a leader to be known before `etcdserver: no leader`.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+/// How long a proposal or read-index may take before `etcdserver: request timed out`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Node {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     pub name: String,
+    pub id: NodeId,
     pub cluster_id: u64,
-    pub member_id: u64,
-    pub client_url: String,
+    pub client_urls: Vec<String>,
     pub db_path: PathBuf,
     pub snapshot_path: PathBuf,
     pub leases: LeaseClock,
+    pub peers: Peers,
     pub shutdown: Shutdown,
     lease_seq: AtomicU64,
 }
 
 /// FNV-1a, 64 bit: stable ids derived from names (never 0).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in *p {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h.max(1)
 }
 
+pub struct NodeParts {
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    pub name: String,
+    pub identity: Identity,
+    pub client_urls: Vec<String>,
+    pub data_dir: PathBuf,
+    pub db_path: PathBuf,
+    pub peers: Peers,
+    pub shutdown: Shutdown,
+}
+
 impl Node {
-    pub fn new(
-        cfg: &MetadConfig,
-        raft: Raft,
-        shared: Arc<Shared>,
-        client_addr: SocketAddr,
-        db_path: PathBuf,
-        shutdown: Shutdown,
-    ) -> Self {
+    pub fn new(p: NodeParts) -> Self {
         Self {
-            raft,
-            shared,
-            name: cfg.name.clone(),
-            cluster_id: fnv1a(&[b"aether-cluster/", cfg.name.as_bytes()]),
-            member_id: fnv1a(&[b"aether-member/", cfg.name.as_bytes()]),
-            client_url: format!("http://{client_addr}"),
-            db_path,
-            snapshot_path: cfg.data_dir.join("snapshot.bin"),
+            raft: p.raft,
+            shared: p.shared,
+            name: p.name,
+            id: p.identity.member_id,
+            cluster_id: p.identity.cluster_id,
+            client_urls: p.client_urls,
+            db_path: p.db_path,
+            snapshot_path: p.data_dir.join("snapshot.bin"),
             leases: LeaseClock::default(),
-            shutdown,
+            peers: p.peers,
+            shutdown: p.shutdown,
             lease_seq: AtomicU64::new(0),
         }
     }
@@ -73,12 +87,7 @@ impl Node {
     }
 
     pub fn header(&self, revision: i64) -> pb::ResponseHeader {
-        pb::ResponseHeader {
-            cluster_id: self.cluster_id,
-            member_id: self.member_id,
-            revision,
-            raft_term: self.raft_term(),
-        }
+        pb::ResponseHeader { cluster_id: self.cluster_id, member_id: self.id, revision, raft_term: self.raft_term() }
     }
 
     pub fn current_header(&self) -> pb::ResponseHeader {
@@ -86,22 +95,281 @@ impl Node {
         self.header(rev)
     }
 
-    /// Propose a command and wait for it to be applied; the apply result is returned.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.current_leader() == Some(self.id)
+    }
+
+    /// Members as the applied membership config has them (voters first, then learners).
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let st = self.shared.read();
+        let m = st.membership.membership();
+        let voters: std::collections::BTreeSet<NodeId> = m.voter_ids().collect();
+        let mut out: Vec<MemberInfo> = m
+            .nodes()
+            .map(|(id, member)| MemberInfo { id: *id, member: member.clone(), learner: !voters.contains(id) })
+            .collect();
+        out.sort_by_key(|m| (m.learner, m.id));
+        out
+    }
+
+    fn member(&self, id: NodeId) -> Option<MemberInfo> {
+        self.members().into_iter().find(|m| m.id == id)
+    }
+
+    /// The leader, waiting up to `LEADER_WAIT` for one to be known.
+    async fn leader(&self) -> Result<(NodeId, Member), EtcdError> {
+        let mut metrics = self.raft.metrics();
+        let wait = metrics.wait_for(|m| m.current_leader.is_some());
+        let leader = tokio::select! {
+            r = tokio::time::timeout(LEADER_WAIT, wait) => match r {
+                Ok(Ok(m)) => m.current_leader,
+                Ok(Err(_)) => return Err(EtcdError::Stopped),
+                Err(_) => return Err(EtcdError::NoLeader),
+            },
+            () = self.shutdown.wait() => return Err(EtcdError::Stopped),
+        };
+        let id = leader.ok_or(EtcdError::NoLeader)?;
+        if id == self.id {
+            return Ok((id, Member::default()));
+        }
+        let member = self.member(id).map(|m| m.member).ok_or(EtcdError::NoLeader)?;
+        Ok((id, member))
+    }
+
+    /// Send `call` to the leader (which must not be this member).
+    async fn to_leader(&self, leader: &Member, call: &PeerCall) -> Result<PeerReply, EtcdError> {
+        self.peers.call(&leader.addr, call, REQUEST_TIMEOUT).await
+    }
+
+    /// Propose a command and wait for it to be applied (on the leader, forwarded if this
+    /// member is a follower).
     pub async fn write(&self, cmd: Command) -> Result<WriteOutcome, EtcdError> {
-        let resp = self.raft.client_write(cmd).await.map_err(from_write_error)?;
+        let (leader, member) = self.leader().await?;
+        if leader == self.id {
+            return self.write_local(cmd).await;
+        }
+        match self.to_leader(&member, &PeerCall::Write(cmd)).await? {
+            PeerReply::Written { revision, txn } => {
+                let txn = if txn.is_empty() {
+                    None
+                } else {
+                    Some(pb::TxnResponse::decode(txn.as_slice()).map_err(|e| EtcdError::Internal(e.to_string()))?)
+                };
+                Ok(WriteOutcome { revision, txn, events: None })
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Propose only if this member leads (never forwarded).
+    pub async fn write_local(&self, cmd: Command) -> Result<WriteOutcome, EtcdError> {
+        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
+            Ok(r) => r.map_err(from_write_error)?,
+            Err(_) => return Err(EtcdError::Timeout),
+        };
         match resp.data.outcome {
             Some(r) => r,
             None => Err(EtcdError::Internal("applied entry returned no outcome".into())),
         }
     }
 
-    /// A read-index round unless the client asked for a serializable read.
+    /// A read-index round unless the client asked for a serializable read: the leader
+    /// confirms it still leads, and this member waits until it has applied that far.
     pub async fn read_barrier(&self, serializable: bool) -> Result<(), EtcdError> {
         if serializable {
             return Ok(());
         }
-        self.raft.ensure_linearizable().await.map_err(from_read_error)?;
+        let (leader, member) = self.leader().await?;
+        let index = if leader == self.id {
+            self.read_index_local().await?
+        } else {
+            match self.to_leader(&member, &PeerCall::ReadIndex).await? {
+                PeerReply::ReadIndex { index } => index,
+                other => return Err(unexpected(&other)),
+            }
+        };
+        if let Some(index) = index {
+            self.raft
+                .wait(Some(REQUEST_TIMEOUT))
+                .applied_index_at_least(Some(index), "read index")
+                .await
+                .map_err(|_| EtcdError::Timeout)?;
+        }
         Ok(())
+    }
+
+    async fn read_index_local(&self) -> Result<Option<u64>, EtcdError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(r) => Ok(r.map_err(from_read_error)?.map(|l| l.index)),
+            Err(_) => Err(EtcdError::Timeout),
+        }
+    }
+
+    /// Restart a lease's TTL on the leader's clock; the TTL, or 0 for an unknown lease.
+    pub async fn keep_alive(&self, id: i64) -> Result<i64, EtcdError> {
+        let (leader, member) = self.leader().await?;
+        if leader != self.id {
+            return match self.to_leader(&member, &PeerCall::KeepAlive { id }).await? {
+                PeerReply::KeepAlive { ttl } => Ok(ttl),
+                other => Err(unexpected(&other)),
+            };
+        }
+        let ttl = self.shared.read().store.lease(id).map(|l| l.ttl);
+        Ok(match ttl {
+            Some(ttl) => {
+                self.leases.refresh(id, ttl);
+                ttl
+            }
+            None => 0,
+        })
+    }
+
+    /// Seconds left on a lease by the leader's clock (`None`: the leader has no deadline
+    /// for it yet, so it has its full TTL).
+    pub async fn lease_remaining(&self, id: i64) -> Result<Option<u64>, EtcdError> {
+        let (leader, member) = self.leader().await?;
+        if leader != self.id {
+            return match self.to_leader(&member, &PeerCall::LeaseRemaining { id }).await? {
+                PeerReply::LeaseRemaining { secs } => Ok(secs),
+                other => Err(unexpected(&other)),
+            };
+        }
+        Ok(self.leases.remaining(id).map(|d| d.as_secs()))
+    }
+
+    /// A membership change, carried out by the leader.
+    pub async fn member_op(&self, op: MemberOp) -> Result<(NodeId, Vec<MemberInfo>), EtcdError> {
+        let (leader, member) = self.leader().await?;
+        if leader != self.id {
+            return match self.to_leader(&member, &PeerCall::Member(op)).await? {
+                PeerReply::Member { id, members } => Ok((id, members)),
+                other => Err(unexpected(&other)),
+            };
+        }
+        let id = self.member_op_local(op).await?;
+        Ok((id, self.members()))
+    }
+
+    async fn member_op_local(&self, op: MemberOp) -> Result<NodeId, EtcdError> {
+        let members = self.members();
+        let find = |id: NodeId| members.iter().find(|m| m.id == id).cloned().ok_or(EtcdError::MemberNotFound);
+        let (id, change) = match op {
+            MemberOp::Add { peer_urls, learner } => {
+                let addr = valid_peer_url(&peer_urls)?;
+                if members.iter().any(|m| m.member.addr == addr) {
+                    return Err(EtcdError::PeerUrlExists);
+                }
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0);
+                let id = fnv1a(&[addr.as_bytes(), &self.cluster_id.to_be_bytes(), &nanos.to_be_bytes()]);
+                let member = Member { addr, name: String::new(), client_urls: Vec::new() };
+                let nodes = std::collections::BTreeMap::from([(id, member)]);
+                (id, if learner { ChangeMembers::AddNodes(nodes) } else { ChangeMembers::AddVoters(nodes) })
+            }
+            MemberOp::Remove { id } => {
+                let m = find(id)?;
+                let ids = std::collections::BTreeSet::from([id]);
+                (id, if m.learner { ChangeMembers::RemoveNodes(ids) } else { ChangeMembers::RemoveVoters(ids) })
+            }
+            MemberOp::Update { id, peer_urls } => {
+                let addr = valid_peer_url(&peer_urls)?;
+                let m = find(id)?;
+                if members.iter().any(|o| o.id != id && o.member.addr == addr) {
+                    return Err(EtcdError::PeerUrlExists);
+                }
+                let member = Member { addr, ..m.member };
+                (id, ChangeMembers::SetNodes(std::collections::BTreeMap::from([(id, member)])))
+            }
+            MemberOp::Promote { id } => {
+                let m = find(id)?;
+                if !m.learner {
+                    return Err(EtcdError::MemberNotLearner);
+                }
+                if !self.learner_in_sync(id) {
+                    return Err(EtcdError::LearnerNotReady);
+                }
+                (id, ChangeMembers::AddVoterIds(std::collections::BTreeSet::from([id])))
+            }
+            MemberOp::Publish { id, name, client_urls } => {
+                let m = find(id)?;
+                if m.member.name == name && m.member.client_urls == client_urls {
+                    return Ok(id);
+                }
+                let member = Member { name, client_urls, ..m.member };
+                (id, ChangeMembers::SetNodes(std::collections::BTreeMap::from([(id, member)])))
+            }
+        };
+        self.change_membership(change).await?;
+        Ok(id)
+    }
+
+    /// Propose a membership change, retrying (bounded) while another one is in progress.
+    async fn change_membership(&self, change: ChangeMembers<NodeId, Member>) -> Result<(), EtcdError> {
+        use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+        for attempt in 0..50u32 {
+            let r = tokio::time::timeout(REQUEST_TIMEOUT, self.raft.change_membership(change.clone(), false)).await;
+            match r {
+                Err(_) => return Err(EtcdError::Timeout),
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                )))) if attempt < 49 => {
+                    tokio::time::sleep(Duration::from_millis(100)).await; // retry backoff
+                }
+                Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                    tracing::warn!(error = %e, "membership change refused");
+                    return Err(match e {
+                        ChangeMembershipError::LearnerNotFound(_) => EtcdError::MemberNotFound,
+                        _ => EtcdError::Unhealthy,
+                    });
+                }
+                Ok(Err(e)) => return Err(from_write_error(e)),
+            }
+        }
+        Err(EtcdError::Unhealthy)
+    }
+
+    /// etcd promotes a learner only once it holds at least 90% of the leader's log.
+    fn learner_in_sync(&self, id: NodeId) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        let last = m.last_log_index.unwrap_or(0);
+        let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned()).flatten().map(|l| l.index).unwrap_or(0);
+        matched.saturating_mul(10) >= last.saturating_mul(9)
+    }
+
+    /// Serve a request another member sent.
+    pub async fn handle_call(&self, call: PeerCall) -> Result<PeerReply, EtcdError> {
+        if matches!(call, PeerCall::Identity) {
+            return Ok(PeerReply::Identity { cluster_id: self.cluster_id, members: self.members() });
+        }
+        // Everything else is for the leader; a member that is not (any more) says so
+        // rather than forwarding again.
+        if !self.is_leader() {
+            return Err(EtcdError::LeaderChanged);
+        }
+        match call {
+            PeerCall::Write(cmd) => {
+                let out = self.write_local(cmd).await?;
+                Ok(PeerReply::Written {
+                    revision: out.revision,
+                    txn: out.txn.map(|t| t.encode_to_vec()).unwrap_or_default(),
+                })
+            }
+            PeerCall::ReadIndex => Ok(PeerReply::ReadIndex { index: self.read_index_local().await? }),
+            PeerCall::KeepAlive { id } => Ok(PeerReply::KeepAlive { ttl: self.keep_alive(id).await? }),
+            PeerCall::LeaseRemaining { id } => Ok(PeerReply::LeaseRemaining { secs: self.lease_remaining(id).await? }),
+            PeerCall::Member(op) => {
+                let id = self.member_op_local(op).await?;
+                Ok(PeerReply::Member { id, members: self.members() })
+            }
+            PeerCall::Identity => Ok(PeerReply::Identity { cluster_id: self.cluster_id, members: self.members() }),
+        }
     }
 
     /// A fresh lease id (positive, not in use), as etcd assigns when the client asks for 0.
@@ -114,12 +382,28 @@ impl Node {
         let mut id = 0;
         for _ in 0..64 {
             let seq = self.lease_seq.fetch_add(1, Ordering::Relaxed);
-            let candidate = (((millis << 16) ^ (self.member_id & 0xffff) ^ (seq << 4)) & (i64::MAX as u64)) as i64;
+            let candidate = (((millis << 16) ^ (self.id & 0xffff) ^ (seq << 4)) & (i64::MAX as u64)) as i64;
             id = candidate.max(1);
             if st.store.lease(id).is_none() {
                 break;
             }
         }
         id
+    }
+}
+
+fn unexpected(reply: &PeerReply) -> EtcdError {
+    EtcdError::Internal(format!("unexpected peer reply {reply:?}"))
+}
+
+/// The first peer URL, if every given URL is an `http(s)://host:port` URL.
+fn valid_peer_url(urls: &[String]) -> Result<String, EtcdError> {
+    let valid = |u: &String| {
+        let rest = u.strip_prefix("http://").or_else(|| u.strip_prefix("https://"));
+        rest.is_some_and(|r| r.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()))
+    };
+    match urls.first() {
+        Some(first) if urls.iter().all(valid) => Ok(first.clone()),
+        _ => Err(EtcdError::BadMemberUrls),
     }
 }

@@ -1,6 +1,7 @@
-//! openraft glue: the type config, the commands that go through the log, the log store
-//! (SQLite, WAL, synchronous=FULL), the state machine (the MVCC store in memory, snapshots
-//! in a file) and a network that knows no peers (single node).
+//! openraft glue: the type config and member type, the commands that go through the log,
+//! the log store (SQLite, WAL, synchronous=FULL; also holds this member's identity) and the
+//! state machine (the MVCC store in memory, snapshots in a file). The network is in
+//! `peer.rs`.
 
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -9,16 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use aether_proto::etcd::etcdserverpb as pb;
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::RPCOption;
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftNetwork, RaftNetworkFactory,
-    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+    Entry, EntryPayload, LogId, LogState, RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
 };
 use prost::Message as _;
 use serde::de::DeserializeOwned;
@@ -29,14 +24,39 @@ use tokio::sync::broadcast;
 use crate::error::EtcdError;
 use crate::mvcc::{RevisionEvents, Store, WriteOutcome};
 
+/// A Raft node id is the etcd member id.
 pub type NodeId = u64;
+
+/// What the membership config knows about a member. `addr` is its peer URL (the field name
+/// is openraft's `BasicNode`'s, so data written by the single-node first cut still loads).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub addr: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub client_urls: Vec<String>,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+/// Who this member is, fixed when its data dir is first used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub member_id: NodeId,
+    pub cluster_id: u64,
+}
 
 openraft::declare_raft_types!(
     pub TypeConfig:
         D = Command,
         R = CommandResult,
         NodeId = NodeId,
-        Node = BasicNode,
+        Node = Member,
         Entry = Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
 );
@@ -132,6 +152,32 @@ impl LogStore {
         .execute(&self.pool)
         .await
         .map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    /// This member's identity, if the data dir has one.
+    pub async fn identity(&self) -> Result<Option<Identity>, StorageIOError<NodeId>> {
+        self.get_meta("identity").await
+    }
+
+    pub async fn save_identity(&self, id: &Identity) -> Result<(), StorageIOError<NodeId>> {
+        self.set_meta("identity", id).await
+    }
+
+    /// Whether the log store holds Raft state (a vote or log entries).
+    pub async fn has_state(&self) -> Result<bool, StorageIOError<NodeId>> {
+        let vote: Option<Vote<NodeId>> = self.get_meta("vote").await?;
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(vote.is_some() || n > 0)
+    }
+
+    /// Rebuild the database file (etcd's Defragment).
+    pub async fn vacuum(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("VACUUM").execute(&self.pool).await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -275,7 +321,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 pub struct Applied {
     pub store: Store,
     pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub membership: StoredMembership<NodeId, Member>,
 }
 
 /// What the gRPC services share with the state machine.
@@ -307,7 +353,7 @@ pub const EVENT_BUFFER: usize = 1024;
 
 #[derive(Serialize, Deserialize)]
 struct SnapshotHeader {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+    meta: SnapshotMeta<NodeId, Member>,
 }
 
 impl StateMachine {
@@ -344,7 +390,7 @@ fn apply_command(store: &mut Store, cmd: &Command) -> Result<WriteOutcome, EtcdE
     }
 }
 
-async fn read_snapshot_file(path: &Path) -> std::io::Result<Option<(SnapshotMeta<NodeId, BasicNode>, Vec<u8>)>> {
+async fn read_snapshot_file(path: &Path) -> std::io::Result<Option<(SnapshotMeta<NodeId, Member>, Vec<u8>)>> {
     let bytes = match tokio::fs::read(path).await {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -359,7 +405,7 @@ async fn read_snapshot_file(path: &Path) -> std::io::Result<Option<(SnapshotMeta
 }
 
 /// temp file → write → fsync → rename → fsync the directory.
-async fn write_snapshot_file(path: &Path, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> std::io::Result<()> {
+async fn write_snapshot_file(path: &Path, meta: &SnapshotMeta<NodeId, Member>, data: &[u8]) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt as _;
     let header = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() })?;
     let header_len = u32::try_from(header.len()).map_err(std::io::Error::other)?;
@@ -406,7 +452,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+    async fn applied_state(&mut self) -> StorageResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
         let st = self.shared.read();
         Ok((st.last_applied, st.membership.clone()))
     }
@@ -452,7 +498,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let data = snapshot.into_inner();
@@ -471,51 +517,5 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let found =
             read_snapshot_file(&self.snapshot_path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         Ok(found.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Network: single node, so every peer is unreachable.
-
-pub struct Network;
-
-pub struct NoPeer;
-
-fn no_peer() -> Unreachable {
-    Unreachable::new(&std::io::Error::other("single-node metad has no peers"))
-}
-
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = NoPeer;
-
-    async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> Self::Network {
-        NoPeer
-    }
-}
-
-impl RaftNetwork<TypeConfig> for NoPeer {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(RPCError::Unreachable(no_peer()))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
-        Err(RPCError::Unreachable(no_peer()))
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(RPCError::Unreachable(no_peer()))
     }
 }

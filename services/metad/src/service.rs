@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 use crate::error::EtcdError;
 use crate::mvcc::{MAX_LEASE_TTL, Store};
 use crate::node::Node;
+use crate::peer::{MemberInfo, MemberOp};
 use crate::raft::{Command, LogStore};
 use crate::watch;
 
@@ -126,19 +127,9 @@ impl EtcdService {
         Ok(pb::LeaseRevokeResponse { header: Some(self.node.header(out.revision)) })
     }
 
-    fn keep_alive_once(&self, id: i64) -> pb::LeaseKeepAliveResponse {
-        let (ttl, revision) = {
-            let st = self.node.shared.read();
-            (st.store.lease(id).map(|l| l.ttl), st.store.revision())
-        };
-        let ttl = match ttl {
-            Some(ttl) => {
-                self.node.leases.refresh(id, ttl);
-                ttl
-            }
-            None => 0,
-        };
-        pb::LeaseKeepAliveResponse { header: Some(self.node.header(revision)), id, ttl }
+    async fn keep_alive_once(&self, id: i64) -> Result<pb::LeaseKeepAliveResponse, EtcdError> {
+        let ttl = self.node.keep_alive(id).await?;
+        Ok(pb::LeaseKeepAliveResponse { header: Some(self.node.current_header()), id, ttl })
     }
 
     async fn do_time_to_live(&self, req: pb::LeaseTimeToLiveRequest) -> Result<pb::LeaseTimeToLiveResponse, EtcdError> {
@@ -151,8 +142,8 @@ impl EtcdService {
         let header = Some(self.node.header(revision));
         Ok(match lease {
             Some(granted_ttl) => {
-                let ttl = match self.node.leases.remaining(req.id) {
-                    Some(d) => i64::try_from(d.as_secs()).unwrap_or(granted_ttl),
+                let ttl = match self.node.lease_remaining(req.id).await? {
+                    Some(secs) => i64::try_from(secs).unwrap_or(granted_ttl),
                     None => granted_ttl,
                 };
                 pb::LeaseTimeToLiveResponse { header, id: req.id, ttl, granted_ttl, keys }
@@ -161,14 +152,63 @@ impl EtcdService {
         })
     }
 
-    fn member(&self) -> pb::Member {
-        pb::Member {
-            id: self.node.member_id,
-            name: self.node.name.clone(),
-            peer_ur_ls: vec![self.node.client_url.clone()],
-            client_ur_ls: vec![self.node.client_url.clone()],
-            is_learner: false,
+    fn pb_members(members: &[MemberInfo]) -> Vec<pb::Member> {
+        members.iter().map(pb_member).collect()
+    }
+
+    async fn do_member_add(&self, req: pb::MemberAddRequest) -> Result<pb::MemberAddResponse, EtcdError> {
+        let op = MemberOp::Add { peer_urls: req.peer_ur_ls, learner: req.is_learner };
+        let (id, members) = self.node.member_op(op).await?;
+        let member = members.iter().find(|m| m.id == id).map(pb_member);
+        Ok(pb::MemberAddResponse {
+            header: Some(self.node.current_header()),
+            member,
+            members: Self::pb_members(&members),
+        })
+    }
+
+    async fn do_member_op(&self, op: MemberOp) -> Result<(pb::ResponseHeader, Vec<pb::Member>), EtcdError> {
+        let (_, members) = self.node.member_op(op).await?;
+        Ok((self.node.current_header(), Self::pb_members(&members)))
+    }
+
+    async fn do_snapshot(&self) -> Result<Vec<pb::SnapshotResponse>, EtcdError> {
+        use sha2::Digest as _;
+        self.node.read_barrier(false).await?;
+        let (mut data, revision) = {
+            let st = self.node.shared.read();
+            (st.store.to_bytes().map_err(|e| EtcdError::Internal(e.to_string()))?, st.store.revision())
+        };
+        // Like etcd, the stream ends with the SHA-256 of everything before it.
+        let sum = sha2::Sha256::digest(&data);
+        data.extend_from_slice(&sum);
+        let header = self.node.header(revision);
+        let total = data.len();
+        let mut out = Vec::new();
+        let mut sent = 0;
+        for chunk in data.chunks(SNAPSHOT_CHUNK) {
+            sent += chunk.len();
+            out.push(pb::SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: (total - sent) as u64,
+                blob: chunk.to_vec(),
+                version: ETCD_VERSION.to_string(),
+            });
         }
+        Ok(out)
+    }
+}
+
+/// Bytes per Maintenance.Snapshot message.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+fn pb_member(m: &MemberInfo) -> pb::Member {
+    pb::Member {
+        id: m.id,
+        name: m.member.name.clone(),
+        peer_ur_ls: vec![m.member.addr.clone()],
+        client_ur_ls: m.member.client_urls.clone(),
+        is_learner: m.learner,
     }
 }
 
@@ -255,11 +295,13 @@ impl pb::lease_server::Lease for EtcdService {
                     };
                     match msg {
                         Some(Ok(req)) => {
+                            let resp = this.keep_alive_once(req.id).await.map_err(Status::from);
+                            let failed = resp.is_err();
                             let sent = tokio::select! {
-                                r = tx.send(Ok(this.keep_alive_once(req.id))) => r.is_ok(),
+                                r = tx.send(resp) => r.is_ok(),
                                 () = shutdown.wait() => false,
                             };
-                            if !sent {
+                            if !sent || failed {
                                 break;
                             }
                         }
@@ -304,11 +346,55 @@ impl pb::cluster_server::Cluster for EtcdService {
         request: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let span = rpc_span("MemberList", request.metadata());
-        let _entered = span.enter();
+        let members = if request.get_ref().linearizable {
+            self.node.read_barrier(false).instrument(span.clone()).await.map_err(Status::from)?;
+            self.node.members()
+        } else {
+            self.node.members()
+        };
         Ok(Response::new(pb::MemberListResponse {
             header: Some(self.node.current_header()),
-            members: vec![self.member()],
+            members: Self::pb_members(&members),
         }))
+    }
+
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let span = rpc_span("MemberAdd", request.metadata());
+        self.do_member_add(request.into_inner()).instrument(span).await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        let span = rpc_span("MemberRemove", request.metadata());
+        let op = MemberOp::Remove { id: request.get_ref().id };
+        let (header, members) = self.do_member_op(op).instrument(span).await?;
+        Ok(Response::new(pb::MemberRemoveResponse { header: Some(header), members }))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        let span = rpc_span("MemberUpdate", request.metadata());
+        let req = request.into_inner();
+        let op = MemberOp::Update { id: req.id, peer_urls: req.peer_ur_ls };
+        let (header, members) = self.do_member_op(op).instrument(span).await?;
+        Ok(Response::new(pb::MemberUpdateResponse { header: Some(header), members }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        let span = rpc_span("MemberPromote", request.metadata());
+        let op = MemberOp::Promote { id: request.get_ref().id };
+        let (header, members) = self.do_member_op(op).instrument(span).await?;
+        Ok(Response::new(pb::MemberPromoteResponse { header: Some(header), members }))
     }
 }
 
@@ -343,16 +429,66 @@ impl pb::maintenance_server::Maintenance for EtcdService {
             header: Some(header),
             version: ETCD_VERSION.to_string(),
             db_size: i64::try_from(on_disk).unwrap_or(i64::MAX),
-            leader: if leader == Some(crate::node::NODE_ID) { self.node.member_id } else { 0 },
+            leader: leader.unwrap_or(0),
             raft_index,
             raft_term,
             raft_applied_index,
             errors: Vec::new(),
             db_size_in_use: in_use,
-            is_learner: false,
+            is_learner: self.node.members().iter().any(|m| m.id == self.node.id && m.learner),
             storage_version: String::new(),
             db_size_quota: 0,
             downgrade_info: None,
         }))
+    }
+
+    async fn defragment(
+        &self,
+        request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let span = rpc_span("Defragment", request.metadata());
+        let store = crate::raft::LogStore::open(&self.node.db_path).instrument(span.clone()).await;
+        // A second connection to the same database: VACUUM takes SQLite's own lock, so it
+        // waits for (and then blocks) the log writer briefly, as etcd's defrag does.
+        match store {
+            Ok(s) => {
+                let r = s.vacuum().instrument(span).await;
+                s.close().await;
+                r.map_err(|e| Status::from(EtcdError::Internal(e.to_string())))?;
+            }
+            Err(e) => return Err(EtcdError::Internal(e.to_string()).into()),
+        }
+        Ok(Response::new(pb::DefragmentResponse { header: Some(self.node.current_header()) }))
+    }
+
+    async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        let span = rpc_span("Hash", request.metadata());
+        let _entered = span.enter();
+        let st = self.node.shared.read();
+        let (hash, _, rev) = st.store.hash_kv(0).map_err(Status::from)?;
+        Ok(Response::new(pb::HashResponse { header: Some(self.node.header(rev)), hash }))
+    }
+
+    async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        let span = rpc_span("HashKV", request.metadata());
+        let _entered = span.enter();
+        let st = self.node.shared.read();
+        let (hash, compact_revision, hash_revision) =
+            st.store.hash_kv(request.get_ref().revision).map_err(Status::from)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.node.header(st.store.revision())),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<BoxStream<pb::SnapshotResponse>>, Status> {
+        let span = rpc_span("Snapshot", request.metadata());
+        let chunks = self.do_snapshot().instrument(span).await.map_err(Status::from)?;
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)))))
     }
 }

@@ -28,20 +28,17 @@ impl Server {
     }
 
     pub async fn start_with(cfg: MetadConfig) -> Server {
-        // Logs only when asked for (RUST_LOG=aether_metad=debug cargo test ...).
-        if std::env::var_os("RUST_LOG").is_some() {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-                .with_test_writer()
-                .try_init();
-        }
+        init_logs();
         let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = client.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let shutdown = Shutdown::new();
-        let handle =
-            tokio::spawn(aether_metad::run(cfg, MetadListeners { client, admin: Some(admin) }, shutdown.clone()));
+        let handle = tokio::spawn(aether_metad::run(
+            cfg,
+            MetadListeners { client, peer: None, admin: Some(admin) },
+            shutdown.clone(),
+        ));
         let server = Server { addr, admin: admin_addr, shutdown, handle };
         server.wait_ready().await;
         server
@@ -75,6 +72,16 @@ impl Server {
         self.shutdown.trigger();
         let res = tokio::time::timeout(DEADLINE, self.handle).await.expect("run did not return after shutdown");
         res.unwrap().unwrap();
+    }
+}
+
+/// Logs only when asked for (RUST_LOG=aether_metad=debug cargo test ...).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 

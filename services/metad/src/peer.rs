@@ -1,0 +1,321 @@
+//! The peer transport: Raft RPCs between members and the requests a member forwards to the
+//! leader, over tonic on the peer port (`raft.v1.RaftPeer`). One lazily connected, reused
+//! channel per peer URL. Payloads are JSON-encoded openraft / metad types; snapshot chunks
+//! travel as raw bytes in `blob`.
+//!
+//! When the peer listener is bound to a specific IP, outgoing peer connections use it as
+//! their source address too, so a member's traffic can be told apart (and cut, in tests)
+//! by address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aether_common::telemetry::{continue_grpc, inject_grpc};
+use aether_proto::raft::v1::Payload;
+use aether_proto::raft::v1::raft_peer_client::RaftPeerClient;
+use aether_proto::raft::v1::raft_peer_server::RaftPeer;
+use bytes::Bytes;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{SnapshotMeta, Vote};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tracing::Instrument as _;
+
+use crate::error::EtcdError;
+use crate::node::Node;
+use crate::raft::{Command, Member, NodeId, TypeConfig};
+
+/// Largest peer message (a batch of log entries or one snapshot chunk).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// A request a member sends to another (usually the leader).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerCall {
+    /// Propose a command; answered once applied.
+    Write(Command),
+    /// Confirm leadership and return the log index a linearizable read must wait for.
+    ReadIndex,
+    /// Restart a lease's TTL on the leader's clock.
+    KeepAlive {
+        id: i64,
+    },
+    /// Seconds left on a lease, by the leader's clock.
+    LeaseRemaining {
+        id: i64,
+    },
+    /// The cluster id and membership (a member joining an existing cluster asks this).
+    Identity,
+    Member(MemberOp),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MemberOp {
+    Add {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    Remove {
+        id: NodeId,
+    },
+    Update {
+        id: NodeId,
+        peer_urls: Vec<String>,
+    },
+    Promote {
+        id: NodeId,
+    },
+    /// A member announces its name and client URLs.
+    Publish {
+        id: NodeId,
+        name: String,
+        client_urls: Vec<String>,
+    },
+}
+
+/// One member as the membership config has it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub member: Member,
+    pub learner: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerReply {
+    /// `txn` is a prost-encoded `TxnResponse` when the command was a txn.
+    Written {
+        revision: i64,
+        #[serde(with = "crate::b64")]
+        txn: Vec<u8>,
+    },
+    ReadIndex {
+        index: Option<u64>,
+    },
+    KeepAlive {
+        ttl: i64,
+    },
+    LeaseRemaining {
+        secs: Option<u64>,
+    },
+    Identity {
+        cluster_id: u64,
+        members: Vec<MemberInfo>,
+    },
+    Member {
+        id: NodeId,
+        members: Vec<MemberInfo>,
+    },
+}
+
+/// Outgoing peer connections.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    from: Arc<std::sync::atomic::AtomicU64>,
+    local_ip: Option<IpAddr>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    pub fn new(local_ip: Option<IpAddr>) -> Self {
+        Self { from: Arc::default(), local_ip, channels: Arc::default() }
+    }
+
+    /// Set once the member id is known.
+    pub fn set_from(&self, id: NodeId) {
+        self.from.store(id, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+        let channel = {
+            let mut map = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get(addr) {
+                Some(ch) => ch.clone(),
+                None => {
+                    let ch = aether_common::grpc::endpoint(addr)?
+                        .connect_timeout(Duration::from_secs(1))
+                        .local_address(self.local_ip)
+                        .connect_lazy();
+                    map.insert(addr.to_string(), ch.clone());
+                    ch
+                }
+            }
+        };
+        Ok(RaftPeerClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    fn request(&self, data: Vec<u8>, blob: Bytes, timeout: Duration) -> Request<Payload> {
+        let from = self.from.load(std::sync::atomic::Ordering::Relaxed);
+        let mut req = Request::new(Payload { from, data: data.into(), blob });
+        req.set_timeout(timeout);
+        inject_grpc(req.metadata_mut());
+        req
+    }
+
+    /// Send a `PeerCall` to the member at `addr`. A transport failure is a timeout to the
+    /// client: the request may or may not have been carried out.
+    pub async fn call(&self, addr: &str, call: &PeerCall, timeout: Duration) -> Result<PeerReply, EtcdError> {
+        let data = serde_json::to_vec(call).map_err(|e| EtcdError::Internal(e.to_string()))?;
+        let mut client = self.client(addr).map_err(|e| EtcdError::Internal(format!("peer url {addr}: {e}")))?;
+        let resp = client.call(self.request(data, Bytes::new(), timeout)).await.map_err(|status| {
+            tracing::debug!(peer = addr, error = %status, "peer call failed");
+            EtcdError::Timeout
+        })?;
+        let reply: Result<PeerReply, EtcdError> =
+            serde_json::from_slice(&resp.into_inner().data).map_err(|e| EtcdError::Internal(e.to_string()))?;
+        reply
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
+        PeerClient { peers: self.clone(), target, addr: node.addr.clone() }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerClient {
+    peers: Peers,
+    target: NodeId,
+    addr: String,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+/// An `InstallSnapshotRequest` without its data (which travels in `blob`).
+#[derive(Serialize, Deserialize)]
+struct SnapshotChunk {
+    vote: Vote<NodeId>,
+    meta: SnapshotMeta<NodeId, Member>,
+    offset: u64,
+    done: bool,
+}
+
+impl PeerClient {
+    async fn send<Q, A, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Q,
+        blob: Bytes,
+        option: &RPCOption,
+    ) -> Result<A, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Q: Serialize,
+        A: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut client = self.peers.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let request = self.peers.request(data, blob, option.hard_ttl());
+        let resp = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
+        };
+        let resp = resp.map_err(|status| match status.code() {
+            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+            _ => RPCError::Network(NetworkError::new(&status)),
+        })?;
+        let result: Result<A, RaftError<NodeId, E>> =
+            serde_json::from_slice(&resp.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.send(Rpc::Append, &rpc, Bytes::new(), &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        let chunk = SnapshotChunk { vote: rpc.vote, meta: rpc.meta, offset: rpc.offset, done: rpc.done };
+        self.send(Rpc::Snapshot, &chunk, Bytes::from(rpc.data), &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.send(Rpc::Vote, &rpc, Bytes::new(), &option).await
+    }
+}
+
+/// The peer gRPC service.
+#[derive(Clone)]
+pub struct PeerService {
+    node: Arc<Node>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(data).map_err(|e| Status::invalid_argument(format!("malformed peer message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<Payload>, Status> {
+    let data = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(Payload { from: 0, data: data.into(), blob: Bytes::new() }))
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data)?;
+        encode(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc: VoteRequest<NodeId> = decode(&request.into_inner().data)?;
+        encode(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let p = request.into_inner();
+        let c: SnapshotChunk = decode(&p.data)?;
+        let rpc = InstallSnapshotRequest {
+            vote: c.vote,
+            meta: c.meta,
+            offset: c.offset,
+            data: p.blob.to_vec(),
+            done: c.done,
+        };
+        encode(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn call(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let span = tracing::info_span!("peer_call", from = request.get_ref().from);
+        continue_grpc(&span, request.metadata());
+        let call: PeerCall = decode(&request.into_inner().data)?;
+        let reply = self.node.handle_call(call).instrument(span).await;
+        encode(&reply)
+    }
+}
