@@ -1,7 +1,9 @@
 //! Integration tests: the in-process `Cluster` (1 metad, 3 blobd, 2 gateways on port 0)
-//! driven through the official aws-sdk-s3 and etcd-client.
+//! driven through the official aws-sdk-s3 and etcd-client. With `AETHER_TEST_CATALOG=etcd`
+//! the same tests run against a real etcd instead of metad.
 
 mod bad_input;
+mod catalog_failover;
 mod cluster;
 mod listing;
 mod multipart;

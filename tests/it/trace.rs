@@ -34,6 +34,12 @@ fn spans_of(trace: TraceId) -> Vec<SpanData> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_trace_spans_gateway_blobd_and_metad() -> anyhow::Result<()> {
+    if aether_tests::skip_on_etcd(
+        "one_trace_spans_gateway_blobd_and_metad",
+        "it asserts the spans metad's server emits for a Txn; etcd is not instrumented",
+    ) {
+        return Ok(());
+    }
     exporter();
     let c = Cluster::start(ClusterOptions { blobds: 2, gateways: 1, require_auth: false, ..ClusterOptions::default() })
         .await?;

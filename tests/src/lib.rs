@@ -1,6 +1,10 @@
 //! The in-process `Cluster` harness: N metad (1 for now), N blobd and M gateways, each
 //! started through its crate's `run` on 127.0.0.1 port 0, with real gRPC, real SQLite
 //! files and real fsyncs. Every wait is a condition polled against a deadline.
+//!
+//! The catalog backend is metad by default; `AETHER_TEST_CATALOG=etcd` (or
+//! `ClusterOptions::catalog`) runs a real `etcd` process instead (1 member, or 3 with
+//! `etcd_members: 3`), killed when the cluster is dropped.
 
 pub mod http1;
 
@@ -55,8 +59,42 @@ impl Running {
     }
 }
 
+/// What the services use as their metadata store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogBackend {
+    /// aether's own metad, in-process.
+    Metad,
+    /// Real `etcd` processes (the binary on PATH, or `AETHER_ETCD_BIN`).
+    Etcd,
+}
+
+impl CatalogBackend {
+    /// `AETHER_TEST_CATALOG=etcd` selects etcd; unset or `metad` selects metad.
+    pub fn from_env() -> Self {
+        match std::env::var("AETHER_TEST_CATALOG").as_deref() {
+            Ok("etcd") => Self::Etcd,
+            Ok("metad") | Ok("") | Err(_) => Self::Metad,
+            Ok(other) => panic!("AETHER_TEST_CATALOG={other:?}: expected \"etcd\" or \"metad\""),
+        }
+    }
+}
+
+/// True (after printing why) when the tests run against etcd: for tests that check
+/// metad itself and have no etcd counterpart.
+pub fn skip_on_etcd(test: &str, reason: &str) -> bool {
+    let skip = CatalogBackend::from_env() == CatalogBackend::Etcd;
+    if skip {
+        println!("SKIPPED {test} (AETHER_TEST_CATALOG=etcd): {reason}");
+    }
+    skip
+}
+
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
+    /// metad (default) or real etcd; the default follows `AETHER_TEST_CATALOG`.
+    pub catalog: CatalogBackend,
+    /// etcd members to start when `catalog` is `Etcd` (1 or 3).
+    pub etcd_members: usize,
     pub blobds: usize,
     pub gateways: usize,
     pub require_auth: bool,
@@ -68,6 +106,8 @@ pub struct ClusterOptions {
 impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
+            catalog: CatalogBackend::from_env(),
+            etcd_members: 1,
             blobds: 3,
             gateways: 2,
             require_auth: true,
@@ -94,8 +134,11 @@ pub struct GatewayNode {
 pub struct Cluster {
     pub opts: ClusterOptions,
     root: tempfile::TempDir,
+    /// metad's client address (empty with etcd).
     pub metad_addr: String,
     metad: Option<Running>,
+    /// The etcd members (empty with metad).
+    pub etcd_members: Vec<EtcdMember>,
     pub blobds: Vec<BlobdNode>,
     pub gateways: Vec<GatewayNode>,
 }
@@ -109,8 +152,15 @@ async fn local() -> anyhow::Result<(TcpListener, String)> {
 impl Cluster {
     pub async fn start(opts: ClusterOptions) -> anyhow::Result<Self> {
         let root = tempfile::Builder::new().prefix("aether-cluster-").tempdir()?;
-        let mut c =
-            Cluster { opts, root, metad_addr: String::new(), metad: None, blobds: Vec::new(), gateways: Vec::new() };
+        let mut c = Cluster {
+            opts,
+            root,
+            metad_addr: String::new(),
+            metad: None,
+            etcd_members: Vec::new(),
+            blobds: Vec::new(),
+            gateways: Vec::new(),
+        };
         for i in 0..c.opts.blobds {
             let data_dir = c.root.path().join(format!("blobd-{i}"));
             std::fs::create_dir_all(&data_dir)?;
@@ -125,10 +175,15 @@ impl Cluster {
         self.root.path()
     }
 
-    /// Start metad, then every blobd, wait until all of them are registered and alive,
-    /// then the gateways (so their first catalog load already holds the whole layout).
+    /// Start metad (or etcd), then every blobd, wait until all of them are registered and
+    /// alive, then the gateways (so their first catalog load already holds the whole layout).
     async fn start_all(&mut self) -> anyhow::Result<()> {
-        self.start_metad().await?;
+        match self.opts.catalog {
+            CatalogBackend::Metad => self.start_metad().await?,
+            CatalogBackend::Etcd if self.etcd_members.is_empty() => self.start_etcd().await?,
+            // etcd is not ours to restart with the services: it keeps running.
+            CatalogBackend::Etcd => {}
+        }
         for i in 0..self.blobds.len() {
             self.start_blobd(i).await?;
         }
@@ -151,7 +206,9 @@ impl Cluster {
         let shutdown = Shutdown::new();
         let sd = shutdown.clone();
         let task = tokio::spawn(async move {
-            aether_metad::run(cfg, MetadListeners { client, peer: None, admin: None }, sd).await.map_err(anyhow::Error::from)
+            aether_metad::run(cfg, MetadListeners { client, peer: None, admin: None }, sd)
+                .await
+                .map_err(anyhow::Error::from)
         });
         self.metad = Some(Running { shutdown, task });
         self.metad_addr = addr.clone();
@@ -165,18 +222,99 @@ impl Cluster {
         .await
     }
 
+    async fn start_etcd(&mut self) -> anyhow::Result<()> {
+        let bin = etcd_bin().context("AETHER_TEST_CATALOG=etcd but no etcd binary (install etcd-server)")?;
+        let n = self.opts.etcd_members.max(1);
+        // Hold all the listeners while choosing, so the ports differ; etcd binds them next.
+        let mut held = Vec::new();
+        for _ in 0..2 * n {
+            held.push(std::net::TcpListener::bind("127.0.0.1:0")?);
+        }
+        let ports: Vec<u16> = held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
+        drop(held);
+        let token = format!("aether-test-{}", std::process::id());
+        let mut members: Vec<EtcdMember> = (0..n)
+            .map(|i| EtcdMember {
+                name: format!("m{i}"),
+                client_url: format!("http://127.0.0.1:{}", ports[2 * i]),
+                peer_url: format!("http://127.0.0.1:{}", ports[2 * i + 1]),
+                data_dir: self.root.path().join(format!("etcd-m{i}")),
+                log: self.root.path().join(format!("etcd-m{i}.log")),
+                bin: bin.clone(),
+                initial_cluster: String::new(),
+                token: token.clone(),
+                child: None,
+            })
+            .collect();
+        let initial = members.iter().map(|m| format!("{}={}", m.name, m.peer_url)).collect::<Vec<_>>().join(",");
+        for m in &mut members {
+            m.initial_cluster = initial.clone();
+            m.spawn()?;
+        }
+        self.etcd_members = members;
+        for i in 0..n {
+            self.wait_etcd_member(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Wait until etcd member `i` answers a (linearizable, so quorum-backed) Range.
+    pub async fn wait_etcd_member(&self, i: usize) -> anyhow::Result<()> {
+        let ep = self.etcd_members[i].endpoint();
+        let log = self.etcd_members[i].log.clone();
+        wait_for(&format!("etcd member {i} to answer"), Duration::from_secs(30), || {
+            let ep = ep.clone();
+            async move {
+                let mut c = etcd_client::Client::connect([ep], None).await.ok()?;
+                c.get("health", None).await.ok().map(|_| ())
+            }
+        })
+        .await
+        .with_context(|| format!("etcd log: {}", log.display()))
+    }
+
+    /// Kill etcd member `i` with SIGKILL (no graceful leave) and reap it.
+    pub fn kill_etcd(&mut self, i: usize) -> anyhow::Result<()> {
+        self.etcd_members[i].kill()
+    }
+
+    /// Start killed etcd member `i` again on its data dir and ports; wait until it answers.
+    pub async fn restart_etcd(&mut self, i: usize) -> anyhow::Result<()> {
+        self.etcd_members[i].spawn()?;
+        self.wait_etcd_member(i).await
+    }
+
+    /// The catalog endpoints the services are given (`host:port`).
+    pub fn catalog_endpoints(&self) -> Vec<String> {
+        match self.opts.catalog {
+            CatalogBackend::Metad => vec![self.metad_addr.clone()],
+            CatalogBackend::Etcd => self.etcd_members.iter().map(EtcdMember::endpoint).collect(),
+        }
+    }
+
+    /// The endpoints of the catalog members that are running now.
+    fn live_endpoints(&self) -> Vec<String> {
+        match self.opts.catalog {
+            CatalogBackend::Metad => vec![self.metad_addr.clone()],
+            CatalogBackend::Etcd => {
+                self.etcd_members.iter().filter(|m| m.child.is_some()).map(EtcdMember::endpoint).collect()
+            }
+        }
+    }
+
+    /// An etcd-client to the catalog (metad, or the running etcd members).
     pub async fn etcd(&self) -> anyhow::Result<etcd_client::Client> {
-        Ok(etcd_client::Client::connect([self.metad_addr.clone()], None).await?)
+        Ok(etcd_client::Client::connect(self.live_endpoints(), None).await?)
     }
 
     /// Wait until exactly `n` blobd hold a liveness lease in metad.
     pub async fn wait_alive(&self, n: usize) -> anyhow::Result<()> {
         let prefix = Keys::default().alive_all();
-        let addr = self.metad_addr.clone();
+        let addr = self.live_endpoints();
         wait_for(&format!("{n} live blobd"), Duration::from_secs(30), || {
             let (prefix, addr) = (prefix.clone(), addr.clone());
             async move {
-                let mut c = etcd_client::Client::connect([addr], None).await.ok()?;
+                let mut c = etcd_client::Client::connect(addr, None).await.ok()?;
                 let r =
                     c.get(prefix, Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await.ok()?;
                 (r.count() as usize == n).then_some(())
@@ -187,11 +325,12 @@ impl Cluster {
 
     pub async fn start_blobd(&mut self, i: usize) -> anyhow::Result<()> {
         let (grpc, addr) = local().await?;
+        let metad_endpoints = self.catalog_endpoints();
         let node = &mut self.blobds[i];
         let cfg = BlobdConfig {
             data_dir: node.data_dir.clone(),
             node_id: Some(node.node_id.clone()),
-            metad_endpoints: vec![self.metad_addr.clone()],
+            metad_endpoints,
             lease_ttl_secs: 5,
             ..BlobdConfig::default()
         };
@@ -218,7 +357,7 @@ impl Cluster {
         let (s3, s3_addr) = local().await?;
         let (admin, admin_addr) = local().await?;
         let cfg = GatewayConfig {
-            metad_endpoints: vec![self.metad_addr.clone()],
+            metad_endpoints: self.catalog_endpoints(),
             require_auth: self.opts.require_auth,
             access_key: ACCESS_KEY.into(),
             secret_key: SECRET_KEY.into(),
@@ -305,6 +444,80 @@ impl Drop for Cluster {
             r.shutdown.trigger();
             r.task.abort();
         }
+        // Before the temp dir goes (fields drop after this): etcd writes into it.
+        for m in &mut self.etcd_members {
+            let _ = m.kill();
+        }
+    }
+}
+
+/// The etcd binary: `AETHER_ETCD_BIN`, else `etcd` on PATH.
+pub fn etcd_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("AETHER_ETCD_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("etcd")).find(|p| p.is_file())
+}
+
+/// One real etcd process of the test cluster; killed (SIGKILL) and reaped on drop.
+pub struct EtcdMember {
+    pub name: String,
+    pub client_url: String,
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    /// etcd's own log (stdout and stderr).
+    pub log: PathBuf,
+    bin: PathBuf,
+    initial_cluster: String,
+    token: String,
+    child: Option<std::process::Child>,
+}
+
+impl EtcdMember {
+    /// `host:port` of its client URL.
+    pub fn endpoint(&self) -> String {
+        self.client_url.trim_start_matches("http://").to_string()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "etcd member {} is already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        // With an existing data dir (a restart) etcd ignores the --initial-* flags.
+        let child = std::process::Command::new(&self.bin)
+            .arg(format!("--name={}", self.name))
+            .arg(format!("--data-dir={}", self.data_dir.display()))
+            .arg(format!("--listen-client-urls={}", self.client_url))
+            .arg(format!("--advertise-client-urls={}", self.client_url))
+            .arg(format!("--listen-peer-urls={}", self.peer_url))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer_url))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg(format!("--initial-cluster-token={}", self.token))
+            .arg("--initial-cluster-state=new")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for EtcdMember {
+    fn drop(&mut self) {
+        let _ = self.kill();
     }
 }
 

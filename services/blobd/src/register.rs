@@ -2,7 +2,7 @@
 //! entry `nodes/<id>` (persistent, written on join) and the liveness entry `alive/<id>`
 //! attached to a lease that is kept alive while the process runs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aether_common::admin::Readiness;
 use aether_common::catalog::{AliveEntry, Keys, NodeEntry, NodeState};
@@ -17,6 +17,8 @@ pub enum RegisterError {
     Json(#[from] serde_json::Error),
     #[error("lease lost")]
     LeaseLost,
+    #[error("keep-alive stream ended")]
+    StreamEnded,
     #[error("timed out")]
     Timeout,
     #[error("the layout entry changed concurrently")]
@@ -56,7 +58,7 @@ pub async fn run(reg: Registration, registered: Readiness, shutdown: Shutdown) {
                 tracing::info!(node_id = %reg.node_id, lease, "registered in metad");
                 let lost = tokio::select! {
                     _ = shutdown.wait() => None,
-                    r = keep_alive(&mut client, lease, reg.lease_ttl_secs) => Some(r),
+                    e = keep_alive(&mut client, lease, reg.lease_ttl_secs) => Some(e),
                 };
                 registered.set(false);
                 match lost {
@@ -68,8 +70,7 @@ pub async fn run(reg: Registration, registered: Readiness, shutdown: Shutdown) {
                         }
                         return;
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "lease lost; registering again"),
-                    Some(Ok(())) => tracing::warn!("keep-alive ended; registering again"),
+                    Some(e) => tracing::warn!(error = %e, "lease lost; registering again"),
                 }
             }
             Err(e) => {
@@ -153,18 +154,52 @@ async fn join(client: &mut Client, reg: &Registration) -> Result<(), RegisterErr
     Ok(())
 }
 
-/// Keep `lease` alive every ttl/3; returns when the lease is lost or the stream breaks.
-async fn keep_alive(client: &mut Client, lease: i64, ttl: i64) -> Result<(), RegisterError> {
+/// Keep `lease` alive every ttl/3. When the keep-alive stream breaks (the metad member
+/// it went to died), reopen it on the same lease (the client fails over to another
+/// endpoint) with backoff, for as long as the lease can still be alive; returns when the
+/// lease is lost (metad says so, or no keep-alive got through for a whole TTL).
+async fn keep_alive(client: &mut Client, lease: i64, ttl: i64) -> RegisterError {
+    let ttl = Duration::from_secs(ttl.max(1) as u64);
+    let period = (ttl / 3).max(MIN_BACKOFF);
+    let mut last_ok = Instant::now();
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let err = match keep_alive_stream(client, lease, period, &mut last_ok, &mut backoff).await {
+            Err(RegisterError::LeaseLost) => return RegisterError::LeaseLost,
+            Err(e) => e,
+        };
+        let left = ttl.saturating_sub(last_ok.elapsed());
+        if left.is_zero() {
+            tracing::warn!(lease, error = %err, "no keep-alive got through for a whole TTL");
+            return err;
+        }
+        tracing::warn!(lease, error = %err, retry_in_ms = backoff.as_millis() as u64, "keep-alive stream broke; reopening");
+        tokio::time::sleep(backoff.min(left)).await;
+        backoff = (backoff * 2).min(period);
+    }
+}
+
+/// One keep-alive stream; `last_ok` is when metad last confirmed the lease.
+async fn keep_alive_stream(
+    client: &mut Client,
+    lease: i64,
+    period: Duration,
+    last_ok: &mut Instant,
+    backoff: &mut Duration,
+) -> Result<std::convert::Infallible, RegisterError> {
     let (mut keeper, mut stream) = timed(client.lease_keep_alive(lease)).await?;
-    let period = Duration::from_millis((ttl.max(1) as u64 * 1000 / 3).max(100));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         timed(keeper.keep_alive()).await?;
         match timed(stream.message()).await? {
-            Some(r) if r.ttl() > 0 => {}
-            _ => return Err(RegisterError::LeaseLost),
+            Some(r) if r.ttl() > 0 => {
+                *last_ok = Instant::now();
+                *backoff = MIN_BACKOFF;
+            }
+            Some(_) => return Err(RegisterError::LeaseLost),
+            None => return Err(RegisterError::StreamEnded),
         }
     }
 }

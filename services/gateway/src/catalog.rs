@@ -1,9 +1,11 @@
 //! The gateway's in-memory view of the catalog in metad: buckets, access keys, node
 //! layout and live nodes. Loaded with one Range over the prefix, then kept current with a
-//! Watch from the next revision; on any watch failure the cache reconnects and reloads
-//! (bounded backoff). Requests read the snapshot only, never metad.
+//! Watch from the next revision; after a watch failure the watch resumes from the last
+//! applied revision + 1, and only a compacted revision makes the cache reload (bounded
+//! backoff). Requests read the snapshot only, never metad.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -118,7 +120,30 @@ pub enum CatalogError {
     Etcd(#[from] etcd_client::Error),
     #[error("watch canceled by metad: {0}")]
     WatchCanceled(String),
+    #[error("watch from revision {requested} refused: history compacted up to {compacted}")]
+    Compacted { requested: i64, compacted: i64 },
 }
+
+/// How the cache has (re)synchronised so far, for tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CatalogStats {
+    /// Full loads with a Range over the prefix (the first one included).
+    pub full_loads: u64,
+    /// Watches re-established from the last applied revision + 1, without a reload.
+    pub resumed_watches: u64,
+    /// Resumes refused because that revision was compacted (each followed by a full load).
+    pub compacted_fallbacks: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    full_loads: AtomicU64,
+    resumed_watches: AtomicU64,
+    compacted_fallbacks: AtomicU64,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The shared catalog cache plus the metad client used for transactions.
 #[derive(Clone)]
@@ -127,6 +152,7 @@ pub struct Catalog {
     snapshot: Arc<RwLock<Arc<Snapshot>>>,
     client: Arc<RwLock<Option<etcd_client::Client>>>,
     ready: Readiness,
+    counters: Arc<Counters>,
 }
 
 impl Catalog {
@@ -136,6 +162,7 @@ impl Catalog {
             snapshot: Arc::new(RwLock::new(Arc::new(Snapshot::default()))),
             client: Arc::new(RwLock::new(None)),
             ready: Readiness::default(),
+            counters: Arc::default(),
         }
     }
 
@@ -145,6 +172,14 @@ impl Catalog {
 
     pub fn readiness(&self) -> Readiness {
         self.ready.clone()
+    }
+
+    pub fn stats(&self) -> CatalogStats {
+        CatalogStats {
+            full_loads: self.counters.full_loads.load(Ordering::Relaxed),
+            resumed_watches: self.counters.resumed_watches.load(Ordering::Relaxed),
+            compacted_fallbacks: self.counters.compacted_fallbacks.load(Ordering::Relaxed),
+        }
     }
 
     /// The current snapshot (cheap: an `Arc` clone).
@@ -180,32 +215,101 @@ impl Catalog {
         *guard = Arc::new(snap);
     }
 
-    /// Load and watch until shutdown, reconnecting with bounded backoff.
+    /// Load and watch until shutdown. After a watch failure the watch resumes from the last
+    /// applied revision + 1 (no event is missed, none re-read in full); only when metad
+    /// answers that this revision is compacted does the cache reload with a Range. Retries
+    /// back off from 100 ms to at most 5 s, and start over at 100 ms once a watch is up.
     pub async fn run(self, endpoints: Vec<String>, shutdown: Shutdown) {
-        let mut backoff = Duration::from_millis(100);
+        let mut sync = SyncState { client: None, applied: None, backoff: MIN_BACKOFF };
         loop {
             let res = tokio::select! {
-                r = self.load_and_watch(&endpoints) => r,
+                r = self.sync(&endpoints, &mut sync) => r,
                 _ = shutdown.wait() => return,
             };
             match res {
-                Ok(()) => tracing::info!("catalog watch ended; reloading"),
-                Err(e) => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "catalog watch failed; reloading")
+                Err(e @ CatalogError::Compacted { .. }) => {
+                    tracing::warn!(error = %e, "catalog watch cannot resume; reloading");
+                    self.counters.compacted_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("gateway_catalog_compacted_fallbacks_total").increment(1);
+                    sync.applied = None;
+                    // A reload follows at once: it cannot be refused the same way.
+                    continue;
                 }
+                Ok(()) => tracing::info!(revision = sync.applied, "catalog watch ended; resuming"),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    revision = sync.applied,
+                    backoff_ms = sync.backoff.as_millis() as u64,
+                    "catalog watch failed; resuming"
+                ),
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(sync.backoff) => {}
                 _ = shutdown.wait() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            sync.backoff = (sync.backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    async fn load_and_watch(&self, endpoints: &[String]) -> Result<(), CatalogError> {
-        let mut client = aether_common::etcd::connect(endpoints, None).await?;
+    /// One round: connect if needed, load in full unless a revision was applied already,
+    /// then watch from the next revision until the stream breaks.
+    async fn sync(&self, endpoints: &[String], st: &mut SyncState) -> Result<(), CatalogError> {
+        let mut client = match &st.client {
+            Some(c) => c.clone(),
+            None => {
+                let c = aether_common::etcd::connect(endpoints, None).await?;
+                *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+                st.client = Some(c.clone());
+                c
+            }
+        };
         let prefix = self.keys.prefix().to_string();
-        let resp = client.get(prefix.as_str(), Some(GetOptions::new().with_prefix())).await?;
+        let resuming = st.applied.is_some();
+        let start = match st.applied {
+            Some(rev) => rev + 1,
+            None => {
+                let rev = self.load(&mut client, &prefix).await?;
+                st.applied = Some(rev);
+                rev + 1
+            }
+        };
+        let mut stream =
+            client.watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(start))).await?;
+        while let Some(resp) = stream.message().await? {
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    return Err(CatalogError::Compacted { requested: start, compacted: resp.compact_revision() });
+                }
+                return Err(CatalogError::WatchCanceled(resp.cancel_reason().to_string()));
+            }
+            if resp.created() {
+                st.backoff = MIN_BACKOFF;
+                if resuming {
+                    tracing::info!(revision = start, "catalog watch resumed");
+                    self.counters.resumed_watches.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("gateway_catalog_watch_resumes_total").increment(1);
+                }
+            }
+            if resp.events().is_empty() {
+                continue;
+            }
+            let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            let mut next = (**guard).clone();
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv() {
+                    next.apply(&self.keys, kv, ev.event_type() == EventType::Delete);
+                    next.revision = next.revision.max(kv.mod_revision());
+                }
+            }
+            st.applied = Some(st.applied.unwrap_or(0).max(next.revision));
+            *guard = Arc::new(next);
+        }
+        Ok(())
+    }
+
+    /// Replace the snapshot with one Range over the prefix; returns its revision.
+    async fn load(&self, client: &mut etcd_client::Client, prefix: &str) -> Result<i64, CatalogError> {
+        let resp = client.get(prefix, Some(GetOptions::new().with_prefix())).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let mut snap = Snapshot { revision, ..Snapshot::default() };
         for kv in resp.kvs() {
@@ -219,31 +323,19 @@ impl Catalog {
             "catalog loaded"
         );
         self.replace(snap);
-        *self.client.write().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
+        self.counters.full_loads.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("gateway_catalog_full_loads_total").increment(1);
         self.ready.set(true);
-
-        let mut stream = client
-            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)))
-            .await?;
-        while let Some(resp) = stream.message().await? {
-            if resp.canceled() {
-                return Err(CatalogError::WatchCanceled(resp.cancel_reason().to_string()));
-            }
-            if resp.events().is_empty() {
-                continue;
-            }
-            let mut guard = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
-            let mut next = (**guard).clone();
-            for ev in resp.events() {
-                if let Some(kv) = ev.kv() {
-                    next.apply(&self.keys, kv, ev.event_type() == EventType::Delete);
-                    next.revision = next.revision.max(kv.mod_revision());
-                }
-            }
-            *guard = Arc::new(next);
-        }
-        Ok(())
+        Ok(revision)
     }
+}
+
+/// What `run` keeps between rounds.
+struct SyncState {
+    client: Option<etcd_client::Client>,
+    /// The last revision applied to the snapshot (None: load in full first).
+    applied: Option<i64>,
+    backoff: Duration,
 }
 
 #[cfg(test)]
