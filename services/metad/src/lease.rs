@@ -60,11 +60,11 @@ pub async fn expiry_loop(node: Arc<Node>, interval: Duration, shutdown: Shutdown
             if !was_leader {
                 clock.clear();
             }
-            clock.retain(|id, _| st.store.lease(*id).is_some());
-            st.store
-                .leases()
-                .filter_map(|(id, l)| {
-                    let deadline = *clock.entry(id).or_insert_with(|| now + ttl_duration(l.ttl));
+            clock.retain(|id, _| st.leases.contains_key(id));
+            st.leases
+                .iter()
+                .filter_map(|(&id, &ttl)| {
+                    let deadline = *clock.entry(id).or_insert_with(|| now + ttl_duration(ttl));
                     (deadline <= now).then_some(id)
                 })
                 .collect()

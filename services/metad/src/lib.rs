@@ -75,6 +75,9 @@ pub struct MetadConfig {
     /// Client URLs announced to the cluster (MemberList); default `http://<client listener>`.
     pub advertise_client_urls: Vec<String>,
     pub heartbeat_interval_ms: u64,
+    /// How often a watch with `progress_notify` gets an empty response with the current
+    /// revision (etcd's default: 10 minutes).
+    pub watch_progress_notify_interval_ms: u64,
     /// Election timeout; a follower waits between this and twice this without a heartbeat.
     pub election_timeout_ms: u64,
 }
@@ -91,6 +94,7 @@ impl Default for MetadConfig {
             initial_cluster_token: "aether-metad".to_string(),
             advertise_client_urls: Vec::new(),
             heartbeat_interval_ms: 100,
+            watch_progress_notify_interval_ms: 600_000,
             election_timeout_ms: 1000,
         }
     }
@@ -264,15 +268,17 @@ async fn start(
         name: cfg.name.clone(),
         identity,
         client_urls,
-        data_dir: cfg.data_dir.clone(),
         db_path: cfg.data_dir.join("raft-log.db"),
         peers,
         shutdown: shutdown.clone(),
+        watch_progress_interval: Duration::from_millis(cfg.watch_progress_notify_interval_ms.max(10)),
     }));
+    let db = node.shared.db.clone();
     let result = serve(node, &cfg, listeners, &boot, client_addr, shutdown).await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "raft did not shut down cleanly");
     }
+    db.close().await;
     result
 }
 

@@ -1,16 +1,32 @@
-//! The MVCC key-value store behind the state machine: etcd's revision model (one
-//! cluster-wide revision, per-key create/mod revision and version), history until
-//! compaction, leases and their attached keys. Pure and deterministic: every replica that
-//! applies the same commands reaches the same state.
+//! The MVCC key-value store behind the state machine, persisted in SQLite (`state.db`):
+//! etcd's revision model (one cluster-wide revision, per-key create/mod revision and
+//! version), history until compaction, leases and their attached keys. Deterministic:
+//! every replica that applies the same commands reaches the same rows.
+//!
+//! Tables: `kv` holds every change of every key (the history; a delete is a row with
+//! `deleted = 1`), `cur` the live value of every key (what reads at the current revision
+//! and txn compares use), `leases` the granted leases, `meta` the revision, the compaction
+//! point, the last applied log id and the membership config. Reads run in one SQLite read
+//! transaction (WAL: a consistent snapshot, never blocking the writer) and scan only the
+//! requested key range; nothing loads the whole keyspace. Writes happen only in `apply`,
+//! one SQLite transaction per applied batch, `synchronous=NORMAL`: the Raft log (fsynced)
+//! is what makes an entry durable, and `last_applied` commits with the rows, so after a
+//! crash the store is at some applied prefix and the rest is re-applied from the log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+use std::path::Path;
 
 use aether_proto::etcd::etcdserverpb as pb;
 use aether_proto::etcd::mvccpb;
-use serde::{Deserialize, Serialize};
+use futures::TryStreamExt as _;
+use openraft::{LogId, StoredMembership};
+use serde::Deserialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row as _, SqliteConnection};
 
 use crate::error::EtcdError;
+use crate::raft::{Member, NodeId};
 
 /// History kept without an explicit Compact: once more than twice this many revisions
 /// are held, history is compacted down to this many (deterministic, so replicas agree).
@@ -19,32 +35,6 @@ pub const HISTORY_REVISIONS: i64 = 10_000;
 pub const MAX_TXN_OPS: usize = 128;
 /// etcd's maximum lease TTL (seconds).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
-
-/// One value of a key (`None` in a `Rec` marks a delete).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Value {
-    pub create_revision: i64,
-    pub version: i64,
-    #[serde(with = "crate::b64")]
-    pub value: Vec<u8>,
-    pub lease: i64,
-}
-
-/// One change of a key: at revision `rev`, the `sub`-th change of that revision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rec {
-    pub rev: i64,
-    pub sub: u32,
-    pub val: Option<Value>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    pub ttl: i64,
-    /// Keys currently attached (derived from the keys' values; not serialized).
-    #[serde(skip)]
-    pub keys: BTreeSet<Vec<u8>>,
-}
 
 /// Everything that changed at one revision, in order.
 #[derive(Debug, Clone)]
@@ -63,34 +53,135 @@ pub struct WriteOutcome {
     pub events: Option<RevisionEvents>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Store {
-    revision: i64,
-    compact_revision: i64,
-    keys: BTreeMap<Vec<u8>, Vec<Rec>>,
-    leases: BTreeMap<i64, Lease>,
+/// The small part of the state kept in memory (and in `meta` / `leases`).
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub revision: i64,
+    pub compact_revision: i64,
+    /// Lease id → granted TTL.
+    pub leases: BTreeMap<i64, i64>,
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, Member>,
 }
 
-impl Default for Store {
-    fn default() -> Self {
-        Self { revision: 1, compact_revision: 0, keys: BTreeMap::new(), leases: BTreeMap::new() }
+impl State {
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.leases.get(&id).copied()
+    }
+
+    /// Check a Compact request (before it goes through the log).
+    pub fn check_compact(&self, revision: i64) -> Result<(), EtcdError> {
+        if revision > self.revision {
+            return Err(EtcdError::FutureRev);
+        }
+        if revision <= self.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        Ok(())
+    }
+
+    /// `None` = read at the current revision.
+    fn check_read_revision(&self, revision: i64) -> Result<Option<i64>, EtcdError> {
+        if revision <= 0 || revision == self.revision {
+            return Ok(None);
+        }
+        if revision > self.revision {
+            return Err(EtcdError::FutureRev);
+        }
+        if revision < self.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        Ok(Some(revision))
     }
 }
 
-/// The serialized form of a `Store` (what snapshots hold).
-#[derive(Serialize, Deserialize)]
-struct StoreImage {
-    revision: i64,
-    compact_revision: i64,
-    keys: Vec<KeyImage>,
-    leases: Vec<(i64, i64)>,
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS kv (key BLOB NOT NULL, rev INTEGER NOT NULL, sub INTEGER NOT NULL, \
+     create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, \
+     deleted INTEGER NOT NULL, PRIMARY KEY (key, rev, sub)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS kv_by_rev ON kv (rev, sub)",
+    "CREATE TABLE IF NOT EXISTS cur (key BLOB PRIMARY KEY, mod_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL, \
+     version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS cur_by_lease ON cur (lease) WHERE lease != 0",
+    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+];
+
+fn db_err(e: sqlx::Error) -> EtcdError {
+    EtcdError::Internal(format!("state db: {e}"))
 }
 
-#[derive(Serialize, Deserialize)]
-struct KeyImage {
-    #[serde(with = "crate::b64")]
+/// A live value as a KeyValue.
+fn kv_of(
     key: Vec<u8>,
-    recs: Vec<Rec>,
+    mod_revision: i64,
+    create_revision: i64,
+    version: i64,
+    lease: i64,
+    value: Vec<u8>,
+) -> mvccpb::KeyValue {
+    mvccpb::KeyValue { key, create_revision, mod_revision, version, value, lease }
+}
+
+/// A query parameter.
+#[derive(Debug, Clone)]
+enum P {
+    B(Vec<u8>),
+    I(i64),
+}
+
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+fn bind_all(sql: &str, params: Vec<P>) -> Query<'_> {
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in params {
+        q = match p {
+            P::B(b) => q.bind(b),
+            P::I(i) => q.bind(i),
+        };
+    }
+    q
+}
+
+/// SQL for a key range on `col`, and its parameters (`None`: an empty range).
+fn range_sql(range: &KeyRange, col: &str) -> Option<(String, Vec<P>)> {
+    match range.bounds()? {
+        (Bound::Included(k), Bound::Included(_)) => Some((format!("{col} = ?"), vec![P::B(k.to_vec())])),
+        (Bound::Included(k), Bound::Unbounded) => Some((format!("{col} >= ?"), vec![P::B(k.to_vec())])),
+        (Bound::Included(k), Bound::Excluded(e)) => {
+            Some((format!("{col} >= ? AND {col} < ?"), vec![P::B(k.to_vec()), P::B(e.to_vec())]))
+        }
+        _ => None,
+    }
+}
+
+/// The values visible at `at` (None = current) in a key range, as rows
+/// (key, mod_rev, create_rev, version, lease, value).
+fn visible_sql(range: &KeyRange, at: Option<i64>) -> Option<(String, Vec<P>)> {
+    match at {
+        None => {
+            let (w, p) = range_sql(range, "key")?;
+            Some((format!("SELECT key, mod_rev, create_rev, version, lease, value FROM cur WHERE {w}"), p))
+        }
+        Some(rev) => {
+            let (w, mut p) = range_sql(range, "a.key")?;
+            p.push(P::I(rev));
+            p.push(P::I(rev));
+            Some((
+                format!(
+                    "SELECT a.key AS key, a.rev AS mod_rev, a.create_rev AS create_rev, a.version AS version, \
+                     a.lease AS lease, a.value AS value FROM kv AS a WHERE {w} AND a.rev <= ? AND a.deleted = 0 \
+                     AND NOT EXISTS (SELECT 1 FROM kv AS b WHERE b.key = a.key AND b.rev <= ? \
+                     AND (b.rev > a.rev OR (b.rev = a.rev AND b.sub > a.sub)))"
+                ),
+                p,
+            ))
+        }
+    }
+}
+
+fn row_kv(r: &sqlx::sqlite::SqliteRow) -> Result<mvccpb::KeyValue, sqlx::Error> {
+    Ok(kv_of(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?))
 }
 
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
@@ -132,290 +223,330 @@ impl KeyRange {
     }
 }
 
-fn to_kv(key: &[u8], mod_revision: i64, v: &Value) -> mvccpb::KeyValue {
-    mvccpb::KeyValue {
-        key: key.to_vec(),
-        create_revision: v.create_revision,
-        mod_revision,
-        version: v.version,
-        value: v.value.clone(),
-        lease: v.lease,
+/// Checks etcd makes before a txn reaches the log.
+pub fn validate_txn(req: &pb::TxnRequest) -> Result<(), EtcdError> {
+    if req.compare.len() > MAX_TXN_OPS || req.success.len() > MAX_TXN_OPS || req.failure.len() > MAX_TXN_OPS {
+        return Err(EtcdError::TooManyOps);
+    }
+    for c in &req.compare {
+        if c.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+    }
+    for branch in [&req.success, &req.failure] {
+        let mut puts = BTreeSet::new();
+        let mut dels = Vec::new();
+        collect_writes(branch, &mut puts, &mut dels)?;
+        for d in &dels {
+            if puts.iter().any(|k: &Vec<u8>| d.contains(k)) {
+                return Err(EtcdError::DuplicateKey);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Everything the store needs to read its own revision marks inside a transaction.
+async fn read_revs(conn: &mut SqliteConnection) -> Result<(i64, i64), sqlx::Error> {
+    let rows = sqlx::query("SELECT name, value FROM meta WHERE name IN ('revision', 'compact_revision')")
+        .fetch_all(&mut *conn)
+        .await?;
+    let (mut rev, mut compact) = (1, 0);
+    for r in rows {
+        let name: String = r.try_get(0)?;
+        let v: Vec<u8> = r.try_get(1)?;
+        let n = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if name == "revision" {
+            rev = n;
+        } else {
+            compact = n;
+        }
+    }
+    Ok((rev, compact))
+}
+
+async fn get_meta<T: serde::de::DeserializeOwned>(
+    conn: &mut SqliteConnection,
+    name: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let v: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT value FROM meta WHERE name = ?").bind(name).fetch_optional(&mut *conn).await?;
+    Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
+}
+
+async fn set_meta(conn: &mut SqliteConnection, name: &str, value: Vec<u8>) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
+        .bind(name)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Load the in-memory part of the state.
+async fn load_state(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> {
+    let (revision, compact_revision) = read_revs(conn).await?;
+    let leases = sqlx::query("SELECT id, ttl FROM leases")
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<BTreeMap<i64, i64>, sqlx::Error>>()?;
+    let last_applied = get_meta(conn, "last_applied").await?;
+    let membership = get_meta(conn, "membership").await?.unwrap_or_default();
+    Ok(State { revision, compact_revision, leases, last_applied, membership })
+}
+
+async fn save_state(conn: &mut SqliteConnection, st: &State) -> Result<(), sqlx::Error> {
+    set_meta(conn, "revision", st.revision.to_string().into_bytes()).await?;
+    set_meta(conn, "compact_revision", st.compact_revision.to_string().into_bytes()).await?;
+    let json = |v: &dyn erased::Json| v.to_json();
+    set_meta(conn, "last_applied", json(&st.last_applied)).await?;
+    set_meta(conn, "membership", json(&st.membership)).await?;
+    Ok(())
+}
+
+mod erased {
+    /// JSON without a generic parameter (serde_json on these types cannot fail).
+    pub trait Json {
+        fn to_json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).unwrap_or_default()
+        }
     }
 }
 
-/// The record visible at `at` (None = latest).
-fn visible(recs: &[Rec], at: Option<i64>) -> Option<&Rec> {
-    match at {
-        None => recs.last(),
-        Some(at) => recs.iter().rev().find(|r| r.rev <= at),
+/// The live value of one key.
+async fn latest(conn: &mut SqliteConnection, key: &[u8]) -> Result<Option<mvccpb::KeyValue>, sqlx::Error> {
+    let row = sqlx::query("SELECT key, mod_rev, create_rev, version, lease, value FROM cur WHERE key = ?")
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(row_kv).transpose()
+}
+
+/// A Range read at `at` (None = current) on `conn` (header left for the caller).
+async fn range_on(
+    conn: &mut SqliteConnection,
+    req: &pb::RangeRequest,
+    at: Option<i64>,
+) -> Result<pb::RangeResponse, sqlx::Error> {
+    use pb::range_request::{SortOrder, SortTarget};
+    let range = KeyRange::new(&req.key, &req.range_end);
+    let Some((inner, mut params)) = visible_sql(&range, at) else {
+        return Ok(pb::RangeResponse::default());
+    };
+    let mut filters = Vec::new();
+    for (v, cond) in [
+        (req.min_mod_revision, "mod_rev >= ?"),
+        (req.max_mod_revision, "mod_rev <= ?"),
+        (req.min_create_revision, "create_rev >= ?"),
+        (req.max_create_revision, "create_rev <= ?"),
+    ] {
+        if v > 0 {
+            filters.push(cond);
+            params.push(P::I(v));
+        }
+    }
+    let filter = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
+    let count_sql = format!("SELECT COUNT(*) FROM ({inner}){filter}");
+    let count: i64 = bind_all(&count_sql, params.clone()).fetch_one(&mut *conn).await?.try_get(0)?;
+    if req.count_only {
+        return Ok(pb::RangeResponse { header: None, kvs: Vec::new(), more: false, count });
+    }
+    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+    if order == SortOrder::None && target != SortTarget::Key {
+        order = SortOrder::Ascend;
+    }
+    let col = match target {
+        SortTarget::Key => "",
+        SortTarget::Version => "version",
+        SortTarget::Create => "create_rev",
+        SortTarget::Mod => "mod_rev",
+        SortTarget::Value => "value",
+    };
+    // Ties keep key order (descending too, as a reversed stable sort would).
+    let order_sql = match (order, col) {
+        (SortOrder::Descend, "") => "key DESC".to_string(),
+        (SortOrder::Descend, c) => format!("{c} DESC, key DESC"),
+        (_, "") | (SortOrder::None, _) => "key ASC".to_string(),
+        (_, c) => format!("{c} ASC, key ASC"),
+    };
+    let limit = if req.limit > 0 { format!(" LIMIT {}", req.limit.saturating_add(1)) } else { String::new() };
+    let sql = format!("SELECT * FROM ({inner}){filter} ORDER BY {order_sql}{limit}");
+    let mut kvs =
+        bind_all(&sql, params).fetch_all(&mut *conn).await?.iter().map(row_kv).collect::<Result<Vec<_>, _>>()?;
+    let mut more = false;
+    if req.limit > 0 && kvs.len() as i64 > req.limit {
+        kvs.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
+        more = true;
+    }
+    if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(pb::RangeResponse { header: None, kvs, more, count })
+}
+
+async fn compare(conn: &mut SqliteConnection, c: &pb::Compare) -> Result<bool, sqlx::Error> {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+    let result = CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal);
+    let range = KeyRange::new(&c.key, &c.range_end);
+    let mut checked = match visible_sql(&range, None) {
+        Some((sql, params)) => {
+            bind_all(&sql, params).fetch_all(&mut *conn).await?.iter().map(row_kv).collect::<Result<Vec<_>, _>>()?
+        }
+        None => Vec::new(),
+    };
+    if checked.is_empty() {
+        if target == CompareTarget::Value {
+            return Ok(false);
+        }
+        checked.push(mvccpb::KeyValue::default());
+    }
+    let ord_of = |kv: &mvccpb::KeyValue| -> std::cmp::Ordering {
+        match (target, &c.target_union) {
+            (CompareTarget::Value, Some(TargetUnion::Value(want))) => kv.value.as_slice().cmp(want.as_slice()),
+            (CompareTarget::Value, _) => kv.value.as_slice().cmp(&[]),
+            (CompareTarget::Version, u) => kv.version.cmp(&int_of(u)),
+            (CompareTarget::Create, u) => kv.create_revision.cmp(&int_of(u)),
+            (CompareTarget::Mod, u) => kv.mod_revision.cmp(&int_of(u)),
+            (CompareTarget::Lease, u) => kv.lease.cmp(&int_of(u)),
+        }
+    };
+    Ok(checked.iter().all(|kv| {
+        let ord = ord_of(kv);
+        match result {
+            CompareResult::Equal => ord.is_eq(),
+            CompareResult::Greater => ord.is_gt(),
+            CompareResult::Less => ord.is_lt(),
+            CompareResult::NotEqual => ord.is_ne(),
+        }
+    }))
+}
+
+/// Every compare in a txn tree (both branches of nested txns), depth first.
+fn all_compares<'a>(req: &'a pb::TxnRequest, out: &mut Vec<&'a pb::Compare>) {
+    out.extend(req.compare.iter());
+    for op in req.success.iter().chain(req.failure.iter()) {
+        if let Some(pb::request_op::Request::RequestTxn(t)) = &op.request {
+            all_compares(t, out);
+        }
     }
 }
 
-fn live_at(recs: &[Rec], at: Option<i64>) -> Option<(i64, &Value)> {
-    visible(recs, at).and_then(|r| r.val.as_ref().map(|v| (r.rev, v)))
+/// Compare results by the compare's address in the request.
+type Compared = std::collections::HashMap<usize, bool>;
+
+fn compared(c: &Compared, cmp: &pb::Compare) -> bool {
+    c.get(&(cmp as *const pb::Compare as usize)).copied().unwrap_or(false)
+}
+
+/// The ops a txn will run, nested txns resolved, with every compare evaluated before any write.
+fn plan<'a>(req: &'a pb::TxnRequest, c: &Compared, out: &mut Vec<Planned<'a>>) -> bool {
+    let ok = req.compare.iter().all(|cmp| compared(c, cmp));
+    let branch = if ok { &req.success } else { &req.failure };
+    for op in branch {
+        match &op.request {
+            Some(pb::request_op::Request::RequestTxn(t)) => {
+                let start = out.len();
+                out.push(Planned::TxnStart(false));
+                let nested_ok = plan(t, c, out);
+                out[start] = Planned::TxnStart(nested_ok);
+                out.push(Planned::TxnEnd);
+            }
+            Some(other) => out.push(Planned::Op(other)),
+            None => out.push(Planned::Empty),
+        }
+    }
+    ok
 }
 
 /// The state of one txn while it executes.
 struct WriteCtx {
     rev: i64,
-    sub: u32,
+    sub: i64,
     events: Vec<mvccpb::Event>,
 }
 
-impl Store {
-    pub fn revision(&self) -> i64 {
-        self.revision
-    }
+/// A storage failure (fatal for the state machine) outside, the request's result inside.
+pub type ApplyResult = Result<Result<WriteOutcome, EtcdError>, sqlx::Error>;
 
-    pub fn lease(&self, id: i64) -> Option<&Lease> {
-        self.leases.get(&id)
-    }
+/// Applies commands inside one SQLite write transaction, keeping `st` in step.
+pub struct Applier<'c> {
+    pub conn: &'c mut SqliteConnection,
+    pub st: &'c mut State,
+}
 
-    pub fn leases(&self) -> impl Iterator<Item = (i64, &Lease)> {
-        self.leases.iter().map(|(id, l)| (*id, l))
-    }
-
-    pub fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        let image = StoreImage {
-            revision: self.revision,
-            compact_revision: self.compact_revision,
-            keys: self.keys.iter().map(|(k, recs)| KeyImage { key: k.clone(), recs: recs.clone() }).collect(),
-            leases: self.leases.iter().map(|(id, l)| (*id, l.ttl)).collect(),
-        };
-        serde_json::to_vec(&image)
-    }
-
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        let image: StoreImage = serde_json::from_slice(bytes)?;
-        let mut store = Store {
-            revision: image.revision,
-            compact_revision: image.compact_revision,
-            keys: image.keys.into_iter().map(|k| (k.key, k.recs)).collect(),
-            leases: image.leases.into_iter().map(|(id, ttl)| (id, Lease { ttl, keys: BTreeSet::new() })).collect(),
-        };
-        let attached: Vec<(i64, Vec<u8>)> = store
-            .keys
-            .iter()
-            .filter_map(|(k, recs)| {
-                live_at(recs, None).filter(|(_, v)| v.lease != 0).map(|(_, v)| (v.lease, k.clone()))
-            })
-            .collect();
-        for (lease, key) in attached {
-            if let Some(l) = store.leases.get_mut(&lease) {
-                l.keys.insert(key);
-            }
-        }
-        Ok(store)
-    }
-
-    fn check_read_revision(&self, revision: i64) -> Result<Option<i64>, EtcdError> {
-        if revision <= 0 || revision == self.revision {
-            return Ok(None);
-        }
-        if revision > self.revision {
-            return Err(EtcdError::FutureRev);
-        }
-        if revision < self.compact_revision {
-            return Err(EtcdError::Compacted);
-        }
-        Ok(Some(revision))
-    }
-
-    fn iter_range<'a>(&'a self, range: &'a KeyRange) -> Box<dyn Iterator<Item = (&'a Vec<u8>, &'a Vec<Rec>)> + 'a> {
-        match range.bounds() {
-            None => Box::new(std::iter::empty()),
-            Some(b) => Box::new(self.keys.range::<[u8], _>(b)),
-        }
-    }
-
-    /// A Range request (header left for the caller).
-    pub fn range(&self, req: &pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
-        if req.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
-        }
-        let at = self.check_read_revision(req.revision)?;
-        Ok(self.range_at(req, at))
-    }
-
-    fn range_at(&self, req: &pb::RangeRequest, at: Option<i64>) -> pb::RangeResponse {
-        use pb::range_request::{SortOrder, SortTarget};
-        let range = KeyRange::new(&req.key, &req.range_end);
-        let mut kvs: Vec<mvccpb::KeyValue> = Vec::new();
-        let mut count: i64 = 0;
-        for (k, recs) in self.iter_range(&range) {
-            let Some((mod_rev, v)) = live_at(recs, at) else { continue };
-            if (req.min_mod_revision > 0 && mod_rev < req.min_mod_revision)
-                || (req.max_mod_revision > 0 && mod_rev > req.max_mod_revision)
-                || (req.min_create_revision > 0 && v.create_revision < req.min_create_revision)
-                || (req.max_create_revision > 0 && v.create_revision > req.max_create_revision)
-            {
-                continue;
-            }
-            count += 1;
-            if !req.count_only {
-                kvs.push(to_kv(k, mod_rev, v));
-            }
-        }
-        let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
-        let mut order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
-        if order == SortOrder::None && target != SortTarget::Key {
-            order = SortOrder::Ascend;
-        }
-        if order != SortOrder::None && !(order == SortOrder::Ascend && target == SortTarget::Key) {
-            match target {
-                SortTarget::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-                SortTarget::Version => kvs.sort_by_key(|kv| kv.version),
-                SortTarget::Create => kvs.sort_by_key(|kv| kv.create_revision),
-                SortTarget::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-                SortTarget::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-            }
-            if order == SortOrder::Descend {
-                kvs.reverse();
-            }
-        }
-        let mut more = false;
-        if req.limit > 0 && kvs.len() as i64 > req.limit {
-            kvs.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
-            more = true;
-        }
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value.clear();
-            }
-        }
-        pb::RangeResponse { header: None, kvs, more, count }
-    }
-
-    /// Checks etcd makes before a txn reaches the log.
-    pub fn validate_txn(req: &pb::TxnRequest) -> Result<(), EtcdError> {
-        if req.compare.len() > MAX_TXN_OPS || req.success.len() > MAX_TXN_OPS || req.failure.len() > MAX_TXN_OPS {
-            return Err(EtcdError::TooManyOps);
-        }
-        for c in &req.compare {
-            if c.key.is_empty() {
-                return Err(EtcdError::EmptyKey);
-            }
-        }
-        for branch in [&req.success, &req.failure] {
-            let mut puts = BTreeSet::new();
-            let mut dels = Vec::new();
-            collect_writes(branch, &mut puts, &mut dels)?;
-            for d in &dels {
-                if puts.iter().any(|k: &Vec<u8>| d.contains(k)) {
-                    return Err(EtcdError::DuplicateKey);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn compare(&self, c: &pb::Compare) -> bool {
-        use pb::compare::{CompareResult, CompareTarget, TargetUnion};
-        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
-        let result = CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal);
-        let range = KeyRange::new(&c.key, &c.range_end);
-        let zero = Value { create_revision: 0, version: 0, value: Vec::new(), lease: 0 };
-        let mut checked: Vec<(i64, &Value)> =
-            self.iter_range(&range).filter_map(|(_, recs)| live_at(recs, None)).collect();
-        if checked.is_empty() {
-            if target == CompareTarget::Value {
-                return false;
-            }
-            checked.push((0, &zero));
-        }
-        let ord_of = |mod_rev: i64, v: &Value| -> std::cmp::Ordering {
-            match (target, &c.target_union) {
-                (CompareTarget::Value, Some(TargetUnion::Value(want))) => v.value.as_slice().cmp(want.as_slice()),
-                (CompareTarget::Value, _) => v.value.as_slice().cmp(&[]),
-                (CompareTarget::Version, u) => v.version.cmp(&int_of(u)),
-                (CompareTarget::Create, u) => v.create_revision.cmp(&int_of(u)),
-                (CompareTarget::Mod, u) => mod_rev.cmp(&int_of(u)),
-                (CompareTarget::Lease, u) => v.lease.cmp(&int_of(u)),
-            }
-        };
-        checked.iter().all(|(mod_rev, v)| {
-            let ord = ord_of(*mod_rev, v);
-            match result {
-                CompareResult::Equal => ord.is_eq(),
-                CompareResult::Greater => ord.is_gt(),
-                CompareResult::Less => ord.is_lt(),
-                CompareResult::NotEqual => ord.is_ne(),
-            }
-        })
-    }
-
-    /// The ops a txn will run, nested txns resolved, compares evaluated before any write.
-    fn plan<'a>(&self, req: &'a pb::TxnRequest, out: &mut Vec<Planned<'a>>) -> bool {
-        let ok = req.compare.iter().all(|c| self.compare(c));
-        let branch = if ok { &req.success } else { &req.failure };
-        for op in branch {
-            match &op.request {
-                Some(pb::request_op::Request::RequestTxn(t)) => {
-                    let start = out.len();
-                    out.push(Planned::TxnStart(false));
-                    let nested_ok = self.plan(t, out);
-                    out[start] = Planned::TxnStart(nested_ok);
-                    out.push(Planned::TxnEnd);
-                }
-                Some(other) => out.push(Planned::Op(other)),
-                None => out.push(Planned::Empty),
-            }
-        }
-        ok
-    }
-
-    fn check_planned(&self, plan: &[Planned<'_>]) -> Result<(), EtcdError> {
+impl Applier<'_> {
+    async fn check_planned(&mut self, plan: &[Planned<'_>]) -> Result<Result<(), EtcdError>, sqlx::Error> {
         for p in plan {
             match p {
                 Planned::Op(pb::request_op::Request::RequestPut(put)) => {
                     if put.key.is_empty() {
-                        return Err(EtcdError::EmptyKey);
+                        return Ok(Err(EtcdError::EmptyKey));
                     }
                     if put.ignore_value && !put.value.is_empty() {
-                        return Err(EtcdError::ValueProvided);
+                        return Ok(Err(EtcdError::ValueProvided));
                     }
                     if put.ignore_lease && put.lease != 0 {
-                        return Err(EtcdError::LeaseProvided);
+                        return Ok(Err(EtcdError::LeaseProvided));
                     }
-                    let prev = self.keys.get(&put.key).and_then(|recs| live_at(recs, None));
-                    if (put.ignore_value || put.ignore_lease) && prev.is_none() {
-                        return Err(EtcdError::KeyNotFound);
+                    if (put.ignore_value || put.ignore_lease) && latest(self.conn, &put.key).await?.is_none() {
+                        return Ok(Err(EtcdError::KeyNotFound));
                     }
-                    if put.lease != 0 && !self.leases.contains_key(&put.lease) {
-                        return Err(EtcdError::LeaseNotFound);
+                    if put.lease != 0 && !self.st.leases.contains_key(&put.lease) {
+                        return Ok(Err(EtcdError::LeaseNotFound));
                     }
                 }
                 Planned::Op(pb::request_op::Request::RequestRange(r)) => {
                     if r.key.is_empty() {
-                        return Err(EtcdError::EmptyKey);
+                        return Ok(Err(EtcdError::EmptyKey));
                     }
-                    self.check_read_revision(r.revision)?;
+                    if let Err(e) = self.st.check_read_revision(r.revision) {
+                        return Ok(Err(e));
+                    }
                 }
                 Planned::Op(pb::request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
-                    return Err(EtcdError::EmptyKey);
+                    return Ok(Err(EtcdError::EmptyKey));
                 }
                 _ => {}
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Apply a txn (Put and DeleteRange arrive as one-op txns).
-    pub fn apply_txn(&mut self, req: &pb::TxnRequest) -> Result<WriteOutcome, EtcdError> {
-        let mut plan = Vec::new();
-        let succeeded = self.plan(req, &mut plan);
-        self.check_planned(&plan)?;
-        let mut ctx = WriteCtx { rev: self.revision + 1, sub: 0, events: Vec::new() };
+    pub async fn txn(&mut self, req: &pb::TxnRequest) -> ApplyResult {
+        let mut compares = Vec::new();
+        all_compares(req, &mut compares);
+        let mut results = Compared::new();
+        for c in compares {
+            let ok = compare(self.conn, c).await?;
+            results.insert(c as *const pb::Compare as usize, ok);
+        }
+        let mut planned = Vec::new();
+        let succeeded = plan(req, &results, &mut planned);
+        if let Err(e) = self.check_planned(&planned).await? {
+            return Ok(Err(e));
+        }
+        let mut ctx = WriteCtx { rev: self.st.revision + 1, sub: 0, events: Vec::new() };
+        let unbalanced = || Ok(Err(EtcdError::Internal("txn plan unbalanced".into())));
         // Execute; nested txns are rebuilt from the flat plan with a stack.
         let mut stack: Vec<pb::TxnResponse> = vec![pb::TxnResponse { header: None, succeeded, responses: Vec::new() }];
-        for p in plan {
+        for p in planned {
             match p {
                 Planned::TxnStart(ok) => {
                     stack.push(pb::TxnResponse { header: None, succeeded: ok, responses: Vec::new() })
                 }
                 Planned::TxnEnd => {
-                    let done = stack.pop().ok_or_else(|| EtcdError::Internal("txn plan unbalanced".into()))?;
-                    let parent = stack.last_mut().ok_or_else(|| EtcdError::Internal("txn plan unbalanced".into()))?;
+                    let Some(done) = stack.pop() else { return unbalanced() };
+                    let Some(parent) = stack.last_mut() else { return unbalanced() };
                     parent
                         .responses
                         .push(pb::ResponseOp { response: Some(pb::response_op::Response::ResponseTxn(done)) });
@@ -428,17 +559,20 @@ impl Store {
                 Planned::Op(op) => {
                     let resp = match op {
                         pb::request_op::Request::RequestRange(r) => {
-                            let at = self.check_read_revision(r.revision)?;
-                            pb::response_op::Response::ResponseRange(self.range_at(r, at))
+                            let at = match self.st.check_read_revision(r.revision) {
+                                Ok(at) => at,
+                                Err(e) => return Ok(Err(e)),
+                            };
+                            pb::response_op::Response::ResponseRange(range_on(self.conn, r, at).await?)
                         }
                         pb::request_op::Request::RequestPut(put) => {
-                            pb::response_op::Response::ResponsePut(self.put(&mut ctx, put))
+                            pb::response_op::Response::ResponsePut(self.put(&mut ctx, put).await?)
                         }
                         pb::request_op::Request::RequestDeleteRange(d) => {
-                            pb::response_op::Response::ResponseDeleteRange(self.delete(&mut ctx, d))
+                            pb::response_op::Response::ResponseDeleteRange(self.delete(&mut ctx, d).await?)
                         }
                         pb::request_op::Request::RequestTxn(_) => {
-                            return Err(EtcdError::Internal("nested txn not planned".into()));
+                            return Ok(Err(EtcdError::Internal("nested txn not planned".into())));
                         }
                     };
                     if let Some(top) = stack.last_mut() {
@@ -447,231 +581,522 @@ impl Store {
                 }
             }
         }
-        let txn = stack.pop().ok_or_else(|| EtcdError::Internal("txn plan unbalanced".into()))?;
-        let events = self.finish(ctx);
-        Ok(WriteOutcome { revision: self.revision, txn: Some(txn), events })
+        let Some(txn) = stack.pop() else { return unbalanced() };
+        let events = self.finish(ctx).await?;
+        Ok(Ok(WriteOutcome { revision: self.st.revision, txn: Some(txn), events }))
     }
 
     /// Bump the revision if anything changed, and auto-compact old history.
-    fn finish(&mut self, ctx: WriteCtx) -> Option<RevisionEvents> {
+    async fn finish(&mut self, ctx: WriteCtx) -> Result<Option<RevisionEvents>, sqlx::Error> {
         if ctx.events.is_empty() {
-            return None;
+            return Ok(None);
         }
-        self.revision = ctx.rev;
-        if self.revision - self.compact_revision > 2 * HISTORY_REVISIONS {
-            self.compact(self.revision - HISTORY_REVISIONS);
+        self.st.revision = ctx.rev;
+        if self.st.revision - self.st.compact_revision > 2 * HISTORY_REVISIONS {
+            self.compact(self.st.revision - HISTORY_REVISIONS).await?;
         }
-        Some(RevisionEvents { revision: ctx.rev, events: ctx.events })
+        Ok(Some(RevisionEvents { revision: ctx.rev, events: ctx.events }))
     }
 
-    fn push_rec(&mut self, ctx: &mut WriteCtx, key: &[u8], val: Option<Value>) {
-        let recs = self.keys.entry(key.to_vec()).or_default();
-        let rec = Rec { rev: ctx.rev, sub: ctx.sub, val };
+    /// Record one change of `key` at the txn's revision (`None` = delete).
+    async fn write_rec(
+        &mut self,
+        ctx: &mut WriteCtx,
+        key: &[u8],
+        val: Option<&mvccpb::KeyValue>,
+    ) -> Result<(), sqlx::Error> {
+        // A key written twice in one txn (only through nested txns) keeps the last.
+        sqlx::query("DELETE FROM kv WHERE key = ? AND rev = ?")
+            .bind(key)
+            .bind(ctx.rev)
+            .execute(&mut *self.conn)
+            .await?;
+        let empty = mvccpb::KeyValue::default();
+        let v = val.unwrap_or(&empty);
+        sqlx::query("INSERT INTO kv (key, rev, sub, create_rev, version, lease, value, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(key)
+            .bind(ctx.rev)
+            .bind(ctx.sub)
+            .bind(v.create_revision)
+            .bind(v.version)
+            .bind(v.lease)
+            .bind(v.value.as_slice())
+            .bind(i64::from(val.is_none()))
+            .execute(&mut *self.conn)
+            .await?;
         ctx.sub += 1;
-        match recs.last_mut() {
-            // A key written twice in one txn (only through nested txns) keeps the last.
-            Some(last) if last.rev == ctx.rev => *last = rec,
-            _ => recs.push(rec),
+        match val {
+            Some(v) => {
+                sqlx::query(
+                    "INSERT INTO cur (key, mod_rev, create_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT(key) DO UPDATE SET mod_rev = excluded.mod_rev, create_rev = excluded.create_rev, \
+                     version = excluded.version, lease = excluded.lease, value = excluded.value",
+                )
+                .bind(key)
+                .bind(ctx.rev)
+                .bind(v.create_revision)
+                .bind(v.version)
+                .bind(v.lease)
+                .bind(v.value.as_slice())
+                .execute(&mut *self.conn)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM cur WHERE key = ?").bind(key).execute(&mut *self.conn).await?;
+            }
         }
+        Ok(())
     }
 
-    fn detach(&mut self, lease: i64, key: &[u8]) {
-        if lease != 0
-            && let Some(l) = self.leases.get_mut(&lease)
-        {
-            l.keys.remove(key);
-        }
-    }
-
-    fn put(&mut self, ctx: &mut WriteCtx, put: &pb::PutRequest) -> pb::PutResponse {
-        let prev = self.keys.get(&put.key).and_then(|recs| live_at(recs, None)).map(|(m, v)| (m, v.clone()));
+    async fn put(&mut self, ctx: &mut WriteCtx, put: &pb::PutRequest) -> Result<pb::PutResponse, sqlx::Error> {
+        let prev = latest(self.conn, &put.key).await?;
         let value = match (&prev, put.ignore_value) {
-            (Some((_, p)), true) => p.value.clone(),
+            (Some(p), true) => p.value.clone(),
             _ => put.value.clone(),
         };
         let lease = match (&prev, put.ignore_lease) {
-            (Some((_, p)), true) => p.lease,
+            (Some(p), true) => p.lease,
             _ => put.lease,
         };
         let (create_revision, version) = match &prev {
-            Some((_, p)) => (p.create_revision, p.version + 1),
+            Some(p) => (p.create_revision, p.version + 1),
             None => (ctx.rev, 1),
         };
-        let val = Value { create_revision, version, value, lease };
-        if let Some((_, p)) = &prev
-            && p.lease != lease
-        {
-            self.detach(p.lease, &put.key);
-        }
-        if lease != 0
-            && let Some(l) = self.leases.get_mut(&lease)
-        {
-            l.keys.insert(put.key.clone());
-        }
-        let prev_kv = prev.as_ref().map(|(m, p)| to_kv(&put.key, *m, p));
+        let kv = kv_of(put.key.clone(), ctx.rev, create_revision, version, lease, value);
         ctx.events.push(mvccpb::Event {
             r#type: mvccpb::event::EventType::Put as i32,
-            kv: Some(to_kv(&put.key, ctx.rev, &val)),
-            prev_kv: prev_kv.clone(),
+            kv: Some(kv.clone()),
+            prev_kv: prev.clone(),
         });
-        self.push_rec(ctx, &put.key, Some(val));
-        pb::PutResponse { header: None, prev_kv: if put.prev_kv { prev_kv } else { None } }
+        self.write_rec(ctx, &put.key, Some(&kv)).await?;
+        Ok(pb::PutResponse { header: None, prev_kv: if put.prev_kv { prev } else { None } })
     }
 
-    fn delete(&mut self, ctx: &mut WriteCtx, d: &pb::DeleteRangeRequest) -> pb::DeleteRangeResponse {
+    async fn delete(
+        &mut self,
+        ctx: &mut WriteCtx,
+        d: &pb::DeleteRangeRequest,
+    ) -> Result<pb::DeleteRangeResponse, sqlx::Error> {
         let range = KeyRange::new(&d.key, &d.range_end);
-        let doomed: Vec<mvccpb::KeyValue> =
-            self.iter_range(&range).filter_map(|(k, recs)| live_at(recs, None).map(|(m, v)| to_kv(k, m, v))).collect();
+        let doomed = match visible_sql(&range, None) {
+            Some((sql, params)) => {
+                let sql = format!("{sql} ORDER BY key");
+                bind_all(&sql, params)
+                    .fetch_all(&mut *self.conn)
+                    .await?
+                    .iter()
+                    .map(row_kv)
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            None => Vec::new(),
+        };
         for prev in &doomed {
-            self.detach(prev.lease, &prev.key);
             ctx.events.push(mvccpb::Event {
                 r#type: mvccpb::event::EventType::Delete as i32,
                 kv: Some(mvccpb::KeyValue { key: prev.key.clone(), mod_revision: ctx.rev, ..Default::default() }),
                 prev_kv: Some(prev.clone()),
             });
-            self.push_rec(ctx, &prev.key, None);
+            self.write_rec(ctx, &prev.key, None).await?;
         }
         let deleted = doomed.len() as i64;
-        pb::DeleteRangeResponse { header: None, deleted, prev_kvs: if d.prev_kv { doomed } else { Vec::new() } }
+        Ok(pb::DeleteRangeResponse { header: None, deleted, prev_kvs: if d.prev_kv { doomed } else { Vec::new() } })
     }
 
-    /// Check a Compact request (before it goes through the log).
-    pub fn check_compact(&self, revision: i64) -> Result<(), EtcdError> {
-        if revision > self.revision {
-            return Err(EtcdError::FutureRev);
+    pub async fn compact_cmd(&mut self, revision: i64) -> ApplyResult {
+        if let Err(e) = self.st.check_compact(revision) {
+            return Ok(Err(e));
         }
-        if revision <= self.compact_revision {
-            return Err(EtcdError::Compacted);
-        }
-        Ok(())
-    }
-
-    pub fn apply_compact(&mut self, revision: i64) -> Result<WriteOutcome, EtcdError> {
-        self.check_compact(revision)?;
-        self.compact(revision);
-        Ok(WriteOutcome { revision: self.revision, ..Default::default() })
+        self.compact(revision).await?;
+        Ok(Ok(WriteOutcome { revision: self.st.revision, ..Default::default() }))
     }
 
     /// Drop history below `revision`: each key keeps its record visible at `revision`
     /// (unless that is a delete) and everything newer.
-    fn compact(&mut self, revision: i64) {
-        self.compact_revision = revision;
-        self.keys.retain(|_, recs| {
-            if let Some(idx) = recs.iter().rposition(|r| r.rev <= revision) {
-                let keep_from = if recs[idx].val.is_some() { idx } else { idx + 1 };
-                recs.drain(..keep_from);
-            }
-            !recs.is_empty()
-        });
+    async fn compact(&mut self, revision: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "DELETE FROM kv WHERE rev < ?1 AND EXISTS (SELECT 1 FROM kv AS b WHERE b.key = kv.key AND b.rev <= ?1 \
+             AND (b.rev > kv.rev OR (b.rev = kv.rev AND b.sub > kv.sub)))",
+        )
+        .bind(revision)
+        .execute(&mut *self.conn)
+        .await?;
+        sqlx::query("DELETE FROM kv WHERE rev <= ? AND deleted = 1").bind(revision).execute(&mut *self.conn).await?;
+        self.st.compact_revision = revision;
+        Ok(())
     }
 
-    pub fn apply_lease_grant(&mut self, id: i64, ttl: i64) -> Result<WriteOutcome, EtcdError> {
-        if self.leases.contains_key(&id) {
-            return Err(EtcdError::LeaseExists);
+    pub async fn lease_grant(&mut self, id: i64, ttl: i64) -> ApplyResult {
+        if self.st.leases.contains_key(&id) {
+            return Ok(Err(EtcdError::LeaseExists));
         }
-        self.leases.insert(id, Lease { ttl, keys: BTreeSet::new() });
-        Ok(WriteOutcome { revision: self.revision, ..Default::default() })
+        sqlx::query("INSERT INTO leases (id, ttl) VALUES (?, ?)").bind(id).bind(ttl).execute(&mut *self.conn).await?;
+        self.st.leases.insert(id, ttl);
+        Ok(Ok(WriteOutcome { revision: self.st.revision, ..Default::default() }))
     }
 
     /// Revoke a lease and delete its keys (one revision for all of them).
-    pub fn apply_lease_revoke(&mut self, id: i64) -> Result<WriteOutcome, EtcdError> {
-        let lease = self.leases.remove(&id).ok_or(EtcdError::LeaseNotFound)?;
-        let mut ctx = WriteCtx { rev: self.revision + 1, sub: 0, events: Vec::new() };
-        for key in lease.keys {
-            let d = pb::DeleteRangeRequest { key, range_end: Vec::new(), prev_kv: false };
-            self.delete(&mut ctx, &d);
+    pub async fn lease_revoke(&mut self, id: i64) -> ApplyResult {
+        if self.st.leases.remove(&id).is_none() {
+            return Ok(Err(EtcdError::LeaseNotFound));
         }
-        let events = self.finish(ctx);
-        Ok(WriteOutcome { revision: self.revision, txn: None, events })
+        sqlx::query("DELETE FROM leases WHERE id = ?").bind(id).execute(&mut *self.conn).await?;
+        let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key FROM cur WHERE lease = ? ORDER BY key")
+            .bind(id)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let mut ctx = WriteCtx { rev: self.st.revision + 1, sub: 0, events: Vec::new() };
+        for key in keys {
+            let d = pb::DeleteRangeRequest { key, range_end: Vec::new(), prev_kv: false };
+            self.delete(&mut ctx, &d).await?;
+        }
+        let events = self.finish(ctx).await?;
+        Ok(Ok(WriteOutcome { revision: self.st.revision, txn: None, events }))
+    }
+}
+
+/// The state database: a single-connection writer pool (apply, import) and a reader pool.
+#[derive(Debug, Clone)]
+pub struct Db {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+fn options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(std::time::Duration::from_secs(30))
+}
+
+impl Db {
+    /// Open (or create) the state database and load the in-memory state.
+    pub async fn open(path: &Path) -> Result<(Db, State), sqlx::Error> {
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options(path)).await?;
+        for stmt in SCHEMA {
+            sqlx::query(sqlx::AssertSqlSafe(*stmt)).execute(&writer).await?;
+        }
+        let readers = SqlitePoolOptions::new().max_connections(4).connect_with(options(path).read_only(true)).await?;
+        let db = Db { writer, readers };
+        let st = db.load().await?;
+        Ok((db, st))
     }
 
-    /// Events with revision >= `start` for keys in `range`, in revision order, from the
-    /// history held. `Err(compact_revision)` if that history was compacted away.
-    pub fn events_since(&self, range: &KeyRange, start: i64) -> Result<Vec<RevisionEvents>, i64> {
-        if self.compact_revision > 0 && start <= self.compact_revision {
-            return Err(self.compact_revision);
-        }
-        let mut found: Vec<(i64, u32, mvccpb::Event)> = Vec::new();
-        for (k, recs) in self.iter_range(range) {
-            for (i, rec) in recs.iter().enumerate() {
-                if rec.rev < start {
-                    continue;
-                }
-                let prev_kv =
-                    i.checked_sub(1).and_then(|j| recs.get(j)).and_then(|p| p.val.as_ref().map(|v| to_kv(k, p.rev, v)));
-                let event = match &rec.val {
-                    Some(v) => mvccpb::Event {
-                        r#type: mvccpb::event::EventType::Put as i32,
-                        kv: Some(to_kv(k, rec.rev, v)),
-                        prev_kv,
-                    },
-                    None => mvccpb::Event {
-                        r#type: mvccpb::event::EventType::Delete as i32,
-                        kv: Some(mvccpb::KeyValue { key: k.clone(), mod_revision: rec.rev, ..Default::default() }),
-                        prev_kv,
-                    },
-                };
-                found.push((rec.rev, rec.sub, event));
-            }
-        }
-        found.sort_by_key(|(rev, sub, _)| (*rev, *sub));
-        let mut out: Vec<RevisionEvents> = Vec::new();
-        for (rev, _, ev) in found {
-            match out.last_mut() {
-                Some(last) if last.revision == rev => last.events.push(ev),
-                _ => out.push(RevisionEvents { revision: rev, events: vec![ev] }),
-            }
-        }
-        Ok(out)
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+
+    pub async fn load(&self) -> Result<State, sqlx::Error> {
+        let mut conn = self.writer.acquire().await?;
+        load_state(&mut conn).await
+    }
+
+    /// The writer's transaction for one applied batch.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.writer.begin().await
+    }
+
+    pub async fn save_state(conn: &mut SqliteConnection, st: &State) -> Result<(), sqlx::Error> {
+        save_state(conn, st).await
+    }
+
+    /// A Range at the request's revision, with the revision it was read at.
+    pub async fn range(&self, req: &pb::RangeRequest) -> Result<(pb::RangeResponse, i64), EtcdError> {
+        let mut tx = self.readers.begin().await.map_err(db_err)?;
+        let (revision, compact_revision) = read_revs(&mut tx).await.map_err(db_err)?;
+        let st = State { revision, compact_revision, ..Default::default() };
+        let at = st.check_read_revision(req.revision)?;
+        let resp = range_on(&mut tx, req, at).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok((resp, revision))
     }
 
     /// Keys attached to a lease, sorted.
-    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
-        self.leases.get(&id).map(|l| l.keys.iter().cloned().collect()).unwrap_or_default()
+    pub async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
+        sqlx::query_scalar("SELECT key FROM cur WHERE lease = ? ORDER BY key")
+            .bind(id)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_err)
+    }
+
+    /// Events with revision >= `start` for keys in `range`, in revision order, at most
+    /// about `max_events` (never splitting a revision), and the revision read at.
+    /// `Ok((events, current, complete))`; `Err(Ok(compact_revision))` if that history was
+    /// compacted away.
+    pub async fn events_since(
+        &self,
+        range: &KeyRange,
+        start: i64,
+        max_events: usize,
+    ) -> Result<(Vec<RevisionEvents>, i64, bool), Result<i64, EtcdError>> {
+        let e = |e: sqlx::Error| -> Result<i64, EtcdError> { Err(db_err(e)) };
+        let mut tx = self.readers.begin().await.map_err(e)?;
+        let (current, compact) = read_revs(&mut tx).await.map_err(e)?;
+        if compact > 0 && start <= compact {
+            return Err(Ok(compact));
+        }
+        let Some((w, mut params)) = range_sql(range, "key") else { return Ok((Vec::new(), current, true)) };
+        params.push(P::I(start));
+        let cols = "key, rev, sub, create_rev, version, lease, value, deleted";
+        let sql = format!("SELECT {cols} FROM kv WHERE {w} AND rev >= ? ORDER BY rev, sub LIMIT {}", max_events + 1);
+        let mut rows = bind_all(&sql, params.clone()).fetch_all(&mut *tx).await.map_err(e)?;
+        let mut complete = rows.len() <= max_events;
+        if !complete {
+            let last: i64 = rows[rows.len() - 1].try_get(1).map_err(e)?;
+            let first: i64 = rows[0].try_get(1).map_err(e)?;
+            if first == last {
+                // One revision larger than a page: take all of it.
+                let (w2, mut p2) = range_sql(range, "key").unwrap_or_default();
+                p2.push(P::I(last));
+                let sql = format!("SELECT {cols} FROM kv WHERE {w2} AND rev = ? ORDER BY sub");
+                rows = bind_all(&sql, p2).fetch_all(&mut *tx).await.map_err(e)?;
+            } else {
+                let mut keep = rows.len();
+                while keep > 0 && rows[keep - 1].try_get::<i64, _>(1).map_err(e)? == last {
+                    keep -= 1;
+                }
+                rows.truncate(keep);
+            }
+            complete = false;
+        }
+        let mut out: Vec<RevisionEvents> = Vec::new();
+        for r in &rows {
+            let key: Vec<u8> = r.try_get(0).map_err(e)?;
+            let rev: i64 = r.try_get(1).map_err(e)?;
+            let sub: i64 = r.try_get(2).map_err(e)?;
+            let deleted: i64 = r.try_get(7).map_err(e)?;
+            let prev = sqlx::query(
+                "SELECT key, rev, create_rev, version, lease, value, deleted FROM kv WHERE key = ? \
+                 AND (rev < ? OR (rev = ? AND sub < ?)) ORDER BY rev DESC, sub DESC LIMIT 1",
+            )
+            .bind(&key)
+            .bind(rev)
+            .bind(rev)
+            .bind(sub)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(e)?
+            .filter(|p| p.try_get::<i64, _>(6).unwrap_or(1) == 0);
+            let prev_kv = prev.as_ref().map(row_kv).transpose().map_err(e)?;
+            let event = if deleted == 0 {
+                let kv = kv_of(
+                    key,
+                    rev,
+                    r.try_get(3).map_err(e)?,
+                    r.try_get(4).map_err(e)?,
+                    r.try_get(5).map_err(e)?,
+                    r.try_get(6).map_err(e)?,
+                );
+                mvccpb::Event { r#type: mvccpb::event::EventType::Put as i32, kv: Some(kv), prev_kv }
+            } else {
+                mvccpb::Event {
+                    r#type: mvccpb::event::EventType::Delete as i32,
+                    kv: Some(mvccpb::KeyValue { key, mod_revision: rev, ..Default::default() }),
+                    prev_kv,
+                }
+            };
+            match out.last_mut() {
+                Some(last) if last.revision == rev => last.events.push(event),
+                _ => out.push(RevisionEvents { revision: rev, events: vec![event] }),
+            }
+        }
+        tx.commit().await.map_err(e)?;
+        Ok((out, current, complete))
     }
 
     /// etcd's HashKV: a CRC-32C over every key change with a revision up to `revision`
-    /// (0 = the current one) and after the compaction point. Replicas that applied the same
-    /// log agree. Returns (hash, compact revision, hashed revision).
-    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), EtcdError> {
-        let rev = if revision <= 0 { self.revision } else { revision };
-        if rev > self.revision {
+    /// (0 = the current one) still in history. Replicas that applied the same log agree.
+    /// Returns (hash, compact revision, hashed revision, current revision).
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64, i64), EtcdError> {
+        let mut tx = self.readers.begin().await.map_err(db_err)?;
+        let (current, compact) = read_revs(&mut tx).await.map_err(db_err)?;
+        let rev = if revision <= 0 { current } else { revision };
+        if rev > current {
             return Err(EtcdError::FutureRev);
         }
-        if rev < self.compact_revision {
+        if rev < compact {
             return Err(EtcdError::Compacted);
         }
         let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-        for (k, recs) in &self.keys {
-            for r in recs.iter().filter(|r| r.rev <= rev) {
-                d.update(&(k.len() as u64).to_be_bytes());
-                d.update(k);
-                d.update(&r.rev.to_be_bytes());
-                d.update(&r.sub.to_be_bytes());
-                match &r.val {
-                    Some(v) => {
-                        d.update(&[1]);
-                        d.update(&v.create_revision.to_be_bytes());
-                        d.update(&v.version.to_be_bytes());
-                        d.update(&v.lease.to_be_bytes());
-                        d.update(&(v.value.len() as u64).to_be_bytes());
-                        d.update(&v.value);
-                    }
-                    None => d.update(&[0]),
+        {
+            let mut rows = sqlx::query(
+                "SELECT key, rev, sub, create_rev, version, lease, value, deleted FROM kv WHERE rev <= ? \
+                 ORDER BY key, rev, sub",
+            )
+            .bind(rev)
+            .fetch(&mut *tx);
+            while let Some(r) = rows.try_next().await.map_err(db_err)? {
+                let key: Vec<u8> = r.try_get(0).map_err(db_err)?;
+                d.update(&(key.len() as u64).to_be_bytes());
+                d.update(&key);
+                for i in 1..6 {
+                    d.update(&r.try_get::<i64, _>(i).map_err(db_err)?.to_be_bytes());
                 }
+                let value: Vec<u8> = r.try_get(6).map_err(db_err)?;
+                d.update(&(value.len() as u64).to_be_bytes());
+                d.update(&value);
+                d.update(&[u8::from(r.try_get::<i64, _>(7).map_err(db_err)? != 0)]);
             }
         }
-        Ok((d.finalize() as u32, self.compact_revision, rev))
+        tx.commit().await.map_err(db_err)?;
+        Ok((d.finalize() as u32, compact, rev, current))
     }
 
-    /// Approximate bytes held (for Maintenance.Status).
-    pub fn approx_size(&self) -> i64 {
-        let mut n: usize = 0;
-        for (k, recs) in &self.keys {
-            n += k.len() * recs.len();
-            n += recs.iter().map(|r| 32 + r.val.as_ref().map_or(0, |v| v.value.len())).sum::<usize>();
+    /// (bytes in the file, bytes in use) of the state database.
+    pub async fn sizes(&self) -> (i64, i64) {
+        let get = |p: &'static str| {
+            let pool = self.readers.clone();
+            async move { sqlx::query_scalar::<_, i64>(p).fetch_one(&pool).await.unwrap_or(0) }
+        };
+        let (pages, free, size) =
+            (get("PRAGMA page_count").await, get("PRAGMA freelist_count").await, get("PRAGMA page_size").await);
+        (pages * size, (pages - free) * size)
+    }
+
+    /// A consistent copy of the database at `dest` (SQLite's `VACUUM INTO`), fsynced.
+    pub async fn copy_to(&self, dest: &Path) -> Result<(), sqlx::Error> {
+        let _ = tokio::fs::remove_file(dest).await;
+        sqlx::query("VACUUM INTO ?").bind(dest.to_string_lossy().into_owned()).execute(&self.readers).await?;
+        tokio::fs::File::open(dest).await?.sync_all().await?;
+        Ok(())
+    }
+
+    /// The Raft position a copy made by `copy_to` holds.
+    pub async fn read_position(
+        path: &Path,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>, i64), sqlx::Error> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().filename(path).read_only(true))
+            .await?;
+        let r = async {
+            let mut conn = pool.acquire().await?;
+            let st = load_state(&mut conn).await?;
+            Ok::<_, sqlx::Error>((st.last_applied, st.membership, st.revision))
         }
-        i64::try_from(n).unwrap_or(i64::MAX)
+        .await;
+        pool.close().await;
+        r
+    }
+
+    /// Replace every table's contents with those of the database file at `src` (a
+    /// snapshot), in one transaction, and return the new state.
+    pub async fn import(&self, src: &Path) -> Result<State, sqlx::Error> {
+        let mut conn = self.writer.acquire().await?;
+        sqlx::query("ATTACH DATABASE ? AS snap").bind(src.to_string_lossy().into_owned()).execute(&mut *conn).await?;
+        let copied = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            for t in ["kv", "cur", "leases", "meta"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM main.{t}"))).execute(&mut *tx).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO main.{t} SELECT * FROM snap.{t}")))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        let detached = sqlx::query("DETACH DATABASE snap").execute(&mut *conn).await;
+        copied?;
+        detached?;
+        load_state(&mut conn).await
+    }
+}
+
+/// The store image the first, in-memory metad wrote into `snapshot.bin` (JSON).
+#[derive(Deserialize)]
+struct LegacyImage {
+    revision: i64,
+    compact_revision: i64,
+    keys: Vec<LegacyKey>,
+    leases: Vec<(i64, i64)>,
+}
+
+#[derive(Deserialize)]
+struct LegacyKey {
+    #[serde(with = "crate::b64")]
+    key: Vec<u8>,
+    recs: Vec<LegacyRec>,
+}
+
+#[derive(Deserialize)]
+struct LegacyRec {
+    rev: i64,
+    sub: i64,
+    val: Option<LegacyValue>,
+}
+
+#[derive(Deserialize)]
+struct LegacyValue {
+    create_revision: i64,
+    version: i64,
+    #[serde(with = "crate::b64")]
+    value: Vec<u8>,
+    lease: i64,
+}
+
+impl Db {
+    /// Load a store image written by the in-memory first cut into this (empty) database.
+    pub async fn import_legacy(
+        &self,
+        image: &[u8],
+        last_applied: Option<LogId<NodeId>>,
+        membership: StoredMembership<NodeId, Member>,
+    ) -> Result<State, EtcdError> {
+        let image: LegacyImage = serde_json::from_slice(image).map_err(|e| EtcdError::Internal(e.to_string()))?;
+        let mut tx = self.begin_write().await.map_err(db_err)?;
+        for k in &image.keys {
+            for r in &k.recs {
+                let empty = LegacyValue { create_revision: 0, version: 0, value: Vec::new(), lease: 0 };
+                let v = r.val.as_ref().unwrap_or(&empty);
+                sqlx::query("INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+                    .bind(&k.key)
+                    .bind(r.rev)
+                    .bind(r.sub)
+                    .bind(v.create_revision)
+                    .bind(v.version)
+                    .bind(v.lease)
+                    .bind(&v.value)
+                    .bind(i64::from(r.val.is_none()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+            if let Some(last) = k.recs.last()
+                && let Some(v) = &last.val
+            {
+                sqlx::query("INSERT INTO cur VALUES (?, ?, ?, ?, ?, ?)")
+                    .bind(&k.key)
+                    .bind(last.rev)
+                    .bind(v.create_revision)
+                    .bind(v.version)
+                    .bind(v.lease)
+                    .bind(&v.value)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+            }
+        }
+        for (id, ttl) in &image.leases {
+            sqlx::query("INSERT INTO leases VALUES (?, ?)")
+                .bind(id)
+                .bind(ttl)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        let st = State {
+            revision: image.revision,
+            compact_revision: image.compact_revision,
+            leases: image.leases.into_iter().collect(),
+            last_applied,
+            membership,
+        };
+        save_state(&mut tx, &st).await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(st)
     }
 }
 
@@ -707,7 +1132,7 @@ fn collect_writes(
             }
             Some(pb::request_op::Request::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
             Some(pb::request_op::Request::RequestTxn(t)) => {
-                Store::validate_txn(t)?;
+                validate_txn(t)?;
                 let mut nested_puts = BTreeSet::new();
                 for branch in [&t.success, &t.failure] {
                     let mut p = BTreeSet::new();
@@ -744,55 +1169,102 @@ mod tests {
         pb::TxnRequest { compare: vec![], success: ops, failure: vec![] }
     }
 
-    fn get(s: &Store, key: &str, rev: i64) -> Vec<mvccpb::KeyValue> {
-        s.range(&pb::RangeRequest { key: key.into(), revision: rev, ..Default::default() }).unwrap().kvs
+    struct T {
+        db: Db,
+        st: State,
+        _dir: tempfile::TempDir,
     }
 
-    #[test]
-    fn revisions_versions_and_history() {
-        let mut s = Store::default();
-        assert_eq!(s.revision(), 1);
-        s.apply_txn(&txn(vec![put("a", "1")])).unwrap();
-        s.apply_txn(&txn(vec![put("a", "2"), put("b", "x")])).unwrap();
-        assert_eq!(s.revision(), 3);
-        let a = &get(&s, "a", 0)[0];
+    impl T {
+        async fn new() -> T {
+            let dir = tempfile::tempdir().unwrap();
+            let (db, st) = Db::open(&dir.path().join("state.db")).await.unwrap();
+            T { db, st, _dir: dir }
+        }
+
+        async fn txn(&mut self, req: &pb::TxnRequest) -> Result<WriteOutcome, EtcdError> {
+            let mut tx = self.db.begin_write().await.unwrap();
+            let out = Applier { conn: &mut tx, st: &mut self.st }.txn(req).await.unwrap();
+            save_state(&mut tx, &self.st).await.unwrap();
+            tx.commit().await.unwrap();
+            out
+        }
+
+        async fn run(&mut self, cmd: &str, arg: i64, ttl: i64) -> Result<WriteOutcome, EtcdError> {
+            let mut tx = self.db.begin_write().await.unwrap();
+            let mut a = Applier { conn: &mut tx, st: &mut self.st };
+            let out = match cmd {
+                "compact" => a.compact_cmd(arg).await,
+                "grant" => a.lease_grant(arg, ttl).await,
+                _ => a.lease_revoke(arg).await,
+            }
+            .unwrap();
+            save_state(&mut tx, &self.st).await.unwrap();
+            tx.commit().await.unwrap();
+            out
+        }
+
+        async fn get(&self, key: &str, rev: i64) -> Vec<mvccpb::KeyValue> {
+            self.db
+                .range(&pb::RangeRequest { key: key.into(), revision: rev, ..Default::default() })
+                .await
+                .unwrap()
+                .0
+                .kvs
+        }
+    }
+
+    #[tokio::test]
+    async fn revisions_versions_and_history() {
+        let mut s = T::new().await;
+        assert_eq!(s.st.revision, 1);
+        s.txn(&txn(vec![put("a", "1")])).await.unwrap();
+        s.txn(&txn(vec![put("a", "2"), put("b", "x")])).await.unwrap();
+        assert_eq!(s.st.revision, 3);
+        let a = &s.get("a", 0).await[0];
         assert_eq!((a.create_revision, a.mod_revision, a.version, a.value.as_slice()), (2, 3, 2, &b"2"[..]));
-        assert_eq!(get(&s, "a", 2)[0].value, b"1");
-        assert!(get(&s, "b", 2).is_empty());
+        assert_eq!(s.get("a", 2).await[0].value, b"1");
+        assert!(s.get("b", 2).await.is_empty());
         let del = pb::RequestOp {
             request: Some(pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
                 key: "a".into(),
                 ..Default::default()
             })),
         };
-        let out = s.apply_txn(&txn(vec![del.clone()])).unwrap();
+        let out = s.txn(&txn(vec![del.clone()])).await.unwrap();
         assert_eq!(out.revision, 4);
+        assert!(s.get("a", 0).await.is_empty());
+        assert_eq!(s.get("a", 3).await[0].value, b"2");
         // Deleting nothing does not bump the revision.
-        assert_eq!(s.apply_txn(&txn(vec![del])).unwrap().revision, 4);
-        s.apply_txn(&txn(vec![put("a", "3")])).unwrap();
-        let a = &get(&s, "a", 0)[0];
+        assert_eq!(s.txn(&txn(vec![del])).await.unwrap().revision, 4);
+        s.txn(&txn(vec![put("a", "3")])).await.unwrap();
+        let a = &s.get("a", 0).await[0];
         assert_eq!((a.create_revision, a.version), (5, 1));
-        let evs = s.events_since(&KeyRange::new(b"a", b""), 2).unwrap();
+        let (evs, current, complete) = s.db.events_since(&KeyRange::new(b"a", b""), 2, 100).await.unwrap();
         assert_eq!(evs.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
-        s.apply_compact(4).unwrap();
-        assert_eq!(
-            s.range(&pb::RangeRequest { key: "a".into(), revision: 3, ..Default::default() }),
-            Err(EtcdError::Compacted)
-        );
-        assert_eq!(
-            s.range(&pb::RangeRequest { key: "a".into(), revision: 9, ..Default::default() }),
-            Err(EtcdError::FutureRev)
-        );
-        assert_eq!(s.events_since(&KeyRange::new(b"a", b""), 4).unwrap_err(), 4);
-        assert_eq!(get(&s, "b", 4)[0].value, b"x");
-        let back = Store::from_bytes(&s.to_bytes().unwrap()).unwrap();
-        assert_eq!(back, s);
+        assert_eq!((current, complete), (5, true));
+        // The delete's prev_kv is the value it deleted; the put after it has none.
+        assert_eq!(evs[2].events[0].prev_kv.as_ref().unwrap().value, b"2");
+        assert!(evs[3].events[0].prev_kv.is_none());
+        // Paging never splits a revision.
+        let (page, _, complete) = s.db.events_since(&KeyRange::new(b"a", b"\0"), 2, 2).await.unwrap();
+        assert!(!complete);
+        assert_eq!(page.iter().map(|e| e.revision).collect::<Vec<_>>(), vec![2]);
+        s.run("compact", 4, 0).await.unwrap();
+        let range_at = |rev: i64| pb::RangeRequest { key: "a".into(), revision: rev, ..Default::default() };
+        assert_eq!(s.db.range(&range_at(3)).await.unwrap_err(), EtcdError::Compacted);
+        assert_eq!(s.db.range(&range_at(9)).await.unwrap_err(), EtcdError::FutureRev);
+        assert_eq!(s.db.events_since(&KeyRange::new(b"a", b""), 4, 10).await.unwrap_err(), Ok(4));
+        assert_eq!(s.get("b", 4).await[0].value, b"x");
+        // The state survives a reopen.
+        let st = s.db.load().await.unwrap();
+        assert_eq!((st.revision, st.compact_revision), (5, 4));
     }
 
-    #[test]
-    fn txn_validation_and_compare() {
-        assert_eq!(Store::validate_txn(&txn(vec![put("a", "1"), put("a", "2")])), Err(EtcdError::DuplicateKey));
-        let mut s = Store::default();
+    #[tokio::test]
+    async fn txn_validation_and_compare() {
+        assert_eq!(validate_txn(&txn(vec![put("a", "1"), put("a", "2")])), Err(EtcdError::DuplicateKey));
+        let mut s = T::new().await;
         let cmp = pb::Compare {
             result: pb::compare::CompareResult::Equal as i32,
             target: pb::compare::CompareTarget::Create as i32,
@@ -801,27 +1273,74 @@ mod tests {
             target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
         };
         let t = pb::TxnRequest { compare: vec![cmp], success: vec![put("k", "v")], failure: vec![] };
-        assert!(s.apply_txn(&t).unwrap().txn.unwrap().succeeded);
-        assert!(!s.apply_txn(&t).unwrap().txn.unwrap().succeeded);
-        assert_eq!(s.revision(), 2);
+        assert!(s.txn(&t).await.unwrap().txn.unwrap().succeeded);
+        assert!(!s.txn(&t).await.unwrap().txn.unwrap().succeeded);
+        assert_eq!(s.st.revision, 2);
         let bad = pb::PutRequest { key: "z".into(), lease: 7, ..Default::default() };
         let t = txn(vec![put("y", "1"), pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(bad)) }]);
-        assert_eq!(s.apply_txn(&t).unwrap_err(), EtcdError::LeaseNotFound);
-        assert!(get(&s, "y", 0).is_empty());
+        assert_eq!(s.txn(&t).await.unwrap_err(), EtcdError::LeaseNotFound);
+        assert!(s.get("y", 0).await.is_empty());
     }
 
-    #[test]
-    fn lease_revoke_deletes_keys() {
-        let mut s = Store::default();
-        s.apply_lease_grant(7, 10).unwrap();
+    #[tokio::test]
+    async fn sorted_limited_and_filtered_ranges() {
+        use pb::range_request::{SortOrder, SortTarget};
+        let mut s = T::new().await;
+        for (k, v) in [("r/a", "3"), ("r/b", "1"), ("r/c", "2"), ("r/d", "2")] {
+            s.txn(&txn(vec![put(k, v)])).await.unwrap();
+        }
+        let req = |order: SortOrder, target: SortTarget, limit: i64| pb::RangeRequest {
+            key: "r/".into(),
+            range_end: "r0".into(),
+            sort_order: order as i32,
+            sort_target: target as i32,
+            limit,
+            ..Default::default()
+        };
+        let keys =
+            |r: pb::RangeResponse| r.kvs.into_iter().map(|kv| String::from_utf8(kv.key).unwrap()).collect::<Vec<_>>();
+        let (r, _) = s.db.range(&req(SortOrder::Descend, SortTarget::Value, 0)).await.unwrap();
+        assert_eq!(keys(r), ["r/a", "r/d", "r/c", "r/b"]);
+        let (r, _) = s.db.range(&req(SortOrder::None, SortTarget::Key, 2)).await.unwrap();
+        assert!(r.more);
+        assert_eq!(r.count, 4);
+        assert_eq!(keys(r), ["r/a", "r/b"]);
+        let mut f = req(SortOrder::Ascend, SortTarget::Mod, 0);
+        f.min_mod_revision = 3;
+        f.max_mod_revision = 4;
+        let (r, _) = s.db.range(&f).await.unwrap();
+        assert_eq!(r.count, 2);
+        assert_eq!(keys(r), ["r/b", "r/c"]);
+    }
+
+    #[tokio::test]
+    async fn lease_revoke_deletes_keys() {
+        let mut s = T::new().await;
+        s.run("grant", 7, 10).await.unwrap();
         let p = pb::PutRequest { key: "l".into(), value: "v".into(), lease: 7, ..Default::default() };
-        s.apply_txn(&txn(vec![pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(p)) }])).unwrap();
-        assert_eq!(s.lease_keys(7), vec![b"l".to_vec()]);
-        let back = Store::from_bytes(&s.to_bytes().unwrap()).unwrap();
-        assert_eq!(back.lease_keys(7), vec![b"l".to_vec()]);
-        let out = s.apply_lease_revoke(7).unwrap();
+        s.txn(&txn(vec![pb::RequestOp { request: Some(pb::request_op::Request::RequestPut(p)) }])).await.unwrap();
+        assert_eq!(s.db.lease_keys(7).await.unwrap(), vec![b"l".to_vec()]);
+        assert_eq!(s.db.load().await.unwrap().leases.get(&7), Some(&10));
+        let out = s.run("revoke", 7, 0).await.unwrap();
         assert_eq!(out.revision, 3);
-        assert!(get(&s, "l", 0).is_empty());
-        assert_eq!(s.apply_lease_revoke(7).unwrap_err(), EtcdError::LeaseNotFound);
+        assert!(s.get("l", 0).await.is_empty());
+        assert_eq!(s.run("revoke", 7, 0).await.unwrap_err(), EtcdError::LeaseNotFound);
+    }
+
+    #[tokio::test]
+    async fn snapshot_copy_and_import() {
+        let mut s = T::new().await;
+        s.txn(&txn(vec![put("a", "1"), put("b", "2")])).await.unwrap();
+        let copy = s._dir.path().join("copy.db");
+        s.db.copy_to(&copy).await.unwrap();
+        let (_, _, rev) = Db::read_position(&copy).await.unwrap();
+        assert_eq!(rev, 2);
+        let mut other = T::new().await;
+        other.txn(&txn(vec![put("zzz", "9")])).await.unwrap();
+        let st = other.db.import(&copy).await.unwrap();
+        assert_eq!(st.revision, 2);
+        assert!(other.get("zzz", 0).await.is_empty());
+        assert_eq!(other.get("b", 0).await[0].value, b"2");
+        assert_eq!(other.db.hash_kv(0).await.unwrap().0, s.db.hash_kv(0).await.unwrap().0);
     }
 }

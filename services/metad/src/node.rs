@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aether_common::shutdown::Shutdown;
@@ -31,11 +31,15 @@ pub struct Node {
     pub cluster_id: u64,
     pub client_urls: Vec<String>,
     pub db_path: PathBuf,
-    pub snapshot_path: PathBuf,
     pub leases: LeaseClock,
     pub peers: Peers,
     pub shutdown: Shutdown,
+    /// How often watchers with `progress_notify` hear the current revision.
+    pub watch_progress_interval: Duration,
     lease_seq: AtomicU64,
+    /// Set once this member has seen itself in the membership config; if it later
+    /// disappears, the member was removed.
+    was_member: AtomicBool,
 }
 
 /// FNV-1a, 64 bit: stable ids derived from names (never 0).
@@ -58,10 +62,10 @@ pub struct NodeParts {
     pub name: String,
     pub identity: Identity,
     pub client_urls: Vec<String>,
-    pub data_dir: PathBuf,
     pub db_path: PathBuf,
     pub peers: Peers,
     pub shutdown: Shutdown,
+    pub watch_progress_interval: Duration,
 }
 
 impl Node {
@@ -74,11 +78,12 @@ impl Node {
             cluster_id: p.identity.cluster_id,
             client_urls: p.client_urls,
             db_path: p.db_path,
-            snapshot_path: p.data_dir.join("snapshot.bin"),
             leases: LeaseClock::default(),
             peers: p.peers,
             shutdown: p.shutdown,
+            watch_progress_interval: p.watch_progress_interval,
             lease_seq: AtomicU64::new(0),
+            was_member: AtomicBool::new(false),
         }
     }
 
@@ -91,7 +96,7 @@ impl Node {
     }
 
     pub fn current_header(&self) -> pb::ResponseHeader {
-        let rev = self.shared.read().store.revision();
+        let rev = self.shared.read().revision;
         self.header(rev)
     }
 
@@ -120,8 +125,23 @@ impl Node {
         self.members().into_iter().find(|m| m.id == id)
     }
 
+    /// `etcdserver: the member has been permanently removed from the cluster` once the
+    /// membership config this member applied no longer lists it.
+    pub fn check_removed(&self) -> Result<(), EtcdError> {
+        let present = self.shared.read().membership.membership().get_node(&self.id).is_some();
+        if present {
+            self.was_member.store(true, Ordering::Relaxed);
+            Ok(())
+        } else if self.was_member.load(Ordering::Relaxed) {
+            Err(EtcdError::MemberRemoved)
+        } else {
+            Ok(())
+        }
+    }
+
     /// The leader, waiting up to `LEADER_WAIT` for one to be known.
     async fn leader(&self) -> Result<(NodeId, Member), EtcdError> {
+        self.check_removed()?;
         let mut metrics = self.raft.metrics();
         let wait = metrics.wait_for(|m| m.current_leader.is_some());
         let leader = tokio::select! {
@@ -180,6 +200,7 @@ impl Node {
     /// A read-index round unless the client asked for a serializable read: the leader
     /// confirms it still leads, and this member waits until it has applied that far.
     pub async fn read_barrier(&self, serializable: bool) -> Result<(), EtcdError> {
+        self.check_removed()?;
         if serializable {
             return Ok(());
         }
@@ -218,7 +239,7 @@ impl Node {
                 other => Err(unexpected(&other)),
             };
         }
-        let ttl = self.shared.read().store.lease(id).map(|l| l.ttl);
+        let ttl = self.shared.read().lease_ttl(id);
         Ok(match ttl {
             Some(ttl) => {
                 self.leases.refresh(id, ttl);
@@ -384,7 +405,7 @@ impl Node {
             let seq = self.lease_seq.fetch_add(1, Ordering::Relaxed);
             let candidate = (((millis << 16) ^ (self.id & 0xffff) ^ (seq << 4)) & (i64::MAX as u64)) as i64;
             id = candidate.max(1);
-            if st.store.lease(id).is_none() {
+            if st.lease_ttl(id).is_none() {
                 break;
             }
         }

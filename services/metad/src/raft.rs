@@ -4,7 +4,6 @@
 //! `peer.rs`.
 
 use std::fmt::Debug;
-use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -22,7 +21,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use tokio::sync::broadcast;
 
 use crate::error::EtcdError;
-use crate::mvcc::{RevisionEvents, Store, WriteOutcome};
+use crate::mvcc::{Applier, ApplyResult, Db, RevisionEvents, State, WriteOutcome};
 
 /// A Raft node id is the etcd member id.
 pub type NodeId = u64;
@@ -58,7 +57,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Member,
         Entry = Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;
@@ -316,61 +315,75 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 // ---------------------------------------------------------------------------------------
 // State machine
 
-/// The applied state: the MVCC store plus what Raft needs to know about it.
-#[derive(Debug, Default)]
-pub struct Applied {
-    pub store: Store,
-    pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, Member>,
-}
-
 /// What the gRPC services share with the state machine.
 #[derive(Debug)]
 pub struct Shared {
-    state: RwLock<Applied>,
+    state: RwLock<State>,
+    /// The MVCC store on disk; every read goes here.
+    pub db: Db,
     /// Every applied revision's events; watchers subscribe. Never blocks the apply path.
     pub events: broadcast::Sender<Arc<RevisionEvents>>,
 }
 
 impl Shared {
-    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 pub struct StateMachine {
     shared: Arc<Shared>,
-    snapshot_path: PathBuf,
+    data_dir: PathBuf,
 }
 
 /// Capacity of the event broadcast (revisions a watch stream may lag before it must
 /// catch up from history).
 pub const EVENT_BUFFER: usize = 1024;
 
+/// The last snapshot: a copy of `state.db` (its `meta` table says which log id it holds).
+const SNAPSHOT_FILE: &str = "snapshot.db";
+const SNAPSHOT_RECV: &str = "snapshot.recv";
+
+/// The first cut's snapshot file (JSON header + store image), imported once if found.
 #[derive(Serialize, Deserialize)]
-struct SnapshotHeader {
+struct LegacySnapshotHeader {
     meta: SnapshotMeta<NodeId, Member>,
 }
 
 impl StateMachine {
-    /// Open the state machine, loading the snapshot file if there is one.
+    /// Open the state database (importing the first cut's snapshot file into a new one).
     pub async fn open(data_dir: &Path) -> Result<Self, crate::MetadError> {
-        let snapshot_path = data_dir.join("snapshot.bin");
-        let mut applied = Applied::default();
-        if let Some((meta, data)) = read_snapshot_file(&snapshot_path)
-            .await
-            .map_err(|e| crate::MetadError::Snapshot(format!("{}: {e}", snapshot_path.display())))?
-        {
-            applied.store = Store::from_bytes(&data).map_err(|e| crate::MetadError::Snapshot(e.to_string()))?;
-            applied.last_applied = meta.last_log_id;
-            applied.membership = meta.last_membership;
+        let snap_err = |e: &dyn std::fmt::Display| crate::MetadError::Snapshot(e.to_string());
+        let (db, mut st) = Db::open(&data_dir.join("state.db")).await?;
+        let legacy = data_dir.join("snapshot.bin");
+        if st.last_applied.is_none() && tokio::fs::try_exists(&legacy).await.unwrap_or(false) {
+            let bytes = tokio::fs::read(&legacy).await.map_err(|e| snap_err(&e))?;
+            let len = bytes.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_be_bytes).unwrap_or(0);
+            let header = bytes.get(4..4 + len as usize).ok_or_else(|| snap_err(&"malformed snapshot.bin"))?;
+            let header: LegacySnapshotHeader = serde_json::from_slice(header).map_err(|e| snap_err(&e))?;
+            st = db
+                .import_legacy(&bytes[4 + len as usize..], header.meta.last_log_id, header.meta.last_membership)
+                .await
+                .map_err(|e| snap_err(&e))?;
+            tokio::fs::rename(&legacy, data_dir.join("snapshot.bin.imported")).await.map_err(|e| snap_err(&e))?;
+            tracing::info!(revision = st.revision, "imported the first-cut snapshot.bin into state.db");
+        }
+        // After a power loss state.db (synchronous=NORMAL) may be behind the last snapshot,
+        // whose log may be purged: start from the snapshot then.
+        let snap = data_dir.join(SNAPSHOT_FILE);
+        if tokio::fs::try_exists(&snap).await.unwrap_or(false) {
+            let (snap_applied, _, _) = Db::read_position(&snap).await?;
+            if snap_applied > st.last_applied {
+                st = db.import(&snap).await?;
+                tracing::warn!(applied = ?st.last_applied, "state.db was behind the last snapshot; restored it");
+            }
         }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        Ok(Self { shared: Arc::new(Shared { state: RwLock::new(applied), events }), snapshot_path })
+        Ok(Self { shared: Arc::new(Shared { state: RwLock::new(st), db, events }), data_dir: data_dir.to_path_buf() })
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -378,74 +391,47 @@ impl StateMachine {
     }
 }
 
-fn apply_command(store: &mut Store, cmd: &Command) -> Result<WriteOutcome, EtcdError> {
+async fn apply_command(a: &mut Applier<'_>, cmd: &Command) -> ApplyResult {
     match cmd {
-        Command::Txn(bytes) => {
-            let req = pb::TxnRequest::decode(bytes.as_slice()).map_err(|e| EtcdError::Internal(e.to_string()))?;
-            store.apply_txn(&req)
-        }
-        Command::Compact { revision } => store.apply_compact(*revision),
-        Command::LeaseGrant { id, ttl } => store.apply_lease_grant(*id, *ttl),
-        Command::LeaseRevoke { id } => store.apply_lease_revoke(*id),
+        Command::Txn(bytes) => match pb::TxnRequest::decode(bytes.as_slice()) {
+            Ok(req) => a.txn(&req).await,
+            Err(e) => Ok(Err(EtcdError::Internal(e.to_string()))),
+        },
+        Command::Compact { revision } => a.compact_cmd(*revision).await,
+        Command::LeaseGrant { id, ttl } => a.lease_grant(*id, *ttl).await,
+        Command::LeaseRevoke { id } => a.lease_revoke(*id).await,
     }
 }
 
-async fn read_snapshot_file(path: &Path) -> std::io::Result<Option<(SnapshotMeta<NodeId, Member>, Vec<u8>)>> {
-    let bytes = match tokio::fs::read(path).await {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed snapshot file");
-    let len_bytes: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or_else(bad)?;
-    let len = u32::from_be_bytes(len_bytes) as usize;
-    let header = bytes.get(4..4 + len).ok_or_else(bad)?;
-    let header: SnapshotHeader = serde_json::from_slice(header).map_err(|_| bad())?;
-    Ok(Some((header.meta, bytes[4 + len..].to_vec())))
+fn snapshot_id(last: &Option<LogId<NodeId>>, revision: i64) -> String {
+    match last {
+        Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, revision),
+        None => format!("0-0-{revision}"),
+    }
 }
 
-/// temp file → write → fsync → rename → fsync the directory.
-async fn write_snapshot_file(path: &Path, meta: &SnapshotMeta<NodeId, Member>, data: &[u8]) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt as _;
-    let header = serde_json::to_vec(&SnapshotHeader { meta: meta.clone() })?;
-    let header_len = u32::try_from(header.len()).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = tokio::fs::File::create(&tmp).await?;
-    f.write_all(&header_len.to_be_bytes()).await?;
-    f.write_all(&header).await?;
-    f.write_all(data).await?;
-    f.sync_all().await?;
-    drop(f);
-    tokio::fs::rename(&tmp, path).await?;
-    if let Some(dir) = path.parent() {
-        tokio::fs::File::open(dir).await?.sync_all().await?;
-    }
-    Ok(())
+async fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    tokio::fs::File::open(dir).await?.sync_all().await
 }
 
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    snapshot_path: PathBuf,
+    data_dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
-        let (meta, data) = {
-            let st = self.shared.read();
-            let data = st.store.to_bytes().map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-            let snapshot_id = match &st.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, st.store.revision()),
-                None => format!("0-0-{}", st.store.revision()),
-            };
-            let meta =
-                SnapshotMeta { last_log_id: st.last_applied, last_membership: st.membership.clone(), snapshot_id };
-            (meta, data)
-        };
-        write_snapshot_file(&self.snapshot_path, &meta, &data)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let tmp = self.data_dir.join("snapshot.tmp");
+        let path = self.data_dir.join(SNAPSHOT_FILE);
+        let w = |e: &dyn std::fmt::Display| StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string()));
+        self.shared.db.copy_to(&tmp).await.map_err(|e| w(&e))?;
+        let (last_log_id, last_membership, revision) = Db::read_position(&tmp).await.map_err(|e| w(&e))?;
+        tokio::fs::rename(&tmp, &path).await.map_err(|e| w(&e))?;
+        sync_dir(&self.data_dir).await.map_err(|e| w(&e))?;
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id: snapshot_id(&last_log_id, revision) };
         tracing::info!(snapshot = %meta, "snapshot written");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let file = tokio::fs::File::open(&path).await.map_err(|e| w(&e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
 }
 
@@ -462,21 +448,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let io = |e: sqlx::Error| StorageError::from(StorageIOError::<NodeId>::write_state_machine(&e));
+        let mut work = self.shared.read().clone();
         let mut results = Vec::new();
-        let mut st = self.shared.write();
+        let mut events = Vec::new();
+        let mut tx = self.shared.db.begin_write().await.map_err(io)?;
         for entry in entries {
-            st.last_applied = Some(entry.log_id);
+            work.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Blank => results.push(CommandResult::default()),
                 EntryPayload::Membership(m) => {
-                    st.membership = StoredMembership::new(Some(entry.log_id), m);
+                    work.membership = StoredMembership::new(Some(entry.log_id), m);
                     results.push(CommandResult::default());
                 }
                 EntryPayload::Normal(cmd) => {
-                    let outcome = apply_command(&mut st.store, &cmd);
+                    let outcome =
+                        apply_command(&mut Applier { conn: &mut tx, st: &mut work }, &cmd).await.map_err(io)?;
                     if let Ok(WriteOutcome { events: Some(ev), .. }) = &outcome {
-                        // No receivers is fine; a lagging receiver catches up from history.
-                        let _ = self.shared.events.send(Arc::new(ev.clone()));
+                        events.push(Arc::new(ev.clone()));
                     }
                     if let Err(EtcdError::Internal(detail)) = &outcome {
                         tracing::error!(detail = %detail, "apply failed");
@@ -485,37 +474,57 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
+        Db::save_state(&mut tx, &work).await.map_err(io)?;
+        tx.commit().await.map_err(io)?;
+        *self.shared.write() = work;
+        for ev in events {
+            // No receivers is fine; a lagging receiver catches up from history.
+            let _ = self.shared.events.send(ev);
+        }
         Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { shared: self.shared.clone(), snapshot_path: self.snapshot_path.clone() }
+        SnapshotBuilder { shared: self.shared.clone(), data_dir: self.data_dir.clone() }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StorageResult<Box<tokio::fs::File>> {
+        let path = self.data_dir.join(SNAPSHOT_RECV);
+        let file = tokio::fs::File::create(&path).await.map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
-        let data = snapshot.into_inner();
-        let store = Store::from_bytes(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        write_snapshot_file(&self.snapshot_path, meta, &data)
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        let mut st = self.shared.write();
-        st.store = store;
+        let w = |e: &dyn std::fmt::Display| {
+            StorageIOError::write_snapshot(Some(meta.signature()), &std::io::Error::other(e.to_string()))
+        };
+        snapshot.sync_all().await.map_err(|e| w(&e))?;
+        drop(snapshot);
+        let path = self.data_dir.join(SNAPSHOT_FILE);
+        tokio::fs::rename(self.data_dir.join(SNAPSHOT_RECV), &path).await.map_err(|e| w(&e))?;
+        sync_dir(&self.data_dir).await.map_err(|e| w(&e))?;
+        let mut st = self.shared.db.import(&path).await.map_err(|e| w(&e))?;
+        // The snapshot's own meta is authoritative for Raft.
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
+        tracing::info!(snapshot = %meta, revision = st.revision, "installed a snapshot");
+        *self.shared.write() = st;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StorageResult<Option<Snapshot<TypeConfig>>> {
-        let found =
-            read_snapshot_file(&self.snapshot_path).await.map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(found.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let path = self.data_dir.join(SNAPSHOT_FILE);
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Ok(None);
+        }
+        let r = |e: &dyn std::fmt::Display| StorageIOError::read_snapshot(None, &std::io::Error::other(e.to_string()));
+        let (last_log_id, last_membership, revision) = Db::read_position(&path).await.map_err(|e| r(&e))?;
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id: snapshot_id(&last_log_id, revision) };
+        let file = tokio::fs::File::open(&path).await.map_err(|e| r(&e))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
     }
 }

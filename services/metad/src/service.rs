@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::error::EtcdError;
-use crate::mvcc::{MAX_LEASE_TTL, Store};
+use crate::mvcc::{MAX_LEASE_TTL, validate_txn};
 use crate::node::Node;
 use crate::peer::{MemberInfo, MemberOp};
 use crate::raft::{Command, LogStore};
@@ -58,10 +58,7 @@ impl EtcdService {
             return Err(EtcdError::EmptyKey);
         }
         self.node.read_barrier(req.serializable).await?;
-        let (mut resp, revision) = {
-            let st = self.node.shared.read();
-            (st.store.range(&req)?, st.store.revision())
-        };
+        let (mut resp, revision) = self.node.shared.db.range(&req).await?;
         resp.header = Some(self.node.header(revision));
         Ok(resp)
     }
@@ -97,7 +94,7 @@ impl EtcdService {
     }
 
     async fn do_txn(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
-        Store::validate_txn(&req)?;
+        validate_txn(&req)?;
         let out = self.node.write(Command::txn(&req)).await?;
         let mut resp = out.txn.ok_or_else(|| EtcdError::Internal("txn returned no response".into()))?;
         resp.header = Some(self.node.header(out.revision));
@@ -105,7 +102,7 @@ impl EtcdService {
     }
 
     async fn do_compact(&self, req: pb::CompactionRequest) -> Result<pb::CompactionResponse, EtcdError> {
-        self.node.shared.read().store.check_compact(req.revision)?;
+        self.node.shared.read().check_compact(req.revision)?;
         let out = self.node.write(Command::Compact { revision: req.revision }).await?;
         Ok(pb::CompactionResponse { header: Some(self.node.header(out.revision)) })
     }
@@ -134,11 +131,11 @@ impl EtcdService {
 
     async fn do_time_to_live(&self, req: pb::LeaseTimeToLiveRequest) -> Result<pb::LeaseTimeToLiveResponse, EtcdError> {
         self.node.read_barrier(false).await?;
-        let (lease, keys, revision) = {
+        let (lease, revision) = {
             let st = self.node.shared.read();
-            let keys = if req.keys { st.store.lease_keys(req.id) } else { Vec::new() };
-            (st.store.lease(req.id).map(|l| l.ttl), keys, st.store.revision())
+            (st.lease_ttl(req.id), st.revision)
         };
+        let keys = if req.keys && lease.is_some() { self.node.shared.db.lease_keys(req.id).await? } else { Vec::new() };
         let header = Some(self.node.header(revision));
         Ok(match lease {
             Some(granted_ttl) => {
@@ -172,31 +169,66 @@ impl EtcdService {
         Ok((self.node.current_header(), Self::pb_members(&members)))
     }
 
-    async fn do_snapshot(&self) -> Result<Vec<pb::SnapshotResponse>, EtcdError> {
+    /// A consistent copy of the state database, streamed in `SNAPSHOT_CHUNK` messages and
+    /// ending with the SHA-256 of everything before it, like etcd's.
+    async fn do_snapshot(&self) -> Result<BoxStream<pb::SnapshotResponse>, EtcdError> {
         use sha2::Digest as _;
+        use tokio::io::AsyncReadExt as _;
         self.node.read_barrier(false).await?;
-        let (mut data, revision) = {
-            let st = self.node.shared.read();
-            (st.store.to_bytes().map_err(|e| EtcdError::Internal(e.to_string()))?, st.store.revision())
-        };
-        // Like etcd, the stream ends with the SHA-256 of everything before it.
-        let sum = sha2::Sha256::digest(&data);
-        data.extend_from_slice(&sum);
-        let header = self.node.header(revision);
-        let total = data.len();
-        let mut out = Vec::new();
-        let mut sent = 0;
-        for chunk in data.chunks(SNAPSHOT_CHUNK) {
-            sent += chunk.len();
-            out.push(pb::SnapshotResponse {
+        let dir = tempfile_dir(&self.node.db_path);
+        let path = dir.join(format!("snapshot-rpc-{}.db", uuid::Uuid::new_v4()));
+        let io = |e: &dyn std::fmt::Display| EtcdError::Internal(format!("snapshot: {e}"));
+        self.node.shared.db.copy_to(&path).await.map_err(|e| io(&e))?;
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| io(&e))?;
+        // Unlinked now: the open file stays readable and nothing is left behind.
+        let _ = tokio::fs::remove_file(&path).await;
+        let total = file.metadata().await.map_err(|e| io(&e))?.len() + 32;
+        let header = self.node.current_header();
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut hasher = sha2::Sha256::new();
+            let mut sent = 0u64;
+            loop {
+                let mut buf = vec![0u8; SNAPSHOT_CHUNK];
+                let n = match file.read(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(io(&e)))).await;
+                        return;
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                hasher.update(&buf);
+                sent += n as u64;
+                let msg = pb::SnapshotResponse {
+                    header: Some(header),
+                    remaining_bytes: total - sent,
+                    blob: buf,
+                    version: ETCD_VERSION.to_string(),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+            let sum = hasher.finalize().to_vec();
+            let msg = pb::SnapshotResponse {
                 header: Some(header),
-                remaining_bytes: (total - sent) as u64,
-                blob: chunk.to_vec(),
+                remaining_bytes: 0,
+                blob: sum,
                 version: ETCD_VERSION.to_string(),
-            });
-        }
-        Ok(out)
+            };
+            let _ = tx.send(Ok(msg)).await;
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
     }
+}
+
+/// Where temporary copies go: next to the databases (same filesystem).
+fn tempfile_dir(db_path: &std::path::Path) -> std::path::PathBuf {
+    db_path.parent().map(std::path::Path::to_path_buf).unwrap_or_default()
 }
 
 /// Bytes per Maintenance.Snapshot message.
@@ -333,8 +365,8 @@ impl pb::lease_server::Lease for EtcdService {
         let span = rpc_span("LeaseLeases", request.metadata());
         let _entered = span.enter();
         let st = self.node.shared.read();
-        let leases = st.store.leases().map(|(id, _)| pb::LeaseStatus { id }).collect();
-        let header = Some(self.node.header(st.store.revision()));
+        let leases = st.leases.keys().map(|&id| pb::LeaseStatus { id }).collect();
+        let header = Some(self.node.header(st.revision));
         Ok(Response::new(pb::LeaseLeasesResponse { header, leases }))
     }
 }
@@ -408,7 +440,6 @@ impl pb::maintenance_server::Maintenance for EtcdService {
 
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let span = rpc_span("Status", request.metadata());
-        let _entered = span.enter();
         let (raft_index, raft_applied_index, raft_term, leader) = {
             let m = self.node.raft.metrics();
             let m = m.borrow();
@@ -419,12 +450,9 @@ impl pb::maintenance_server::Maintenance for EtcdService {
                 m.current_leader,
             )
         };
-        let (in_use, header) = {
-            let st = self.node.shared.read();
-            (st.store.approx_size(), self.node.header(st.store.revision()))
-        };
-        let on_disk = LogStore::disk_size(&self.node.db_path)
-            + std::fs::metadata(&self.node.snapshot_path).map(|m| m.len()).unwrap_or(0);
+        let header = self.node.current_header();
+        let (state_size, in_use) = self.node.shared.db.sizes().instrument(span.clone()).await;
+        let on_disk = LogStore::disk_size(&self.node.db_path) + u64::try_from(state_size).unwrap_or(0);
         Ok(Response::new(pb::StatusResponse {
             header: Some(header),
             version: ETCD_VERSION.to_string(),
@@ -463,20 +491,17 @@ impl pb::maintenance_server::Maintenance for EtcdService {
 
     async fn hash(&self, request: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
         let span = rpc_span("Hash", request.metadata());
-        let _entered = span.enter();
-        let st = self.node.shared.read();
-        let (hash, _, rev) = st.store.hash_kv(0).map_err(Status::from)?;
-        Ok(Response::new(pb::HashResponse { header: Some(self.node.header(rev)), hash }))
+        let (hash, _, _, current) = self.node.shared.db.hash_kv(0).instrument(span).await.map_err(Status::from)?;
+        Ok(Response::new(pb::HashResponse { header: Some(self.node.header(current)), hash }))
     }
 
     async fn hash_kv(&self, request: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
         let span = rpc_span("HashKV", request.metadata());
-        let _entered = span.enter();
-        let st = self.node.shared.read();
-        let (hash, compact_revision, hash_revision) =
-            st.store.hash_kv(request.get_ref().revision).map_err(Status::from)?;
+        let rev = request.get_ref().revision;
+        let (hash, compact_revision, hash_revision, current) =
+            self.node.shared.db.hash_kv(rev).instrument(span).await.map_err(Status::from)?;
         Ok(Response::new(pb::HashKvResponse {
-            header: Some(self.node.header(st.store.revision())),
+            header: Some(self.node.header(current)),
             hash,
             compact_revision,
             hash_revision,
@@ -488,7 +513,7 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<BoxStream<pb::SnapshotResponse>>, Status> {
         let span = rpc_span("Snapshot", request.metadata());
-        let chunks = self.do_snapshot().instrument(span).await.map_err(Status::from)?;
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks.into_iter().map(Ok)))))
+        let stream = self.do_snapshot().instrument(span).await.map_err(Status::from)?;
+        Ok(Response::new(stream))
     }
 }

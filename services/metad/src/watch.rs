@@ -33,6 +33,8 @@ struct Watcher {
     prev_kv: bool,
     no_put: bool,
     no_delete: bool,
+    /// Send an empty response (a progress notification) every progress interval.
+    progress_notify: bool,
 }
 
 impl Watcher {
@@ -83,9 +85,13 @@ impl Session {
         mut events: broadcast::Receiver<Arc<RevisionEvents>>,
     ) {
         let shutdown = self.node.shutdown.clone();
+        let mut progress = tokio::time::interval(self.node.watch_progress_interval);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        progress.tick().await; // the first tick is immediate
         loop {
             let step = tokio::select! {
                 () = shutdown.wait() => break,
+                _ = progress.tick() => self.notify_progress().await,
                 msg = inbound.next() => match msg {
                     Some(Ok(req)) => self.handle(req).await,
                     Some(Err(status)) => {
@@ -116,6 +122,22 @@ impl Session {
             r = self.tx.send(Ok(resp)) => r.map_err(|_| Gone),
             () = self.node.shutdown.wait() => Err(Gone),
         }
+    }
+
+    /// etcd's progress_notify: every watcher that asked for it and has been sent every
+    /// revision so far gets an empty response carrying the current revision.
+    async fn notify_progress(&mut self) -> Result<(), Gone> {
+        let header = self.node.current_header();
+        let due: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.progress_notify && w.next_rev > header.revision)
+            .map(|(id, _)| *id)
+            .collect();
+        for watch_id in due {
+            self.send(pb::WatchResponse { header: Some(header), watch_id, ..Default::default() }).await?;
+        }
+        Ok(())
     }
 
     async fn handle(&mut self, req: pb::WatchRequest) -> Result<(), Gone> {
@@ -168,6 +190,7 @@ impl Session {
             prev_kv: c.prev_kv,
             no_put: c.filters.contains(&(FilterType::Noput as i32)),
             no_delete: c.filters.contains(&(FilterType::Nodelete as i32)),
+            progress_notify: c.progress_notify,
         };
         let replay = c.start_revision > 0 && c.start_revision <= current;
         self.watchers.insert(id, watcher);
@@ -204,54 +227,71 @@ impl Session {
         Ok(())
     }
 
-    /// Replay a watcher's events from `next_rev` up to the current revision from history.
+    /// Replay a watcher's events from `next_rev` up to the current revision from history,
+    /// a page at a time.
     async fn catch_up(&mut self, id: i64) -> Result<(), Gone> {
-        let Some(w) = self.watchers.get(&id) else { return Ok(()) };
-        let replay = {
-            let st = self.node.shared.read();
-            let current = st.store.revision();
-            st.store.events_since(&w.range, w.next_rev).map(|evs| (evs, current))
-        };
-        match replay {
-            Err(compact_revision) => {
-                self.watchers.remove(&id);
-                let header = Some(self.node.current_header());
-                self.send(pb::WatchResponse {
-                    header,
-                    watch_id: id,
-                    canceled: true,
-                    compact_revision,
-                    cancel_reason: COMPACTED_REASON.to_string(),
-                    ..Default::default()
-                })
-                .await
+        loop {
+            let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+            let page = self.node.shared.db.events_since(&w.range, w.next_rev, MAX_EVENTS_PER_RESPONSE).await;
+            let (revisions, current, complete) = match page {
+                Ok(p) => p,
+                Err(Ok(compact_revision)) => {
+                    self.watchers.remove(&id);
+                    let header = Some(self.node.current_header());
+                    return self
+                        .send(pb::WatchResponse {
+                            header,
+                            watch_id: id,
+                            canceled: true,
+                            compact_revision,
+                            cancel_reason: COMPACTED_REASON.to_string(),
+                            ..Default::default()
+                        })
+                        .await;
+                }
+                Err(Err(e)) => {
+                    tracing::error!(error = %e, "watch replay failed");
+                    self.watchers.remove(&id);
+                    let header = Some(self.node.current_header());
+                    return self
+                        .send(pb::WatchResponse {
+                            header,
+                            watch_id: id,
+                            canceled: true,
+                            cancel_reason: e.to_string(),
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            };
+            let mut batch: Vec<mvccpb::Event> = Vec::new();
+            let mut batch_rev = 0;
+            let mut responses = Vec::new();
+            let mut batch_bytes = 0;
+            let last_rev = revisions.last().map(|r| r.revision);
+            for rev in &revisions {
+                let selected = w.select(&rev.events);
+                batch_bytes += selected.iter().map(prost::Message::encoded_len).sum::<usize>();
+                batch.extend(selected);
+                batch_rev = rev.revision;
+                if batch.len() >= MAX_EVENTS_PER_RESPONSE || batch_bytes >= MAX_BYTES_PER_RESPONSE {
+                    responses.push((batch_rev, std::mem::take(&mut batch)));
+                    batch_bytes = 0;
+                }
             }
-            Ok((revisions, current)) => {
-                let mut batch: Vec<mvccpb::Event> = Vec::new();
-                let mut batch_rev = 0;
-                let mut responses = Vec::new();
-                let mut batch_bytes = 0;
-                for rev in &revisions {
-                    let selected = w.select(&rev.events);
-                    batch_bytes += selected.iter().map(prost::Message::encoded_len).sum::<usize>();
-                    batch.extend(selected);
-                    batch_rev = rev.revision;
-                    if batch.len() >= MAX_EVENTS_PER_RESPONSE || batch_bytes >= MAX_BYTES_PER_RESPONSE {
-                        responses.push((batch_rev, std::mem::take(&mut batch)));
-                        batch_bytes = 0;
-                    }
-                }
-                if !batch.is_empty() {
-                    responses.push((batch_rev, batch));
-                }
-                if let Some(w) = self.watchers.get_mut(&id) {
-                    w.next_rev = w.next_rev.max(current + 1);
-                }
-                for (rev, events) in responses {
-                    let header = Some(self.node.header(rev));
-                    self.send(pb::WatchResponse { header, watch_id: id, events, ..Default::default() }).await?;
-                }
-                Ok(())
+            if !batch.is_empty() {
+                responses.push((batch_rev, batch));
+            }
+            if let Some(w) = self.watchers.get_mut(&id) {
+                w.next_rev =
+                    if complete { w.next_rev.max(current + 1) } else { last_rev.map_or(w.next_rev, |r| r + 1) };
+            }
+            for (rev, events) in responses {
+                let header = Some(self.node.header(rev));
+                self.send(pb::WatchResponse { header, watch_id: id, events, ..Default::default() }).await?;
+            }
+            if complete {
+                return Ok(());
             }
         }
     }

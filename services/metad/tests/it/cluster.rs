@@ -190,6 +190,8 @@ async fn an_isolated_member_serves_no_linearizable_read_or_write_and_catches_up(
     let iso = (leader + 1) % 3;
     let mut ic = c.members[iso].client().await;
     ic.put("before", "1", None).await.unwrap();
+    // A linearizable read makes the member apply the put before it is cut off.
+    assert_eq!(get(&mut ic, "before", false).await.unwrap(), Some(b"1".to_vec()));
 
     c.isolate(iso);
     // The majority keeps working.
@@ -281,7 +283,7 @@ async fn membership_changes_and_a_fresh_member_gets_a_snapshot() {
         async move { (get(&mut gc, "s/after-remove", true).await.ok()? == Some(b"x".to_vec())).then_some(()) }
     })
     .await;
-    assert!(c.members[gone].dir.join("snapshot.bin").exists(), "the new member installed a snapshot");
+    assert!(c.members[gone].dir.join("snapshot.db").exists(), "the new member installed a snapshot");
     assert_eq!(get(&mut gc, "s/000", true).await.unwrap(), Some(b"0".to_vec()));
     assert_eq!(gc.status().await.unwrap().header().unwrap().member_id(), new_id);
 

@@ -98,9 +98,18 @@ async fn put_get_range_and_revisions() {
     assert_eq!(status(e), (tonic::Code::InvalidArgument, "etcdserver: duplicate key given in txn request".into()));
 
     // Cluster and maintenance.
-    let m = c.member_list().await.unwrap();
+    // The member publishes its client URLs once it leads.
+    let deadline = tokio::time::Instant::now() + crate::harness::DEADLINE;
+    let m = loop {
+        let m = c.member_list().await.unwrap();
+        if !m.members()[0].client_urls().is_empty() || tokio::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // poll interval
+    };
     assert_eq!(m.members().len(), 1);
     assert_eq!(m.members()[0].client_urls(), [server.endpoint()]);
+    assert_eq!(m.members()[0].name(), "default");
     let s = c.status().await.unwrap();
     assert_eq!(s.version(), "3.5.17");
     assert_eq!(s.leader(), s.header().unwrap().member_id());

@@ -6,6 +6,7 @@ mod etcdctl;
 mod harness;
 mod kv;
 mod lease;
+mod linearizable;
 mod multi;
 mod restart;
 mod watch;

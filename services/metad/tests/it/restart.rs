@@ -19,7 +19,7 @@ async fn restart_keeps_keys_revision_and_leases() {
     let rev = before.header().unwrap().revision();
     drop(c);
     server.stop().await;
-    assert!(dir.path().join("snapshot.bin").exists(), "a snapshot file was written");
+    assert!(dir.path().join("snapshot.db").exists(), "a snapshot file was written");
     let first_index = first_log_index(&dir.path().join("raft-log.db")).await;
     assert!(first_index > 10, "the log was purged below the snapshot (first index {first_index})");
 

@@ -138,3 +138,25 @@ async fn a_watcher_that_does_not_read_never_blocks_writes() {
     assert_eq!(revs, (2..2 + n as i64).collect::<Vec<_>>());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn progress_notify_reports_the_current_revision_to_an_idle_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg =
+        aether_metad::MetadConfig { watch_progress_notify_interval_ms: 200, ..crate::harness::config(dir.path()) };
+    let server = Server::start_with(cfg).await;
+    let mut c = server.client().await;
+    let rev = c.put("other", "x", None).await.unwrap().header().unwrap().revision();
+    let mut quiet = c.watch("p/", Some(WatchOptions::new().with_prefix())).await.unwrap();
+    let mut notified = c.watch("q/", Some(WatchOptions::new().with_prefix().with_progress_notify())).await.unwrap();
+    assert!(next(&mut quiet).await.created());
+    let created = next(&mut notified).await;
+    assert!(created.created());
+    // An empty response carrying the current revision, for the watcher that asked only.
+    let r = next(&mut notified).await;
+    assert!(r.events().is_empty() && !r.canceled() && !r.created());
+    assert_eq!(r.watch_id(), created.watch_id());
+    assert_eq!(r.header().unwrap().revision(), rev);
+    let r = tokio::time::timeout(std::time::Duration::from_millis(600), quiet.message()).await;
+    assert!(r.is_err(), "a watcher without progress_notify got {r:?}");
+}

@@ -1,0 +1,266 @@
+//! metad against etcd, side by side: starts a 3-member metad cluster (`aether metad`
+//! processes) and a 3-member etcd cluster (`etcd` processes) on 127.0.0.1, then runs the
+//! same load against each, alternating, several rounds: put and range (linearizable get of
+//! one key) at concurrency 1 and 64, for a fixed time. Prints ops/s and p50/p99 latency per
+//! run and the median per (system, workload) over the rounds. Every client gets all three
+//! client endpoints, as gateways and blobd do.
+//!
+//! etcdbench --aether target/release/aether --etcd /usr/bin/etcd --secs 5 --rounds 3
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use etcd_client::{Client, GetOptions};
+
+struct Args {
+    aether: PathBuf,
+    etcd: PathBuf,
+    secs: u64,
+    rounds: usize,
+    value_size: usize,
+    keys: usize,
+    systems: Vec<String>,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let mut a = Args {
+        aether: PathBuf::from("target/release/aether"),
+        etcd: PathBuf::from("/usr/bin/etcd"),
+        secs: 5,
+        rounds: 3,
+        value_size: 256,
+        keys: 10_000,
+        systems: vec!["metad".into(), "etcd".into()],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--aether" => a.aether = v.into(),
+            "--etcd" => a.etcd = v.into(),
+            "--secs" => a.secs = v.parse()?,
+            "--rounds" => a.rounds = v.parse()?,
+            "--value-size" => a.value_size = v.parse()?,
+            "--keys" => a.keys = v.parse()?,
+            "--systems" => a.systems = v.split(',').map(str::to_string).collect(),
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Three member processes; killed on drop.
+struct Cluster {
+    name: &'static str,
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(system: &str, a: &Args) -> anyhow::Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        ports.push((free_port()?, free_port()?));
+    }
+    let initial: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+    let initial = initial.join(",");
+    let mut children = Vec::new();
+    let mut endpoints = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let data = dir.path().join(format!("m{i}"));
+        let client_url = format!("http://127.0.0.1:{client}");
+        let mut cmd = match system {
+            "metad" => {
+                let mut c = Command::new(&a.aether);
+                c.arg("metad")
+                    .args(["--name", &format!("m{i}")])
+                    .args(["--listen", &format!("127.0.0.1:{client}")])
+                    .args(["--listen-peer", &format!("127.0.0.1:{peer}")])
+                    .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["--initial-cluster", &initial])
+                    .args(["--initial-cluster-state", "new"])
+                    .args(["--advertise-client-urls", &client_url])
+                    .env("AETHER_LOG_LEVEL", "warn");
+                c
+            }
+            "etcd" => {
+                let mut c = Command::new(&a.etcd);
+                c.args(["--name", &format!("m{i}")])
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["--listen-client-urls", &client_url])
+                    .args(["--advertise-client-urls", &client_url])
+                    .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                    .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+                    .args(["--initial-cluster", &initial])
+                    .args(["--initial-cluster-state", "new"])
+                    .args(["--log-level", "warn"]);
+                c
+            }
+            other => bail!("unknown system {other}"),
+        };
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        children.push(cmd.spawn().with_context(|| format!("starting {system}"))?);
+        endpoints.push(client_url);
+    }
+    let name = if system == "metad" { "metad" } else { "etcd" };
+    Ok(Cluster { name, children, endpoints, _dir: dir })
+}
+
+/// Wait until a put through the cluster succeeds (bounded).
+async fn wait_ready(c: &Cluster) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Ok(mut client)) =
+            tokio::time::timeout(Duration::from_secs(2), Client::connect(c.endpoints.clone(), None)).await
+            && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), client.put("bench/ready", "1", None)).await
+        {
+            return Ok(client);
+        }
+        if Instant::now() > deadline {
+            bail!("{} cluster did not become ready", c.name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // poll interval
+    }
+}
+
+struct RunResult {
+    ops: u64,
+    secs: f64,
+    lat_us: Vec<u64>,
+}
+
+impl RunResult {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+    fn pct(&self, p: f64) -> f64 {
+        if self.lat_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.lat_us.len() as f64 - 1.0) * p).round() as usize;
+        self.lat_us[i] as f64 / 1000.0
+    }
+}
+
+async fn run_load(client: &Client, op: &str, concurrency: usize, a: &Args) -> anyhow::Result<RunResult> {
+    let value = vec![b'v'; a.value_size];
+    let start = Instant::now();
+    let end = start + Duration::from_secs(a.secs);
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let mut client = client.clone();
+        let value = value.clone();
+        let op = op.to_string();
+        let keys = a.keys;
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut i = w;
+            while Instant::now() < end {
+                let key = format!("bench/k{:06}", i % keys);
+                i += concurrency;
+                let t = Instant::now();
+                let r = if op == "put" {
+                    client.put(key, value.clone(), None).await.map(|_| ())
+                } else {
+                    client.get(key, Some(GetOptions::new())).await.map(|_| ())
+                };
+                match r {
+                    Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                    Err(_) => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat_us = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await?;
+        lat_us.extend(l);
+        errors += e;
+    }
+    if errors > 0 {
+        eprintln!("  ({errors} errors)");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    lat_us.sort_unstable();
+    Ok(RunResult { ops: lat_us.len() as u64, secs, lat_us })
+}
+
+/// One run's (ops/s, p50 ms, p99 ms).
+type Row = (f64, f64, f64);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = parse()?;
+    let workloads = [("put", 1usize), ("put", 64), ("range", 1), ("range", 64)];
+    let mut clusters = Vec::new();
+    for s in &a.systems {
+        let c = start(s, &a)?;
+        let client = wait_ready(&c).await?;
+        // Pre-fill the key space so ranges find values.
+        let value = vec![b'v'; a.value_size];
+        for i in 0..a.keys.min(2000) {
+            let mut cl = client.clone();
+            cl.put(format!("bench/k{i:06}"), value.clone(), None).await?;
+        }
+        clusters.push((c, client));
+    }
+    // Per (system, workload): each round's (ops/s, p50, p99).
+    let mut results: Vec<(String, String, Vec<Row>)> = Vec::new();
+    for round in 0..a.rounds {
+        for (op, conc) in workloads {
+            for (c, client) in &clusters {
+                let r = run_load(client, op, conc, &a).await?;
+                let row = (r.ops_per_sec(), r.pct(0.5), r.pct(0.99));
+                println!(
+                    "round {round} {:<5} {op:<5} c{conc:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    c.name, row.0, row.1, row.2
+                );
+                let wl = format!("{op} c{conc}");
+                match results.iter_mut().find(|(s, w, _)| s == c.name && *w == wl) {
+                    Some((_, _, v)) => v.push(row),
+                    None => results.push((c.name.to_string(), wl, vec![row])),
+                }
+            }
+        }
+    }
+    println!(
+        "\nmedians over {} rounds ({} s each, {} B values, 3 members, client on the same host):",
+        a.rounds, a.secs, a.value_size
+    );
+    println!("{:<6} {:<10} {:>10} {:>10} {:>10}", "system", "workload", "ops/s", "p50 ms", "p99 ms");
+    for (s, w, v) in &results {
+        let ops = median(v.iter().map(|r| r.0).collect());
+        let p50 = median(v.iter().map(|r| r.1).collect());
+        let p99 = median(v.iter().map(|r| r.2).collect());
+        println!("{s:<6} {w:<10} {ops:>10.0} {p50:>10.2} {p99:>10.2}");
+    }
+    Ok(())
+}
