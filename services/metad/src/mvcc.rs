@@ -1343,4 +1343,24 @@ mod tests {
         assert_eq!(other.get("b", 0).await[0].value, b"2");
         assert_eq!(other.db.hash_kv(0).await.unwrap().0, s.db.hash_kv(0).await.unwrap().0);
     }
+
+    #[tokio::test]
+    async fn a_first_cut_store_image_is_imported() {
+        // What the in-memory first cut wrote: "a" put at 2 and 3, "b" put at 2 then deleted at 4.
+        let image = br#"{"revision":4,"compact_revision":0,"keys":[
+            {"key":"YQ==","recs":[{"rev":2,"sub":0,"val":{"create_revision":2,"version":1,"value":"MQ==","lease":0}},
+                                 {"rev":3,"sub":0,"val":{"create_revision":2,"version":2,"value":"Mg==","lease":9}}]},
+            {"key":"Yg==","recs":[{"rev":2,"sub":1,"val":{"create_revision":2,"version":1,"value":"eA==","lease":0}},
+                                 {"rev":4,"sub":0,"val":null}]}],
+            "leases":[[9,60]]}"#;
+        let s = T::new().await;
+        let st = s.db.import_legacy(image, None, StoredMembership::default()).await.unwrap();
+        assert_eq!((st.revision, st.leases.get(&9)), (4, Some(&60)));
+        let a = &s.get("a", 0).await[0];
+        assert_eq!((a.value.as_slice(), a.version, a.mod_revision, a.lease), (&b"2"[..], 2, 3, 9));
+        assert!(s.get("b", 0).await.is_empty());
+        assert_eq!(s.get("b", 3).await[0].value, b"x");
+        assert_eq!(s.db.lease_keys(9).await.unwrap(), vec![b"a".to_vec()]);
+        assert_eq!(s.db.load().await.unwrap().revision, 4);
+    }
 }
