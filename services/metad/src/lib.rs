@@ -107,6 +107,9 @@ pub struct MetadListeners {
     pub admin: Option<tokio::net::TcpListener>,
 }
 
+/// How long the client port waits for this member's attributes to be published.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a member started with `existing` keeps asking its peers who it is.
 const JOIN_WAIT: Duration = Duration::from_secs(60);
 
@@ -336,14 +339,22 @@ async fn serve(
         }
     }
 
-    // Ready while a leader is known.
+    // Ready while a leader is known and this member's attributes are published; a member
+    // removed from the cluster shuts down, as etcd's does.
     {
         let mut metrics = raft.metrics();
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
+        let node = node.clone();
         tasks.spawn(async move {
             loop {
-                readiness.set(metrics.borrow_and_update().current_leader.is_some());
+                let has_leader = metrics.borrow_and_update().current_leader.is_some();
+                readiness.set(has_leader && node.published());
+                if node.check_removed().is_err() {
+                    tracing::error!("this member was removed from the cluster; shutting down");
+                    shutdown.trigger();
+                    break;
+                }
                 tokio::select! {
                     r = metrics.changed() => if r.is_err() { break },
                     () = shutdown.wait() => break,
@@ -358,6 +369,19 @@ async fn serve(
         shutdown.clone(),
     ));
     tasks.spawn(publish_loop(node.clone()));
+    // Like etcd, serve clients once this member's name and client URLs are in the
+    // membership config (so `member list` and `--cluster` commands see every member), but
+    // not later than PUBLISH_WAIT: requests then get etcd's no-leader errors, not silence.
+    let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+    while !node.published() && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {} // poll interval
+            () = shutdown.wait() => break,
+        }
+    }
+    if !node.published() {
+        tracing::warn!("serving clients before this member's attributes were published (no quorum yet?)");
+    }
     tracing::info!(
         client = %client_addr, name = %cfg.name, member_id = %format!("{:x}", node.id),
         cluster_id = %format!("{:x}", node.cluster_id), "metad serving"
@@ -386,11 +410,7 @@ async fn serve(
 /// is known; retried, bounded).
 async fn publish_loop(node: Arc<Node>) {
     for _ in 0..600 {
-        let published = node
-            .members()
-            .into_iter()
-            .any(|m| m.id == node.id && m.member.name == node.name && m.member.client_urls == node.client_urls);
-        if published {
+        if node.published() {
             return;
         }
         let op =

@@ -37,6 +37,8 @@ pub struct Node {
     /// How often watchers with `progress_notify` hear the current revision.
     pub watch_progress_interval: Duration,
     lease_seq: AtomicU64,
+    /// Membership changes go one at a time (openraft refuses one while another is in flight).
+    member_lock: tokio::sync::Mutex<()>,
     /// Set once this member has seen itself in the membership config; if it later
     /// disappears, the member was removed.
     was_member: AtomicBool,
@@ -84,6 +86,7 @@ impl Node {
             watch_progress_interval: p.watch_progress_interval,
             lease_seq: AtomicU64::new(0),
             was_member: AtomicBool::new(false),
+            member_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -125,9 +128,21 @@ impl Node {
         self.members().into_iter().find(|m| m.id == id)
     }
 
+    /// Whether the applied membership config has this member's name and client URLs.
+    pub fn published(&self) -> bool {
+        let st = self.shared.read();
+        st.membership
+            .membership()
+            .get_node(&self.id)
+            .is_some_and(|m| m.name == self.name && m.client_urls == self.client_urls)
+    }
+
     /// `etcdserver: the member has been permanently removed from the cluster` once the
     /// membership config this member applied no longer lists it.
     pub fn check_removed(&self) -> Result<(), EtcdError> {
+        if self.peers.removed() {
+            return Err(EtcdError::MemberRemoved);
+        }
         let present = self.shared.read().membership.membership().get_node(&self.id).is_some();
         if present {
             self.was_member.store(true, Ordering::Relaxed);
@@ -276,6 +291,7 @@ impl Node {
     }
 
     async fn member_op_local(&self, op: MemberOp) -> Result<NodeId, EtcdError> {
+        let _one_at_a_time = self.member_lock.lock().await;
         let members = self.members();
         let find = |id: NodeId| members.iter().find(|m| m.id == id).cloned().ok_or(EtcdError::MemberNotFound);
         let (id, change) = match op {

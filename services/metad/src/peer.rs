@@ -116,17 +116,27 @@ pub enum PeerReply {
     },
 }
 
+/// What the leader answers a Raft RPC from a member it no longer has (etcd's message).
+pub const REMOVED: &str = "etcdserver: the member has been permanently removed from the cluster";
+
 /// Outgoing peer connections.
 #[derive(Debug, Clone)]
 pub struct Peers {
     from: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when the leader said this member was removed.
+    removed: Arc<std::sync::atomic::AtomicBool>,
     local_ip: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl Peers {
     pub fn new(local_ip: Option<IpAddr>) -> Self {
-        Self { from: Arc::default(), local_ip, channels: Arc::default() }
+        Self { from: Arc::default(), removed: Arc::default(), local_ip, channels: Arc::default() }
+    }
+
+    /// Whether the leader has told this member it was removed from the cluster.
+    pub fn removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Set once the member id is known.
@@ -228,6 +238,10 @@ impl PeerClient {
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let resp = resp.map_err(|status| match status.code() {
+            tonic::Code::FailedPrecondition if status.message() == REMOVED => {
+                self.peers.removed.store(true, std::sync::atomic::Ordering::Relaxed);
+                RPCError::Unreachable(Unreachable::new(&status))
+            }
             tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
             _ => RPCError::Network(NetworkError::new(&status)),
         })?;
@@ -277,6 +291,23 @@ impl PeerService {
     }
 }
 
+impl PeerService {
+    /// The leader refuses Raft traffic from a member its effective membership config (the
+    /// latest in its log, joint configs included) no longer has, so that member learns it
+    /// was removed (as etcd's peers do).
+    fn refuse_removed(&self, from: NodeId) -> Result<(), Status> {
+        let known = || {
+            let m = self.node.raft.metrics();
+            let m = m.borrow();
+            m.membership_config.nodes().next().is_none() || m.membership_config.membership().get_node(&from).is_some()
+        };
+        if from != 0 && self.node.is_leader() && !known() {
+            return Err(Status::failed_precondition(REMOVED));
+        }
+        Ok(())
+    }
+}
+
 fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(data).map_err(|e| Status::invalid_argument(format!("malformed peer message: {e}")))
 }
@@ -289,11 +320,13 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<Payload>, Status> {
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.refuse_removed(request.get_ref().from)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data)?;
         encode(&self.node.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.refuse_removed(request.get_ref().from)?;
         let rpc: VoteRequest<NodeId> = decode(&request.into_inner().data)?;
         encode(&self.node.raft.vote(rpc).await)
     }

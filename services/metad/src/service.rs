@@ -41,6 +41,23 @@ fn rpc_span(rpc: &'static str, metadata: &tonic::metadata::MetadataMap) -> traci
     span
 }
 
+/// etcd stamps every response inside a txn with a header carrying the revision.
+fn stamp_headers(resp: &mut pb::TxnResponse, revision: i64) {
+    use pb::response_op::Response as R;
+    let header = Some(pb::ResponseHeader { revision, ..Default::default() });
+    for r in resp.responses.iter_mut().filter_map(|r| r.response.as_mut()) {
+        match r {
+            R::ResponseRange(x) => x.header = header,
+            R::ResponsePut(x) => x.header = header,
+            R::ResponseDeleteRange(x) => x.header = header,
+            R::ResponseTxn(x) => {
+                x.header = header;
+                stamp_headers(x, revision);
+            }
+        }
+    }
+}
+
 fn one_op_txn(op: pb::request_op::Request) -> pb::TxnRequest {
     pb::TxnRequest { compare: Vec::new(), success: vec![pb::RequestOp { request: Some(op) }], failure: Vec::new() }
 }
@@ -97,6 +114,7 @@ impl EtcdService {
         validate_txn(&req)?;
         let out = self.node.write(Command::txn(&req)).await?;
         let mut resp = out.txn.ok_or_else(|| EtcdError::Internal("txn returned no response".into()))?;
+        stamp_headers(&mut resp, out.revision);
         resp.header = Some(self.node.header(out.revision));
         Ok(resp)
     }
