@@ -188,11 +188,11 @@ impl Node {
             return self.write_local(cmd).await;
         }
         match self.to_leader(&member, &PeerCall::Write(cmd)).await? {
-            PeerReply::Written { revision, txn } => {
-                let txn = if txn.is_empty() {
-                    None
-                } else {
+            PeerReply::Written { revision, has_txn, txn } => {
+                let txn = if has_txn {
                     Some(pb::TxnResponse::decode(txn.as_slice()).map_err(|e| EtcdError::Internal(e.to_string()))?)
+                } else {
+                    None
                 };
                 Ok(WriteOutcome { revision, txn, events: None })
             }
@@ -395,6 +395,7 @@ impl Node {
                 let out = self.write_local(cmd).await?;
                 Ok(PeerReply::Written {
                     revision: out.revision,
+                    has_txn: out.txn.is_some(),
                     txn: out.txn.map(|t| t.encode_to_vec()).unwrap_or_default(),
                 })
             }

@@ -91,9 +91,11 @@ pub struct MemberInfo {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum PeerReply {
-    /// `txn` is a prost-encoded `TxnResponse` when the command was a txn.
+    /// `txn` is a prost-encoded `TxnResponse` when `has_txn` (a failed compare with no
+    /// else branch encodes to zero bytes, so emptiness says nothing).
     Written {
         revision: i64,
+        has_txn: bool,
         #[serde(with = "crate::b64")]
         txn: Vec<u8>,
     },

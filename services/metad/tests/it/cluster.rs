@@ -76,6 +76,12 @@ async fn three_members_serve_reads_and_writes_on_every_member() {
         .and_then([etcd_client::TxnOp::put("k0", "v0b", None)]);
     let r = clients[follower].txn(txn).await.unwrap();
     assert!(r.succeeded());
+    // A failed compare with no else branch: an empty response (it encodes to no bytes).
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::value("k0", etcd_client::CompareOp::Equal, "nope")])
+        .and_then([etcd_client::TxnOp::put("k0", "never", None)]);
+    let r = clients[follower].txn(txn).await.unwrap();
+    assert!(!r.succeeded() && r.op_responses().is_empty());
 
     // Every member agrees on status and on the hash of the keyspace.
     let mut statuses = Vec::new();
