@@ -37,6 +37,8 @@ pub enum EtcdError {
     LeaseProvided,
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
@@ -82,7 +84,8 @@ impl EtcdError {
             | Self::TooManyOps
             | Self::ValueProvided
             | Self::LeaseProvided
-            | Self::KeyNotFound => Code::InvalidArgument,
+            | Self::KeyNotFound
+            | Self::InvalidSortOption => Code::InvalidArgument,
             Self::Compacted | Self::FutureRev | Self::LeaseTtlTooLarge => Code::OutOfRange,
             Self::LeaseNotFound | Self::MemberNotFound => Code::NotFound,
             Self::LeaseExists | Self::PeerUrlExists | Self::MemberNotLearner | Self::LearnerNotReady => {

@@ -72,7 +72,7 @@ pub async fn expiry_loop(node: Arc<Node>, interval: Duration, shutdown: Shutdown
         was_leader = true;
         for id in expired {
             match node.write_local(Command::LeaseRevoke { id }).await {
-                Ok(out) => {
+                Ok((out, _)) => {
                     node.leases.remove(id);
                     tracing::info!(lease = id, revision = out.revision, "lease expired");
                 }

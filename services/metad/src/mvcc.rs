@@ -225,25 +225,104 @@ impl KeyRange {
 
 /// Checks etcd makes before a txn reaches the log.
 pub fn validate_txn(req: &pb::TxnRequest) -> Result<(), EtcdError> {
-    if req.compare.len() > MAX_TXN_OPS || req.success.len() > MAX_TXN_OPS || req.failure.len() > MAX_TXN_OPS {
+    check_txn_request(req)?;
+    check_intervals(&req.success)?;
+    check_intervals(&req.failure)?;
+    Ok(())
+}
+
+/// etcd's `checkTxnRequest`: op counts, empty keys, and every op of both branches
+/// (nested txns too) checked before anything runs.
+fn check_txn_request(req: &pb::TxnRequest) -> Result<(), EtcdError> {
+    if req.compare.len().max(req.success.len()).max(req.failure.len()) > MAX_TXN_OPS {
         return Err(EtcdError::TooManyOps);
     }
-    for c in &req.compare {
-        if c.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
-        }
+    if req.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(EtcdError::EmptyKey);
     }
-    for branch in [&req.success, &req.failure] {
-        let mut puts = BTreeSet::new();
-        let mut dels = Vec::new();
-        collect_writes(branch, &mut puts, &mut dels)?;
-        for d in &dels {
-            if puts.iter().any(|k: &Vec<u8>| d.contains(k)) {
-                return Err(EtcdError::DuplicateKey);
+    for op in req.success.iter().chain(req.failure.iter()) {
+        match &op.request {
+            Some(pb::request_op::Request::RequestRange(r)) => check_range_request(r)?,
+            Some(pb::request_op::Request::RequestPut(p)) => check_put_request(p)?,
+            Some(pb::request_op::Request::RequestDeleteRange(d)) if d.key.is_empty() => {
+                return Err(EtcdError::EmptyKey);
             }
+            Some(pb::request_op::Request::RequestDeleteRange(_)) => {}
+            Some(pb::request_op::Request::RequestTxn(t)) => check_txn_request(t)?,
+            None => return Err(EtcdError::KeyNotFound),
         }
     }
     Ok(())
+}
+
+/// etcd's `checkRangeRequest`.
+pub fn check_range_request(r: &pb::RangeRequest) -> Result<(), EtcdError> {
+    if r.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if pb::range_request::SortOrder::try_from(r.sort_order).is_err()
+        || pb::range_request::SortTarget::try_from(r.sort_target).is_err()
+    {
+        return Err(EtcdError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+/// etcd's `checkPutRequest`.
+pub fn check_put_request(p: &pb::PutRequest) -> Result<(), EtcdError> {
+    if p.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// etcd's `checkIntervals`: within one branch no key is put twice or put and deleted,
+/// except that the two branches of a nested txn exclude each other.
+fn check_intervals(reqs: &[pb::RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<KeyRange>), EtcdError> {
+    // This level's deletes first, to check the puts of nested txns against.
+    let mut dels: Vec<KeyRange> = reqs
+        .iter()
+        .filter_map(|r| match &r.request {
+            Some(pb::request_op::Request::RequestDeleteRange(d)) => Some(KeyRange::new(&d.key, &d.range_end)),
+            _ => None,
+        })
+        .collect();
+    let deleted = |dels: &[KeyRange], k: &[u8]| dels.iter().any(|d| d.contains(k));
+    let mut puts: BTreeSet<Vec<u8>> = BTreeSet::new();
+    for r in reqs {
+        let Some(pb::request_op::Request::RequestTxn(t)) = &r.request else { continue };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || deleted(&dels, k) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            // Then and else exclude each other: a key from puts_then may repeat here.
+            if (puts.contains(k) && !puts_then.contains(k)) || deleted(&dels, k) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for r in reqs {
+        let Some(pb::request_op::Request::RequestPut(p)) = &r.request else { continue };
+        if puts.contains(&p.key) || deleted(&dels, &p.key) {
+            return Err(EtcdError::DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
 }
 
 /// Everything the store needs to read its own revision marks inside a transaction.
@@ -351,8 +430,10 @@ async fn range_on(
         }
     }
     let filter = if filters.is_empty() { String::new() } else { format!(" WHERE {}", filters.join(" AND ")) };
-    let count_sql = format!("SELECT COUNT(*) FROM ({inner}){filter}");
-    let count: i64 = bind_all(&count_sql, params.clone()).fetch_one(&mut *conn).await?.try_get(0)?;
+    // etcd counts every key in the range, before the revision filters.
+    let n_range_params = params.len() - filters.len();
+    let count_sql = format!("SELECT COUNT(*) FROM ({inner})");
+    let count: i64 = bind_all(&count_sql, params[..n_range_params].to_vec()).fetch_one(&mut *conn).await?.try_get(0)?;
     if req.count_only {
         return Ok(pb::RangeResponse { header: None, kvs: Vec::new(), more: false, count });
     }
@@ -1118,39 +1199,6 @@ enum Planned<'a> {
     Empty,
 }
 
-/// Collect a branch's put keys and delete ranges (nested txns: both branches), failing on
-/// a key put twice, as etcd does.
-fn collect_writes(
-    ops: &[pb::RequestOp],
-    puts: &mut BTreeSet<Vec<u8>>,
-    dels: &mut Vec<KeyRange>,
-) -> Result<(), EtcdError> {
-    for op in ops {
-        match &op.request {
-            Some(pb::request_op::Request::RequestPut(p)) if !puts.insert(p.key.clone()) => {
-                return Err(EtcdError::DuplicateKey);
-            }
-            Some(pb::request_op::Request::RequestDeleteRange(d)) => dels.push(KeyRange::new(&d.key, &d.range_end)),
-            Some(pb::request_op::Request::RequestTxn(t)) => {
-                validate_txn(t)?;
-                let mut nested_puts = BTreeSet::new();
-                for branch in [&t.success, &t.failure] {
-                    let mut p = BTreeSet::new();
-                    collect_writes(branch, &mut p, dels)?;
-                    nested_puts.extend(p);
-                }
-                for k in nested_puts {
-                    if !puts.insert(k) {
-                        return Err(EtcdError::DuplicateKey);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1309,7 +1357,7 @@ mod tests {
         f.min_mod_revision = 3;
         f.max_mod_revision = 4;
         let (r, _) = s.db.range(&f).await.unwrap();
-        assert_eq!(r.count, 2);
+        assert_eq!(r.count, 4, "etcd counts the range before the revision filters");
         assert_eq!(keys(r), ["r/b", "r/c"]);
     }
 

@@ -185,10 +185,17 @@ impl Node {
     pub async fn write(&self, cmd: Command) -> Result<WriteOutcome, EtcdError> {
         let (leader, member) = self.leader().await?;
         if leader == self.id {
-            return self.write_local(cmd).await;
+            return self.write_local(cmd).await.map(|(out, _)| out);
         }
         match self.to_leader(&member, &PeerCall::Write(cmd)).await? {
-            PeerReply::Written { revision, has_txn, txn } => {
+            PeerReply::Written { revision, index, has_txn, txn } => {
+                // Like etcd, answer once this member has applied the entry too, so a
+                // serializable read or a watch here right after sees the write.
+                self.raft
+                    .wait(Some(REQUEST_TIMEOUT))
+                    .applied_index_at_least(Some(index), "forwarded write")
+                    .await
+                    .map_err(|_| EtcdError::Timeout)?;
                 let txn = if has_txn {
                     Some(pb::TxnResponse::decode(txn.as_slice()).map_err(|e| EtcdError::Internal(e.to_string()))?)
                 } else {
@@ -201,13 +208,14 @@ impl Node {
     }
 
     /// Propose only if this member leads (never forwarded).
-    pub async fn write_local(&self, cmd: Command) -> Result<WriteOutcome, EtcdError> {
+    /// With the entry's log index.
+    pub async fn write_local(&self, cmd: Command) -> Result<(WriteOutcome, u64), EtcdError> {
         let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
             Ok(r) => r.map_err(from_write_error)?,
             Err(_) => return Err(EtcdError::Timeout),
         };
         match resp.data.outcome {
-            Some(r) => r,
+            Some(r) => r.map(|out| (out, resp.log_id.index)),
             None => Err(EtcdError::Internal("applied entry returned no outcome".into())),
         }
     }
@@ -392,9 +400,10 @@ impl Node {
         }
         match call {
             PeerCall::Write(cmd) => {
-                let out = self.write_local(cmd).await?;
+                let (out, index) = self.write_local(cmd).await?;
                 Ok(PeerReply::Written {
                     revision: out.revision,
+                    index,
                     has_txn: out.txn.is_some(),
                     txn: out.txn.map(|t| t.encode_to_vec()).unwrap_or_default(),
                 })

@@ -95,6 +95,8 @@ pub enum PeerReply {
     /// else branch encodes to zero bytes, so emptiness says nothing).
     Written {
         revision: i64,
+        /// The log index of the entry, so the forwarding member can wait to apply it.
+        index: u64,
         has_txn: bool,
         #[serde(with = "crate::b64")]
         txn: Vec<u8>,

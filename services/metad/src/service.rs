@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::error::EtcdError;
-use crate::mvcc::{MAX_LEASE_TTL, validate_txn};
+use crate::mvcc::{MAX_LEASE_TTL, check_put_request, check_range_request, validate_txn};
 use crate::node::Node;
 use crate::peer::{MemberInfo, MemberOp};
 use crate::raft::{Command, LogStore};
@@ -71,9 +71,7 @@ fn only_response(out: Option<pb::TxnResponse>) -> Result<pb::response_op::Respon
 
 impl EtcdService {
     async fn do_range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
-        if req.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
-        }
+        check_range_request(&req)?;
         self.node.read_barrier(req.serializable).await?;
         let (mut resp, revision) = self.node.shared.db.range(&req).await?;
         resp.header = Some(self.node.header(revision));
@@ -81,9 +79,7 @@ impl EtcdService {
     }
 
     async fn do_put(&self, req: pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
-        if req.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
-        }
+        check_put_request(&req)?;
         let txn = one_op_txn(pb::request_op::Request::RequestPut(req));
         let out = self.node.write(Command::txn(&txn)).await?;
         match only_response(out.txn)? {

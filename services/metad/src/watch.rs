@@ -172,13 +172,14 @@ impl Session {
             c.watch_id
         };
         if self.watchers.contains_key(&id) {
+            // etcd: the create fails with watch id -1 (mvcc.ErrWatcherDuplicateID).
             return self
                 .send(pb::WatchResponse {
                     header: Some(header),
-                    watch_id: id,
+                    watch_id: -1,
                     created: true,
                     canceled: true,
-                    cancel_reason: "etcdserver: duplicate watch ID".to_string(),
+                    cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream".to_string(),
                     ..Default::default()
                 })
                 .await;

@@ -9,4 +9,5 @@ mod lease;
 mod linearizable;
 mod multi;
 mod restart;
+mod table;
 mod watch;
