@@ -101,10 +101,106 @@ pub struct CommandResult {
 /// (fsynced) transaction before it is acknowledged. The committed id is written along with
 /// the next append rather than with an fsync of its own: after a restart the node re-applies
 /// up to the committed id it finds, and the rest once it has led and committed again.
+///
+/// `append` does not wait for the disk: it hands the entries to a writer task and returns,
+/// and the writer reports each append flushed (openraft's `LogFlushed`) once its SQLite
+/// transaction has committed. openraft counts an entry towards a quorum only when flushed,
+/// so the leader's fsync overlaps with replication instead of preceding it, and appends
+/// that queue up while one commits share the next commit (group commit). Until then the
+/// entries sit in `pending`, where the log reader finds them.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     pool: SqlitePool,
     committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
+    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry<TypeConfig>>>>,
+    writer: tokio::sync::mpsc::Sender<WriteOp>,
+}
+
+/// Work for the log writer task, in order.
+enum WriteOp {
+    Append {
+        rows: Vec<(u64, Vec<u8>)>,
+        done: LogFlushed<TypeConfig>,
+    },
+    /// Answered once every op queued before it has committed.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+impl std::fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteOp::Append { rows, .. } => write!(f, "Append({} entries)", rows.len()),
+            WriteOp::Barrier(_) => write!(f, "Barrier"),
+        }
+    }
+}
+
+/// Appends per SQLite transaction at most (the queue holds up to `WRITE_QUEUE`).
+const GROUP_COMMIT: usize = 256;
+const WRITE_QUEUE: usize = 1024;
+
+async fn log_writer(
+    pool: SqlitePool,
+    committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
+    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry<TypeConfig>>>>,
+    mut rx: tokio::sync::mpsc::Receiver<WriteOp>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let commit = async {
+            let mut tx = pool.begin().await?;
+            for op in &batch {
+                if let WriteOp::Append { rows, .. } = op {
+                    for (i, bytes) in rows {
+                        sqlx::query("INSERT OR REPLACE INTO log (idx, entry) VALUES (?, ?)")
+                            .bind(idx(*i))
+                            .bind(bytes.as_slice())
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+            }
+            let committed = *committed.lock().unwrap_or_else(|e| e.into_inner());
+            if committed.is_some() {
+                let bytes = serde_json::to_vec(&committed).unwrap_or_default();
+                sqlx::query(
+                    "INSERT INTO meta (name, value) VALUES ('committed', ?) \
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                )
+                .bind(bytes)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "raft log write failed");
+        }
+        for op in batch {
+            match op {
+                WriteOp::Append { rows, done } => {
+                    if commit.is_ok() {
+                        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+                        for (i, _) in &rows {
+                            p.remove(i);
+                        }
+                    }
+                    let result = commit.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+                    done.log_io_completed(result);
+                }
+                WriteOp::Barrier(tx) => {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
 }
 
 fn idx(i: u64) -> i64 {
@@ -125,7 +221,19 @@ impl LogStore {
         sqlx::query("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
             .execute(&pool)
             .await?;
-        Ok(Self { pool, committed: Arc::default() })
+        let committed = Arc::default();
+        let pending = Arc::default();
+        let (writer, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(log_writer(pool.clone(), Arc::clone(&committed), Arc::clone(&pending), rx));
+        Ok(Self { pool, committed, pending, writer })
+    }
+
+    /// Wait until every append queued so far has committed.
+    async fn barrier(&self) -> Result<(), StorageIOError<NodeId>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || StorageIOError::write_logs(&std::io::Error::other("raft log writer stopped"));
+        self.writer.send(WriteOp::Barrier(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
     }
 
     pub async fn close(&self) {
@@ -205,18 +313,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => idx(*x) - 1,
             Bound::Unbounded => i64::MAX,
         };
+        // Pending entries first: one that commits meanwhile is then in the table.
+        let pending: Vec<Entry<TypeConfig>> = {
+            let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let lo = u64::try_from(start.max(0)).unwrap_or(0);
+            let hi = u64::try_from(end.max(0)).unwrap_or(0);
+            if end < start { Vec::new() } else { p.range(lo..=hi).map(|(_, e)| e.clone()).collect() }
+        };
         let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT entry FROM log WHERE idx >= ? AND idx <= ? ORDER BY idx")
             .bind(start)
             .bind(end)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| StorageIOError::read_logs(&e))?;
-        let entries = rows
-            .iter()
-            .map(|b| serde_json::from_slice(b))
-            .collect::<Result<Vec<Entry<TypeConfig>>, _>>()
-            .map_err(|e| StorageIOError::read_logs(&e))?;
-        Ok(entries)
+        let mut by_index = std::collections::BTreeMap::new();
+        for b in &rows {
+            let e: Entry<TypeConfig> = serde_json::from_slice(b).map_err(|e| StorageIOError::read_logs(&e))?;
+            by_index.insert(e.log_id.index, e);
+        }
+        for e in pending {
+            by_index.insert(e.log_id.index, e);
+        }
+        Ok(by_index.into_values().collect())
     }
 }
 
@@ -229,13 +347,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| StorageIOError::read_logs(&e))?;
-        let last_log_id = match last {
+        let stored = match last {
             Some(b) => {
                 let e: Entry<TypeConfig> = serde_json::from_slice(&b).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(e.log_id)
             }
             None => last_purged_log_id,
         };
+        let queued = self.pending.lock().unwrap_or_else(|e| e.into_inner()).values().next_back().map(|e| e.log_id);
+        let last_log_id = std::cmp::max(stored, queued);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -265,34 +385,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut tx = self.pool.begin().await.map_err(|e| StorageIOError::write_logs(&e))?;
-        for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-            sqlx::query("INSERT OR REPLACE INTO log (idx, entry) VALUES (?, ?)")
-                .bind(idx(entry.log_id.index))
-                .bind(bytes)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| StorageIOError::write_logs(&e))?;
+        let mut rows = Vec::new();
+        {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for entry in entries {
+                let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+                rows.push((entry.log_id.index, bytes));
+                p.insert(entry.log_id.index, entry);
+            }
         }
-        let committed = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        if committed.is_some() {
-            let bytes = serde_json::to_vec(&committed).map_err(|e| StorageIOError::write_logs(&e))?;
-            sqlx::query(
-                "INSERT INTO meta (name, value) VALUES ('committed', ?) \
-                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            )
-            .bind(bytes)
-            .execute(&mut *tx)
+        let op = WriteOp::Append { rows, done: callback };
+        self.writer
+            .send(op)
             .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        }
-        tx.commit().await.map_err(|e| StorageIOError::write_logs(&e))?;
-        callback.log_io_completed(Ok(()));
+            .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("raft log writer stopped")))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        // Queued appends land first; openraft issues nothing else while this runs.
+        self.barrier().await?;
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|i, _| *i < log_id.index);
         sqlx::query("DELETE FROM log WHERE idx >= ?")
             .bind(idx(log_id.index))
             .execute(&self.pool)
@@ -302,6 +415,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
+        self.barrier().await?;
         self.set_meta("last_purged", &log_id).await?;
         sqlx::query("DELETE FROM log WHERE idx <= ?")
             .bind(idx(log_id.index))

@@ -51,8 +51,10 @@ fn parse() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` distinct free ports (all held open until every one is chosen).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// Three member processes; killed on drop.
@@ -73,11 +75,11 @@ impl Drop for Cluster {
 }
 
 fn start(system: &str, a: &Args) -> anyhow::Result<Cluster> {
-    let dir = tempfile::tempdir()?;
-    let mut ports = Vec::new();
-    for _ in 0..3 {
-        ports.push((free_port()?, free_port()?));
-    }
+    let dir = tempfile::Builder::new().prefix("etcdbench-").tempdir()?;
+    eprintln!("{system}: data and member logs in {}", dir.path().display());
+    let free = free_ports(9)?;
+    let ports: Vec<(u16, u16)> = (0..3).map(|i| (free[2 * i], free[2 * i + 1])).collect();
+    let admin_ports = &free[6..];
     let initial: Vec<String> =
         ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
     let initial = initial.join(",");
@@ -93,7 +95,7 @@ fn start(system: &str, a: &Args) -> anyhow::Result<Cluster> {
                     .args(["--name", &format!("m{i}")])
                     .args(["--listen", &format!("127.0.0.1:{client}")])
                     .args(["--listen-peer", &format!("127.0.0.1:{peer}")])
-                    .args(["--admin-listen", &format!("127.0.0.1:{}", free_port()?)])
+                    .args(["--admin-listen", &format!("127.0.0.1:{}", admin_ports[i])])
                     .arg("--data-dir")
                     .arg(&data)
                     .args(["--initial-cluster", &initial])
@@ -118,7 +120,9 @@ fn start(system: &str, a: &Args) -> anyhow::Result<Cluster> {
             }
             other => bail!("unknown system {other}"),
         };
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        // Each member's output goes to a log file next to its data dir (kept while it runs).
+        let log = std::fs::File::create(dir.path().join(format!("m{i}.log")))?;
+        cmd.stdout(Stdio::null()).stderr(log);
         children.push(cmd.spawn().with_context(|| format!("starting {system}"))?);
         endpoints.push(client_url);
     }
@@ -126,12 +130,27 @@ fn start(system: &str, a: &Args) -> anyhow::Result<Cluster> {
     Ok(Cluster { name, children, endpoints, _dir: dir })
 }
 
-/// Wait until a put through the cluster succeeds (bounded).
-async fn wait_ready(c: &Cluster) -> anyhow::Result<Client> {
+/// Wait until every member answers Status and a put through the cluster succeeds
+/// (bounded); a member that exited is an error naming its log.
+async fn wait_ready(c: &mut Cluster) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(Ok(mut client)) =
-            tokio::time::timeout(Duration::from_secs(2), Client::connect(c.endpoints.clone(), None)).await
+        for (i, child) in c.children.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait()? {
+                bail!("{} member m{i} exited ({status}); see m{i}.log in its data dir", c.name);
+            }
+        }
+        let mut all = true;
+        for ep in &c.endpoints {
+            let ok = async {
+                let mut one = Client::connect([ep.clone()], None).await.ok()?;
+                one.status().await.ok()
+            };
+            all &= tokio::time::timeout(Duration::from_secs(2), ok).await.ok().flatten().is_some();
+        }
+        if all
+            && let Ok(Ok(mut client)) =
+                tokio::time::timeout(Duration::from_secs(2), Client::connect(c.endpoints.clone(), None)).await
             && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), client.put("bench/ready", "1", None)).await
         {
             return Ok(client);
@@ -222,8 +241,8 @@ async fn main() -> anyhow::Result<()> {
     let workloads = [("put", 1usize), ("put", 64), ("range", 1), ("range", 64)];
     let mut clusters = Vec::new();
     for s in &a.systems {
-        let c = start(s, &a)?;
-        let client = wait_ready(&c).await?;
+        let mut c = start(s, &a)?;
+        let client = wait_ready(&mut c).await?;
         // Pre-fill the key space so ranges find values.
         let value = vec![b'v'; a.value_size];
         for i in 0..a.keys.min(2000) {
