@@ -93,7 +93,9 @@ impl Service<Request> for FailoverChannel {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let i = self.readied.take().expect("poll_ready before call");
+        let Some(i) = self.readied.take() else {
+            return Box::pin(async { Err("FailoverChannel::call without poll_ready".into()) });
+        };
         let fut = self.channels[i].call(req);
         let (pinned, endpoints) = (self.pinned.clone(), self.endpoints.clone());
         Box::pin(async move {

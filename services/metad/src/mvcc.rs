@@ -376,25 +376,13 @@ async fn load_state(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> {
     Ok(State { revision, compact_revision, leases, last_applied, membership })
 }
 
-async fn save_state(conn: &mut SqliteConnection, st: &State) -> Result<(), sqlx::Error> {
+pub async fn save_state(conn: &mut SqliteConnection, st: &State) -> Result<(), sqlx::Error> {
     set_meta(conn, "revision", st.revision.to_string().into_bytes()).await?;
     set_meta(conn, "compact_revision", st.compact_revision.to_string().into_bytes()).await?;
-    let json = |v: &dyn erased::Json| v.to_json();
-    set_meta(conn, "last_applied", json(&st.last_applied)).await?;
-    set_meta(conn, "membership", json(&st.membership)).await?;
+    let json = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    set_meta(conn, "last_applied", serde_json::to_vec(&st.last_applied).map_err(json)?).await?;
+    set_meta(conn, "membership", serde_json::to_vec(&st.membership).map_err(json)?).await?;
     Ok(())
-}
-
-mod erased {
-    /// JSON without a generic parameter (serde_json on these types cannot fail).
-    pub trait Json {
-        fn to_json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).unwrap_or_default()
-        }
-    }
 }
 
 /// The live value of one key.
@@ -879,10 +867,6 @@ impl Db {
         self.writer.begin().await
     }
 
-    pub async fn save_state(conn: &mut SqliteConnection, st: &State) -> Result<(), sqlx::Error> {
-        save_state(conn, st).await
-    }
-
     /// A Range at the request's revision, with the revision it was read at.
     pub async fn range(&self, req: &pb::RangeRequest) -> Result<(pb::RangeResponse, i64), EtcdError> {
         let mut tx = self.readers.begin().await.map_err(db_err)?;
@@ -924,7 +908,7 @@ impl Db {
         let cols = "key, rev, sub, create_rev, version, lease, value, deleted";
         let sql = format!("SELECT {cols} FROM kv WHERE {w} AND rev >= ? ORDER BY rev, sub LIMIT {}", max_events + 1);
         let mut rows = bind_all(&sql, params.clone()).fetch_all(&mut *tx).await.map_err(e)?;
-        let mut complete = rows.len() <= max_events;
+        let complete = rows.len() <= max_events;
         if !complete {
             let last: i64 = rows[rows.len() - 1].try_get(1).map_err(e)?;
             let first: i64 = rows[0].try_get(1).map_err(e)?;
@@ -941,7 +925,6 @@ impl Db {
                 }
                 rows.truncate(keep);
             }
-            complete = false;
         }
         let mut out: Vec<RevisionEvents> = Vec::new();
         for r in &rows {

@@ -390,12 +390,9 @@ impl Node {
 
     /// Serve a request another member sent.
     pub async fn handle_call(&self, call: PeerCall) -> Result<PeerReply, EtcdError> {
-        if matches!(call, PeerCall::Identity) {
-            return Ok(PeerReply::Identity { cluster_id: self.cluster_id, members: self.members() });
-        }
-        // Everything else is for the leader; a member that is not (any more) says so
-        // rather than forwarding again.
-        if !self.is_leader() {
+        // Everything but Identity is for the leader; a member that is not (any more) says
+        // so rather than forwarding again.
+        if !matches!(call, PeerCall::Identity) && !self.is_leader() {
             return Err(EtcdError::LeaderChanged);
         }
         match call {

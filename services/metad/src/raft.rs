@@ -588,7 +588,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        Db::save_state(&mut tx, &work).await.map_err(io)?;
+        crate::mvcc::save_state(&mut tx, &work).await.map_err(io)?;
         tx.commit().await.map_err(io)?;
         *self.shared.write() = work;
         for ev in events {

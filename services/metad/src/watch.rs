@@ -228,6 +228,21 @@ impl Session {
         Ok(())
     }
 
+    /// Drop a watcher and tell the client why.
+    async fn cancel(&mut self, id: i64, compact_revision: i64, reason: &str) -> Result<(), Gone> {
+        self.watchers.remove(&id);
+        let header = Some(self.node.current_header());
+        let resp = pb::WatchResponse {
+            header,
+            watch_id: id,
+            canceled: true,
+            compact_revision,
+            cancel_reason: reason.to_string(),
+            ..Default::default()
+        };
+        self.send(resp).await
+    }
+
     /// Replay a watcher's events from `next_rev` up to the current revision from history,
     /// a page at a time.
     async fn catch_up(&mut self, id: i64) -> Result<(), Gone> {
@@ -236,33 +251,10 @@ impl Session {
             let page = self.node.shared.db.events_since(&w.range, w.next_rev, MAX_EVENTS_PER_RESPONSE).await;
             let (revisions, current, complete) = match page {
                 Ok(p) => p,
-                Err(Ok(compact_revision)) => {
-                    self.watchers.remove(&id);
-                    let header = Some(self.node.current_header());
-                    return self
-                        .send(pb::WatchResponse {
-                            header,
-                            watch_id: id,
-                            canceled: true,
-                            compact_revision,
-                            cancel_reason: COMPACTED_REASON.to_string(),
-                            ..Default::default()
-                        })
-                        .await;
-                }
+                Err(Ok(compact_revision)) => return self.cancel(id, compact_revision, COMPACTED_REASON).await,
                 Err(Err(e)) => {
                     tracing::error!(error = %e, "watch replay failed");
-                    self.watchers.remove(&id);
-                    let header = Some(self.node.current_header());
-                    return self
-                        .send(pb::WatchResponse {
-                            header,
-                            watch_id: id,
-                            canceled: true,
-                            cancel_reason: e.to_string(),
-                            ..Default::default()
-                        })
-                        .await;
+                    return self.cancel(id, 0, &e.to_string()).await;
                 }
             };
             let mut batch: Vec<mvccpb::Event> = Vec::new();

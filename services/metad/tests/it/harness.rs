@@ -46,17 +46,14 @@ impl Server {
 
     /// Poll Maintenance.Status until it answers (bounded by `DEADLINE`).
     async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Ok(mut c)) =
-                tokio::time::timeout(Duration::from_secs(2), Client::connect([self.endpoint()], None)).await
-                && let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), c.status()).await
-            {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "metad did not become ready");
-            tokio::time::sleep(Duration::from_millis(20)).await; // poll interval, not a wait for an event
-        }
+        eventually("metad answering Status", || async {
+            let mut c = tokio::time::timeout(Duration::from_secs(2), Client::connect([self.endpoint()], None))
+                .await
+                .ok()?
+                .ok()?;
+            tokio::time::timeout(Duration::from_secs(2), c.status()).await.ok()?.ok()
+        })
+        .await;
     }
 
     pub fn endpoint(&self) -> String {
@@ -102,4 +99,20 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
     let mut buf = Vec::new();
     tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf)).await.unwrap().unwrap();
     String::from_utf8_lossy(&buf).lines().next().unwrap_or_default().to_string()
+}
+
+/// Poll `f` until it returns `Some` (bounded by `DEADLINE`).
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
+    }
 }

@@ -99,14 +99,11 @@ async fn put_get_range_and_revisions() {
 
     // Cluster and maintenance.
     // The member publishes its client URLs once it leads.
-    let deadline = tokio::time::Instant::now() + crate::harness::DEADLINE;
-    let m = loop {
-        let m = c.member_list().await.unwrap();
-        if !m.members()[0].client_urls().is_empty() || tokio::time::Instant::now() > deadline {
-            break m;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await; // poll interval
-    };
+    let m = crate::harness::eventually("client URLs published", || {
+        let mut c = c.clone();
+        async move { c.member_list().await.ok().filter(|m| !m.members()[0].client_urls().is_empty()) }
+    })
+    .await;
     assert_eq!(m.members().len(), 1);
     assert_eq!(m.members()[0].client_urls(), [server.endpoint()]);
     assert_eq!(m.members()[0].name(), "default");

@@ -305,25 +305,18 @@ async fn kv_history_is_linearizable_across_leader_kills_restarts_and_isolation()
     let initial = c.initial_cluster();
     progress(250).await;
 
-    let first = c.wait_leader(&[]).await;
-    event(format!("kill leader m{first}"));
-    c.kill(first);
-    let l = c.wait_leader(&[first]).await;
-    event(format!("new leader m{l}"));
-    progress(200).await;
-    event(format!("restart m{first}"));
-    c.start_member(first, &initial, ClusterState::New);
-    progress(200).await;
-
-    let second = c.wait_leader(&[]).await;
-    event(format!("kill leader m{second}"));
-    c.kill(second);
-    let l = c.wait_leader(&[second]).await;
-    event(format!("new leader m{l}"));
-    progress(200).await;
-    event(format!("restart m{second}"));
-    c.start_member(second, &initial, ClusterState::New);
-    progress(200).await;
+    // Kill the leader and restart it, twice.
+    for _ in 0..2 {
+        let leader = c.wait_leader(&[]).await;
+        event(format!("kill leader m{leader}"));
+        c.kill(leader);
+        let l = c.wait_leader(&[leader]).await;
+        event(format!("new leader m{l}"));
+        progress(200).await;
+        event(format!("restart m{leader}"));
+        c.start_member(leader, &initial, ClusterState::New);
+        progress(200).await;
+    }
 
     let third = c.wait_leader(&[]).await;
     event(format!("isolate leader m{third}"));

@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use crate::harness::DEADLINE;
+pub use crate::harness::eventually;
 
 fn free_port(ip: Ipv4Addr) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
@@ -295,21 +296,5 @@ impl Drop for MultiCluster {
                 self.kill(k);
             }
         }
-    }
-}
-
-/// Poll `f` until it returns `Some` (bounded by `DEADLINE`).
-pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await; // poll interval
     }
 }
