@@ -8,8 +8,8 @@ use tonic::{Code, Status};
 pub enum MetadError {
     #[error("io error on {path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
-    #[error("raft log store: {0}")]
-    LogStore(#[from] sqlx::Error),
+    #[error("sqlite store: {0}")]
+    Store(#[from] rusqlite::Error),
     #[error("raft: {0}")]
     Raft(String),
     #[error("no raft leader elected within {0:?}")]

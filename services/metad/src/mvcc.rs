@@ -15,15 +15,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use aether_proto::etcd::etcdserverpb as pb;
 use aether_proto::etcd::mvccpb;
-use futures::TryStreamExt as _;
 use openraft::{LogId, StoredMembership};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params, params_from_iter};
 use serde::Deserialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row as _, SqliteConnection};
 
 use crate::error::EtcdError;
 use crate::raft::{Member, NodeId};
@@ -95,20 +95,27 @@ impl State {
     }
 }
 
-const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS kv (key BLOB NOT NULL, rev INTEGER NOT NULL, sub INTEGER NOT NULL, \
-     create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, \
-     deleted INTEGER NOT NULL, PRIMARY KEY (key, rev, sub)) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS kv_by_rev ON kv (rev, sub)",
-    "CREATE TABLE IF NOT EXISTS cur (key BLOB PRIMARY KEY, mod_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL, \
-     version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL) WITHOUT ROWID",
-    "CREATE INDEX IF NOT EXISTS cur_by_lease ON cur (lease) WHERE lease != 0",
-    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
-];
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS kv (key BLOB NOT NULL, rev INTEGER NOT NULL, sub INTEGER NOT NULL,
+     create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL,
+     deleted INTEGER NOT NULL, PRIMARY KEY (key, rev, sub)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS kv_by_rev ON kv (rev, sub);
+    CREATE TABLE IF NOT EXISTS cur (key BLOB PRIMARY KEY, mod_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL,
+     version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS cur_by_lease ON cur (lease) WHERE lease != 0;
+    CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+";
 
-fn db_err(e: sqlx::Error) -> EtcdError {
+/// SQLite errors of the store (a storage failure, fatal for the state machine).
+pub type DbError = rusqlite::Error;
+
+fn db_err(e: DbError) -> EtcdError {
     EtcdError::Internal(format!("state db: {e}"))
+}
+
+fn join_err(e: tokio::task::JoinError) -> DbError {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
 /// A live value as a KeyValue.
@@ -130,17 +137,13 @@ enum P {
     I(i64),
 }
 
-type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
-
-fn bind_all(sql: &str, params: Vec<P>) -> Query<'_> {
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for p in params {
-        q = match p {
-            P::B(b) => q.bind(b),
-            P::I(i) => q.bind(i),
-        };
+impl rusqlite::ToSql for P {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            P::B(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+            P::I(i) => ToSqlOutput::Owned(Value::Integer(*i)),
+        })
     }
-    q
 }
 
 /// SQL for a key range on `col`, and its parameters (`None`: an empty range).
@@ -180,8 +183,15 @@ fn visible_sql(range: &KeyRange, at: Option<i64>) -> Option<(String, Vec<P>)> {
     }
 }
 
-fn row_kv(r: &sqlx::sqlite::SqliteRow) -> Result<mvccpb::KeyValue, sqlx::Error> {
-    Ok(kv_of(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?))
+fn row_kv(r: &rusqlite::Row<'_>) -> rusqlite::Result<mvccpb::KeyValue> {
+    Ok(kv_of(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+}
+
+/// Every row of `sql` with `params` as KeyValues.
+fn query_kvs(conn: &Connection, sql: &str, params: &[P]) -> rusqlite::Result<Vec<mvccpb::KeyValue>> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(params_from_iter(params.iter()), row_kv)?;
+    rows.collect()
 }
 
 type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
@@ -325,15 +335,15 @@ fn check_intervals(reqs: &[pb::RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<Key
     Ok((puts, dels))
 }
 
-/// Everything the store needs to read its own revision marks inside a transaction.
-async fn read_revs(conn: &mut SqliteConnection) -> Result<(i64, i64), sqlx::Error> {
-    let rows = sqlx::query("SELECT name, value FROM meta WHERE name IN ('revision', 'compact_revision')")
-        .fetch_all(&mut *conn)
-        .await?;
+/// The store's revision marks, read inside the caller's transaction.
+fn read_revs(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, value FROM meta WHERE name IN ('revision', 'compact_revision')")?;
+    let mut rows = stmt.query([])?;
     let (mut rev, mut compact) = (1, 0);
-    for r in rows {
-        let name: String = r.try_get(0)?;
-        let v: Vec<u8> = r.try_get(1)?;
+    while let Some(r) = rows.next()? {
+        let name: String = r.get(0)?;
+        let v: Vec<u8> = r.get(1)?;
         let n = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
         if name == "revision" {
             rev = n;
@@ -344,62 +354,50 @@ async fn read_revs(conn: &mut SqliteConnection) -> Result<(i64, i64), sqlx::Erro
     Ok((rev, compact))
 }
 
-async fn get_meta<T: serde::de::DeserializeOwned>(
-    conn: &mut SqliteConnection,
-    name: &str,
-) -> Result<Option<T>, sqlx::Error> {
+fn get_meta<T: serde::de::DeserializeOwned>(conn: &Connection, name: &str) -> rusqlite::Result<Option<T>> {
     let v: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT value FROM meta WHERE name = ?").bind(name).fetch_optional(&mut *conn).await?;
+        conn.prepare_cached("SELECT value FROM meta WHERE name = ?")?.query_row([name], |r| r.get(0)).optional()?;
     Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
-async fn set_meta(conn: &mut SqliteConnection, name: &str, value: Vec<u8>) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value")
-        .bind(name)
-        .bind(value)
-        .execute(&mut *conn)
-        .await?;
+fn set_meta(conn: &Connection, name: &str, value: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![name, value])?;
     Ok(())
 }
 
 /// Load the in-memory part of the state.
-async fn load_state(conn: &mut SqliteConnection) -> Result<State, sqlx::Error> {
-    let (revision, compact_revision) = read_revs(conn).await?;
-    let leases = sqlx::query("SELECT id, ttl FROM leases")
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<BTreeMap<i64, i64>, sqlx::Error>>()?;
-    let last_applied = get_meta(conn, "last_applied").await?;
-    let membership = get_meta(conn, "membership").await?.unwrap_or_default();
+fn load_state(conn: &Connection) -> rusqlite::Result<State> {
+    let (revision, compact_revision) = read_revs(conn)?;
+    let leases = conn
+        .prepare_cached("SELECT id, ttl FROM leases")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<BTreeMap<i64, i64>>>()?;
+    let last_applied = get_meta(conn, "last_applied")?;
+    let membership = get_meta(conn, "membership")?.unwrap_or_default();
     Ok(State { revision, compact_revision, leases, last_applied, membership })
 }
 
-pub async fn save_state(conn: &mut SqliteConnection, st: &State) -> Result<(), sqlx::Error> {
-    set_meta(conn, "revision", st.revision.to_string().into_bytes()).await?;
-    set_meta(conn, "compact_revision", st.compact_revision.to_string().into_bytes()).await?;
-    let json = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
-    set_meta(conn, "last_applied", serde_json::to_vec(&st.last_applied).map_err(json)?).await?;
-    set_meta(conn, "membership", serde_json::to_vec(&st.membership).map_err(json)?).await?;
+pub fn save_state(conn: &Connection, st: &State) -> rusqlite::Result<()> {
+    let json = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
+    set_meta(conn, "revision", st.revision.to_string().as_bytes())?;
+    set_meta(conn, "compact_revision", st.compact_revision.to_string().as_bytes())?;
+    set_meta(conn, "last_applied", &serde_json::to_vec(&st.last_applied).map_err(json)?)?;
+    set_meta(conn, "membership", &serde_json::to_vec(&st.membership).map_err(json)?)?;
     Ok(())
 }
 
 /// The live value of one key.
-async fn latest(conn: &mut SqliteConnection, key: &[u8]) -> Result<Option<mvccpb::KeyValue>, sqlx::Error> {
-    let row = sqlx::query("SELECT key, mod_rev, create_rev, version, lease, value FROM cur WHERE key = ?")
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(row_kv).transpose()
+fn latest(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<mvccpb::KeyValue>> {
+    conn.prepare_cached("SELECT key, mod_rev, create_rev, version, lease, value FROM cur WHERE key = ?")?
+        .query_row([key], row_kv)
+        .optional()
 }
 
 /// A Range read at `at` (None = current) on `conn` (header left for the caller).
-async fn range_on(
-    conn: &mut SqliteConnection,
-    req: &pb::RangeRequest,
-    at: Option<i64>,
-) -> Result<pb::RangeResponse, sqlx::Error> {
+fn range_on(conn: &Connection, req: &pb::RangeRequest, at: Option<i64>) -> rusqlite::Result<pb::RangeResponse> {
     use pb::range_request::{SortOrder, SortTarget};
     let range = KeyRange::new(&req.key, &req.range_end);
     let Some((inner, mut params)) = visible_sql(&range, at) else {
@@ -421,7 +419,8 @@ async fn range_on(
     // etcd counts every key in the range, before the revision filters.
     let n_range_params = params.len() - filters.len();
     let count_sql = format!("SELECT COUNT(*) FROM ({inner})");
-    let count: i64 = bind_all(&count_sql, params[..n_range_params].to_vec()).fetch_one(&mut *conn).await?.try_get(0)?;
+    let count: i64 =
+        conn.prepare_cached(&count_sql)?.query_row(params_from_iter(params[..n_range_params].iter()), |r| r.get(0))?;
     if req.count_only {
         return Ok(pb::RangeResponse { header: None, kvs: Vec::new(), more: false, count });
     }
@@ -446,8 +445,7 @@ async fn range_on(
     };
     let limit = if req.limit > 0 { format!(" LIMIT {}", req.limit.saturating_add(1)) } else { String::new() };
     let sql = format!("SELECT * FROM ({inner}){filter} ORDER BY {order_sql}{limit}");
-    let mut kvs =
-        bind_all(&sql, params).fetch_all(&mut *conn).await?.iter().map(row_kv).collect::<Result<Vec<_>, _>>()?;
+    let mut kvs = query_kvs(conn, &sql, &params)?;
     let mut more = false;
     if req.limit > 0 && kvs.len() as i64 > req.limit {
         kvs.truncate(usize::try_from(req.limit).unwrap_or(usize::MAX));
@@ -461,15 +459,13 @@ async fn range_on(
     Ok(pb::RangeResponse { header: None, kvs, more, count })
 }
 
-async fn compare(conn: &mut SqliteConnection, c: &pb::Compare) -> Result<bool, sqlx::Error> {
+fn compare(conn: &Connection, c: &pb::Compare) -> rusqlite::Result<bool> {
     use pb::compare::{CompareResult, CompareTarget, TargetUnion};
     let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
     let result = CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal);
     let range = KeyRange::new(&c.key, &c.range_end);
     let mut checked = match visible_sql(&range, None) {
-        Some((sql, params)) => {
-            bind_all(&sql, params).fetch_all(&mut *conn).await?.iter().map(row_kv).collect::<Result<Vec<_>, _>>()?
-        }
+        Some((sql, params)) => query_kvs(conn, &sql, &params)?,
         None => Vec::new(),
     };
     if checked.is_empty() {
@@ -544,16 +540,16 @@ struct WriteCtx {
 }
 
 /// A storage failure (fatal for the state machine) outside, the request's result inside.
-pub type ApplyResult = Result<Result<WriteOutcome, EtcdError>, sqlx::Error>;
+pub type ApplyResult = Result<Result<WriteOutcome, EtcdError>, DbError>;
 
 /// Applies commands inside one SQLite write transaction, keeping `st` in step.
 pub struct Applier<'c> {
-    pub conn: &'c mut SqliteConnection,
+    pub conn: &'c Connection,
     pub st: &'c mut State,
 }
 
 impl Applier<'_> {
-    async fn check_planned(&mut self, plan: &[Planned<'_>]) -> Result<Result<(), EtcdError>, sqlx::Error> {
+    fn check_planned(&mut self, plan: &[Planned<'_>]) -> Result<Result<(), EtcdError>, DbError> {
         for p in plan {
             match p {
                 Planned::Op(pb::request_op::Request::RequestPut(put)) => {
@@ -566,7 +562,7 @@ impl Applier<'_> {
                     if put.ignore_lease && put.lease != 0 {
                         return Ok(Err(EtcdError::LeaseProvided));
                     }
-                    if (put.ignore_value || put.ignore_lease) && latest(self.conn, &put.key).await?.is_none() {
+                    if (put.ignore_value || put.ignore_lease) && latest(self.conn, &put.key)?.is_none() {
                         return Ok(Err(EtcdError::KeyNotFound));
                     }
                     if put.lease != 0 && !self.st.leases.contains_key(&put.lease) {
@@ -591,17 +587,17 @@ impl Applier<'_> {
     }
 
     /// Apply a txn (Put and DeleteRange arrive as one-op txns).
-    pub async fn txn(&mut self, req: &pb::TxnRequest) -> ApplyResult {
+    pub fn txn(&mut self, req: &pb::TxnRequest) -> ApplyResult {
         let mut compares = Vec::new();
         all_compares(req, &mut compares);
         let mut results = Compared::new();
         for c in compares {
-            let ok = compare(self.conn, c).await?;
+            let ok = compare(self.conn, c)?;
             results.insert(c as *const pb::Compare as usize, ok);
         }
         let mut planned = Vec::new();
         let succeeded = plan(req, &results, &mut planned);
-        if let Err(e) = self.check_planned(&planned).await? {
+        if let Err(e) = self.check_planned(&planned)? {
             return Ok(Err(e));
         }
         let mut ctx = WriteCtx { rev: self.st.revision + 1, sub: 0, events: Vec::new() };
@@ -632,13 +628,13 @@ impl Applier<'_> {
                                 Ok(at) => at,
                                 Err(e) => return Ok(Err(e)),
                             };
-                            pb::response_op::Response::ResponseRange(range_on(self.conn, r, at).await?)
+                            pb::response_op::Response::ResponseRange(range_on(self.conn, r, at)?)
                         }
                         pb::request_op::Request::RequestPut(put) => {
-                            pb::response_op::Response::ResponsePut(self.put(&mut ctx, put).await?)
+                            pb::response_op::Response::ResponsePut(self.put(&mut ctx, put)?)
                         }
                         pb::request_op::Request::RequestDeleteRange(d) => {
-                            pb::response_op::Response::ResponseDeleteRange(self.delete(&mut ctx, d).await?)
+                            pb::response_op::Response::ResponseDeleteRange(self.delete(&mut ctx, d)?)
                         }
                         pb::request_op::Request::RequestTxn(_) => {
                             return Ok(Err(EtcdError::Internal("nested txn not planned".into())));
@@ -651,74 +647,63 @@ impl Applier<'_> {
             }
         }
         let Some(txn) = stack.pop() else { return unbalanced() };
-        let events = self.finish(ctx).await?;
+        let events = self.finish(ctx)?;
         Ok(Ok(WriteOutcome { revision: self.st.revision, txn: Some(txn), events }))
     }
 
     /// Bump the revision if anything changed, and auto-compact old history.
-    async fn finish(&mut self, ctx: WriteCtx) -> Result<Option<RevisionEvents>, sqlx::Error> {
+    fn finish(&mut self, ctx: WriteCtx) -> Result<Option<RevisionEvents>, DbError> {
         if ctx.events.is_empty() {
             return Ok(None);
         }
         self.st.revision = ctx.rev;
         if self.st.revision - self.st.compact_revision > 2 * HISTORY_REVISIONS {
-            self.compact(self.st.revision - HISTORY_REVISIONS).await?;
+            self.compact(self.st.revision - HISTORY_REVISIONS)?;
         }
         Ok(Some(RevisionEvents { revision: ctx.rev, events: ctx.events }))
     }
 
     /// Record one change of `key` at the txn's revision (`None` = delete).
-    async fn write_rec(
-        &mut self,
-        ctx: &mut WriteCtx,
-        key: &[u8],
-        val: Option<&mvccpb::KeyValue>,
-    ) -> Result<(), sqlx::Error> {
+    fn write_rec(&mut self, ctx: &mut WriteCtx, key: &[u8], val: Option<&mvccpb::KeyValue>) -> Result<(), DbError> {
         // A key written twice in one txn (only through nested txns) keeps the last.
-        sqlx::query("DELETE FROM kv WHERE key = ? AND rev = ?")
-            .bind(key)
-            .bind(ctx.rev)
-            .execute(&mut *self.conn)
-            .await?;
+        self.conn.prepare_cached("DELETE FROM kv WHERE key = ? AND rev = ?")?.execute(params![key, ctx.rev])?;
         let empty = mvccpb::KeyValue::default();
         let v = val.unwrap_or(&empty);
-        sqlx::query("INSERT INTO kv (key, rev, sub, create_rev, version, lease, value, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(key)
-            .bind(ctx.rev)
-            .bind(ctx.sub)
-            .bind(v.create_revision)
-            .bind(v.version)
-            .bind(v.lease)
-            .bind(v.value.as_slice())
-            .bind(i64::from(val.is_none()))
-            .execute(&mut *self.conn)
-            .await?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO kv (key, rev, sub, create_rev, version, lease, value, deleted) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                key,
+                ctx.rev,
+                ctx.sub,
+                v.create_revision,
+                v.version,
+                v.lease,
+                v.value.as_slice(),
+                i64::from(val.is_none())
+            ])?;
         ctx.sub += 1;
         match val {
             Some(v) => {
-                sqlx::query(
-                    "INSERT INTO cur (key, mod_rev, create_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?) \
-                     ON CONFLICT(key) DO UPDATE SET mod_rev = excluded.mod_rev, create_rev = excluded.create_rev, \
-                     version = excluded.version, lease = excluded.lease, value = excluded.value",
-                )
-                .bind(key)
-                .bind(ctx.rev)
-                .bind(v.create_revision)
-                .bind(v.version)
-                .bind(v.lease)
-                .bind(v.value.as_slice())
-                .execute(&mut *self.conn)
-                .await?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO cur (key, mod_rev, create_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT(key) DO UPDATE SET mod_rev = excluded.mod_rev, create_rev = excluded.create_rev, \
+                         version = excluded.version, lease = excluded.lease, value = excluded.value",
+                    )?
+                    .execute(params![key, ctx.rev, v.create_revision, v.version, v.lease, v.value.as_slice()])?;
             }
             None => {
-                sqlx::query("DELETE FROM cur WHERE key = ?").bind(key).execute(&mut *self.conn).await?;
+                self.conn.prepare_cached("DELETE FROM cur WHERE key = ?")?.execute([key])?;
             }
         }
         Ok(())
     }
 
-    async fn put(&mut self, ctx: &mut WriteCtx, put: &pb::PutRequest) -> Result<pb::PutResponse, sqlx::Error> {
-        let prev = latest(self.conn, &put.key).await?;
+    fn put(&mut self, ctx: &mut WriteCtx, put: &pb::PutRequest) -> Result<pb::PutResponse, DbError> {
+        let prev = latest(self.conn, &put.key)?;
         let value = match (&prev, put.ignore_value) {
             (Some(p), true) => p.value.clone(),
             _ => put.value.clone(),
@@ -737,25 +722,16 @@ impl Applier<'_> {
             kv: Some(kv.clone()),
             prev_kv: prev.clone(),
         });
-        self.write_rec(ctx, &put.key, Some(&kv)).await?;
+        self.write_rec(ctx, &put.key, Some(&kv))?;
         Ok(pb::PutResponse { header: None, prev_kv: if put.prev_kv { prev } else { None } })
     }
 
-    async fn delete(
-        &mut self,
-        ctx: &mut WriteCtx,
-        d: &pb::DeleteRangeRequest,
-    ) -> Result<pb::DeleteRangeResponse, sqlx::Error> {
+    fn delete(&mut self, ctx: &mut WriteCtx, d: &pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, DbError> {
         let range = KeyRange::new(&d.key, &d.range_end);
         let doomed = match visible_sql(&range, None) {
             Some((sql, params)) => {
                 let sql = format!("{sql} ORDER BY key");
-                bind_all(&sql, params)
-                    .fetch_all(&mut *self.conn)
-                    .await?
-                    .iter()
-                    .map(row_kv)
-                    .collect::<Result<Vec<_>, _>>()?
+                query_kvs(self.conn, &sql, &params)?
             }
             None => Vec::new(),
         };
@@ -765,126 +741,231 @@ impl Applier<'_> {
                 kv: Some(mvccpb::KeyValue { key: prev.key.clone(), mod_revision: ctx.rev, ..Default::default() }),
                 prev_kv: Some(prev.clone()),
             });
-            self.write_rec(ctx, &prev.key, None).await?;
+            self.write_rec(ctx, &prev.key, None)?;
         }
         let deleted = doomed.len() as i64;
         Ok(pb::DeleteRangeResponse { header: None, deleted, prev_kvs: if d.prev_kv { doomed } else { Vec::new() } })
     }
 
-    pub async fn compact_cmd(&mut self, revision: i64) -> ApplyResult {
+    pub fn compact_cmd(&mut self, revision: i64) -> ApplyResult {
         if let Err(e) = self.st.check_compact(revision) {
             return Ok(Err(e));
         }
-        self.compact(revision).await?;
+        self.compact(revision)?;
         Ok(Ok(WriteOutcome { revision: self.st.revision, ..Default::default() }))
     }
 
     /// Drop history below `revision`: each key keeps its record visible at `revision`
     /// (unless that is a delete) and everything newer.
-    async fn compact(&mut self, revision: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    fn compact(&mut self, revision: i64) -> Result<(), DbError> {
+        self.conn.execute(
             "DELETE FROM kv WHERE rev < ?1 AND EXISTS (SELECT 1 FROM kv AS b WHERE b.key = kv.key AND b.rev <= ?1 \
              AND (b.rev > kv.rev OR (b.rev = kv.rev AND b.sub > kv.sub)))",
-        )
-        .bind(revision)
-        .execute(&mut *self.conn)
-        .await?;
-        sqlx::query("DELETE FROM kv WHERE rev <= ? AND deleted = 1").bind(revision).execute(&mut *self.conn).await?;
+            [revision],
+        )?;
+        self.conn.execute("DELETE FROM kv WHERE rev <= ? AND deleted = 1", [revision])?;
         self.st.compact_revision = revision;
         Ok(())
     }
 
-    pub async fn lease_grant(&mut self, id: i64, ttl: i64) -> ApplyResult {
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> ApplyResult {
         if self.st.leases.contains_key(&id) {
             return Ok(Err(EtcdError::LeaseExists));
         }
-        sqlx::query("INSERT INTO leases (id, ttl) VALUES (?, ?)").bind(id).bind(ttl).execute(&mut *self.conn).await?;
+        self.conn.prepare_cached("INSERT INTO leases (id, ttl) VALUES (?, ?)")?.execute([id, ttl])?;
         self.st.leases.insert(id, ttl);
         Ok(Ok(WriteOutcome { revision: self.st.revision, ..Default::default() }))
     }
 
     /// Revoke a lease and delete its keys (one revision for all of them).
-    pub async fn lease_revoke(&mut self, id: i64) -> ApplyResult {
+    pub fn lease_revoke(&mut self, id: i64) -> ApplyResult {
         if self.st.leases.remove(&id).is_none() {
             return Ok(Err(EtcdError::LeaseNotFound));
         }
-        sqlx::query("DELETE FROM leases WHERE id = ?").bind(id).execute(&mut *self.conn).await?;
-        let keys: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key FROM cur WHERE lease = ? ORDER BY key")
-            .bind(id)
-            .fetch_all(&mut *self.conn)
-            .await?;
+        self.conn.prepare_cached("DELETE FROM leases WHERE id = ?")?.execute([id])?;
+        let keys = lease_keys_on(self.conn, id)?;
         let mut ctx = WriteCtx { rev: self.st.revision + 1, sub: 0, events: Vec::new() };
         for key in keys {
             let d = pb::DeleteRangeRequest { key, range_end: Vec::new(), prev_kv: false };
-            self.delete(&mut ctx, &d).await?;
+            self.delete(&mut ctx, &d)?;
         }
-        let events = self.finish(ctx).await?;
+        let events = self.finish(ctx)?;
         Ok(Ok(WriteOutcome { revision: self.st.revision, txn: None, events }))
     }
 }
 
-/// The state database: a single-connection writer pool (apply, import) and a reader pool.
-#[derive(Debug, Clone)]
-pub struct Db {
-    writer: SqlitePool,
-    readers: SqlitePool,
+/// Keys attached to a lease, sorted.
+fn lease_keys_on(conn: &Connection, id: i64) -> rusqlite::Result<Vec<Vec<u8>>> {
+    conn.prepare_cached("SELECT key FROM cur WHERE lease = ? ORDER BY key")?.query_map([id], |r| r.get(0))?.collect()
 }
 
-fn options(path: &Path) -> SqliteConnectOptions {
-    SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .busy_timeout(std::time::Duration::from_secs(30))
+/// Readers kept open for reuse (more are opened when all are busy, and closed after).
+const IDLE_READERS: usize = 8;
+
+/// The state database. Statements run synchronously on the calling thread (SQLite on a
+/// local file answers in microseconds; a hand-off to another thread per statement cost
+/// more than the statement): the state machine applies a whole batch in one blocking task,
+/// point reads run inline, scans that may be long (watch replay, hashes, copies) run on the
+/// blocking pool. One writer connection; readers see WAL snapshots and never block it.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+struct DbInner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// Dropping it stops the checkpointer.
+    _checkpointer: std::sync::mpsc::Sender<()>,
+}
+
+/// How often the checkpointer looks at the WAL, and the size that makes it checkpoint.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const CHECKPOINT_WAL_BYTES: u64 = 4 << 20;
+
+/// Copy the WAL of the database at `path` back into it from a thread of its own whenever
+/// it has grown past `CHECKPOINT_WAL_BYTES` (SQLite's automatic checkpoint would do it
+/// inside a commit, fsyncs included, stalling the writer). PASSIVE never blocks the
+/// writer or readers; it stops when the returned sender is dropped.
+pub fn spawn_checkpointer(path: &Path) -> rusqlite::Result<std::sync::mpsc::Sender<()>> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let (stop, rx) = std::sync::mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_EVERY) {
+            if std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) < CHECKPOINT_WAL_BYTES {
+                continue;
+            }
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, wal = %wal.display(), "checkpoint failed");
+            }
+        }
+    });
+    spawned.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    Ok(stop)
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.inner.path).finish()
+    }
+}
+
+/// Open `path` for writing (WAL, synchronous=NORMAL: the Raft log is what is fsynced).
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Checkpoints run in the background (`spawn_checkpointer`), not inside commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 impl Db {
     /// Open (or create) the state database and load the in-memory state.
-    pub async fn open(path: &Path) -> Result<(Db, State), sqlx::Error> {
-        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options(path)).await?;
-        for stmt in SCHEMA {
-            sqlx::query(sqlx::AssertSqlSafe(*stmt)).execute(&writer).await?;
-        }
-        let readers = SqlitePoolOptions::new().max_connections(4).connect_with(options(path).read_only(true)).await?;
-        let db = Db { writer, readers };
-        let st = db.load().await?;
-        Ok((db, st))
+    pub async fn open(path: &Path) -> Result<(Db, State), DbError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let writer = open_writer(&path)?;
+            writer.execute_batch(SCHEMA)?;
+            let st = load_state(&writer)?;
+            let checkpointer = spawn_checkpointer(&path)?;
+            let inner = DbInner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+                _checkpointer: checkpointer,
+            };
+            Ok((Db { inner: Arc::new(inner) }, st))
+        })
+        .await
+        .map_err(join_err)?
     }
 
+    /// Close the idle readers (the writer closes with the last clone).
     pub async fn close(&self) {
-        self.readers.close().await;
-        self.writer.close().await;
+        self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
-    pub async fn load(&self) -> Result<State, sqlx::Error> {
-        let mut conn = self.writer.acquire().await?;
-        load_state(&mut conn).await
+    #[cfg(test)]
+    pub async fn load(&self) -> Result<State, DbError> {
+        self.with_writer(|c| load_state(c))
     }
 
-    /// The writer's transaction for one applied batch.
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.writer.begin().await
+    fn with_writer<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let mut conn = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut conn)
+    }
+
+    /// Run `f` in one write transaction, committed if `f` succeeds. Blocking: call it from
+    /// a blocking task (the state machine applies a batch this way).
+    pub fn write<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        self.with_writer(|conn| {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Run `f` on a reader inside one read transaction (a consistent snapshot).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let idle = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => open_reader(&self.inner.path)?,
+        };
+        let out = (|| {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.finish()?;
+            Ok(out)
+        })();
+        let mut idle = self.inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// `read` on the blocking pool, for scans that may take a while.
+    async fn read_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> rusqlite::Result<T> {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.read(f)).await.map_err(join_err)?
     }
 
     /// A Range at the request's revision, with the revision it was read at.
     pub async fn range(&self, req: &pb::RangeRequest) -> Result<(pb::RangeResponse, i64), EtcdError> {
-        let mut tx = self.readers.begin().await.map_err(db_err)?;
-        let (revision, compact_revision) = read_revs(&mut tx).await.map_err(db_err)?;
-        let st = State { revision, compact_revision, ..Default::default() };
-        let at = st.check_read_revision(req.revision)?;
-        let resp = range_on(&mut tx, req, at).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok((resp, revision))
+        self.read(|conn| {
+            let (revision, compact_revision) = read_revs(conn)?;
+            let st = State { revision, compact_revision, ..Default::default() };
+            Ok(match st.check_read_revision(req.revision) {
+                Ok(at) => Ok((range_on(conn, req, at)?, revision)),
+                Err(e) => Err(e),
+            })
+        })
+        .map_err(db_err)?
     }
 
     /// Keys attached to a lease, sorted.
     pub async fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, EtcdError> {
-        sqlx::query_scalar("SELECT key FROM cur WHERE lease = ? ORDER BY key")
-            .bind(id)
-            .fetch_all(&self.readers)
-            .await
-            .map_err(db_err)
+        self.read(|conn| lease_keys_on(conn, id)).map_err(db_err)
     }
 
     /// Events with revision >= `start` for keys in `range`, in revision order, at most
@@ -897,176 +978,190 @@ impl Db {
         start: i64,
         max_events: usize,
     ) -> Result<(Vec<RevisionEvents>, i64, bool), Result<i64, EtcdError>> {
-        let e = |e: sqlx::Error| -> Result<i64, EtcdError> { Err(db_err(e)) };
-        let mut tx = self.readers.begin().await.map_err(e)?;
-        let (current, compact) = read_revs(&mut tx).await.map_err(e)?;
-        if compact > 0 && start <= compact {
-            return Err(Ok(compact));
+        let range = range.clone();
+        let r = self.read_blocking(move |conn| Ok(events_since_on(conn, &range, start, max_events))).await;
+        match r {
+            Ok(Ok(Ok(page))) => Ok(page),
+            Ok(Ok(Err(compact))) => Err(Ok(compact)),
+            Ok(Err(e)) | Err(e) => Err(Err(db_err(e))),
         }
-        let Some((w, mut params)) = range_sql(range, "key") else { return Ok((Vec::new(), current, true)) };
-        params.push(P::I(start));
-        let cols = "key, rev, sub, create_rev, version, lease, value, deleted";
-        let sql = format!("SELECT {cols} FROM kv WHERE {w} AND rev >= ? ORDER BY rev, sub LIMIT {}", max_events + 1);
-        let mut rows = bind_all(&sql, params.clone()).fetch_all(&mut *tx).await.map_err(e)?;
-        let complete = rows.len() <= max_events;
-        if !complete {
-            let last: i64 = rows[rows.len() - 1].try_get(1).map_err(e)?;
-            let first: i64 = rows[0].try_get(1).map_err(e)?;
-            if first == last {
-                // One revision larger than a page: take all of it.
-                let (w2, mut p2) = range_sql(range, "key").unwrap_or_default();
-                p2.push(P::I(last));
-                let sql = format!("SELECT {cols} FROM kv WHERE {w2} AND rev = ? ORDER BY sub");
-                rows = bind_all(&sql, p2).fetch_all(&mut *tx).await.map_err(e)?;
-            } else {
-                let mut keep = rows.len();
-                while keep > 0 && rows[keep - 1].try_get::<i64, _>(1).map_err(e)? == last {
-                    keep -= 1;
-                }
-                rows.truncate(keep);
-            }
-        }
-        let mut out: Vec<RevisionEvents> = Vec::new();
-        for r in &rows {
-            let key: Vec<u8> = r.try_get(0).map_err(e)?;
-            let rev: i64 = r.try_get(1).map_err(e)?;
-            let sub: i64 = r.try_get(2).map_err(e)?;
-            let deleted: i64 = r.try_get(7).map_err(e)?;
-            let prev = sqlx::query(
-                "SELECT key, rev, create_rev, version, lease, value, deleted FROM kv WHERE key = ? \
-                 AND (rev < ? OR (rev = ? AND sub < ?)) ORDER BY rev DESC, sub DESC LIMIT 1",
-            )
-            .bind(&key)
-            .bind(rev)
-            .bind(rev)
-            .bind(sub)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(e)?
-            .filter(|p| p.try_get::<i64, _>(6).unwrap_or(1) == 0);
-            let prev_kv = prev.as_ref().map(row_kv).transpose().map_err(e)?;
-            let event = if deleted == 0 {
-                let kv = kv_of(
-                    key,
-                    rev,
-                    r.try_get(3).map_err(e)?,
-                    r.try_get(4).map_err(e)?,
-                    r.try_get(5).map_err(e)?,
-                    r.try_get(6).map_err(e)?,
-                );
-                mvccpb::Event { r#type: mvccpb::event::EventType::Put as i32, kv: Some(kv), prev_kv }
-            } else {
-                mvccpb::Event {
-                    r#type: mvccpb::event::EventType::Delete as i32,
-                    kv: Some(mvccpb::KeyValue { key, mod_revision: rev, ..Default::default() }),
-                    prev_kv,
-                }
-            };
-            match out.last_mut() {
-                Some(last) if last.revision == rev => last.events.push(event),
-                _ => out.push(RevisionEvents { revision: rev, events: vec![event] }),
-            }
-        }
-        tx.commit().await.map_err(e)?;
-        Ok((out, current, complete))
     }
 
     /// etcd's HashKV: a CRC-32C over every key change with a revision up to `revision`
     /// (0 = the current one) still in history. Replicas that applied the same log agree.
     /// Returns (hash, compact revision, hashed revision, current revision).
     pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64, i64), EtcdError> {
-        let mut tx = self.readers.begin().await.map_err(db_err)?;
-        let (current, compact) = read_revs(&mut tx).await.map_err(db_err)?;
-        let rev = if revision <= 0 { current } else { revision };
-        if rev > current {
-            return Err(EtcdError::FutureRev);
-        }
-        if rev < compact {
-            return Err(EtcdError::Compacted);
-        }
-        let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-        {
-            let mut rows = sqlx::query(
+        self.read_blocking(move |conn| {
+            let (current, compact) = read_revs(conn)?;
+            let rev = if revision <= 0 { current } else { revision };
+            if rev > current {
+                return Ok(Err(EtcdError::FutureRev));
+            }
+            if rev < compact {
+                return Ok(Err(EtcdError::Compacted));
+            }
+            let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
+            let mut stmt = conn.prepare(
                 "SELECT key, rev, sub, create_rev, version, lease, value, deleted FROM kv WHERE rev <= ? \
                  ORDER BY key, rev, sub",
-            )
-            .bind(rev)
-            .fetch(&mut *tx);
-            while let Some(r) = rows.try_next().await.map_err(db_err)? {
-                let key: Vec<u8> = r.try_get(0).map_err(db_err)?;
+            )?;
+            let mut rows = stmt.query([rev])?;
+            while let Some(r) = rows.next()? {
+                let key: Vec<u8> = r.get(0)?;
                 d.update(&(key.len() as u64).to_be_bytes());
                 d.update(&key);
                 for i in 1..6 {
-                    d.update(&r.try_get::<i64, _>(i).map_err(db_err)?.to_be_bytes());
+                    d.update(&r.get::<_, i64>(i)?.to_be_bytes());
                 }
-                let value: Vec<u8> = r.try_get(6).map_err(db_err)?;
+                let value: Vec<u8> = r.get(6)?;
                 d.update(&(value.len() as u64).to_be_bytes());
                 d.update(&value);
-                d.update(&[u8::from(r.try_get::<i64, _>(7).map_err(db_err)? != 0)]);
+                d.update(&[u8::from(r.get::<_, i64>(7)? != 0)]);
             }
-        }
-        tx.commit().await.map_err(db_err)?;
-        Ok((d.finalize() as u32, compact, rev, current))
+            Ok(Ok((d.finalize() as u32, compact, rev, current)))
+        })
+        .await
+        .map_err(db_err)?
     }
 
     /// (bytes in the file, bytes in use) of the state database.
     pub async fn sizes(&self) -> (i64, i64) {
-        let get = |p: &'static str| {
-            let pool = self.readers.clone();
-            async move { sqlx::query_scalar::<_, i64>(p).fetch_one(&pool).await.unwrap_or(0) }
-        };
-        let (pages, free, size) =
-            (get("PRAGMA page_count").await, get("PRAGMA freelist_count").await, get("PRAGMA page_size").await);
+        let r = self.read(|conn| {
+            let get = |p: &str| conn.query_row(p, [], |r| r.get::<_, i64>(0));
+            Ok((get("PRAGMA page_count")?, get("PRAGMA freelist_count")?, get("PRAGMA page_size")?))
+        });
+        let (pages, free, size) = r.unwrap_or((0, 0, 0));
         (pages * size, (pages - free) * size)
     }
 
     /// A consistent copy of the database at `dest` (SQLite's `VACUUM INTO`), fsynced.
-    pub async fn copy_to(&self, dest: &Path) -> Result<(), sqlx::Error> {
+    pub async fn copy_to(&self, dest: &Path) -> Result<(), DbError> {
         let _ = tokio::fs::remove_file(dest).await;
-        sqlx::query("VACUUM INTO ?").bind(dest.to_string_lossy().into_owned()).execute(&self.readers).await?;
-        tokio::fs::File::open(dest).await?.sync_all().await?;
+        let target = dest.to_string_lossy().into_owned();
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // On a reader outside a transaction: VACUUM cannot run inside one.
+            let conn = open_reader(&db.inner.path)?;
+            conn.execute("VACUUM INTO ?", [target])?;
+            Ok::<_, DbError>(())
+        })
+        .await
+        .map_err(join_err)??;
+        tokio::fs::File::open(dest).await.map_err(io_err)?.sync_all().await.map_err(io_err)?;
         Ok(())
     }
 
     /// The Raft position a copy made by `copy_to` holds.
     pub async fn read_position(
         path: &Path,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>, i64), sqlx::Error> {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(SqliteConnectOptions::new().filename(path).read_only(true))
-            .await?;
-        let r = async {
-            let mut conn = pool.acquire().await?;
-            let st = load_state(&mut conn).await?;
-            Ok::<_, sqlx::Error>((st.last_applied, st.membership, st.revision))
-        }
-        .await;
-        pool.close().await;
-        r
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>, i64), DbError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_reader(&path)?;
+            let st = load_state(&conn)?;
+            Ok((st.last_applied, st.membership, st.revision))
+        })
+        .await
+        .map_err(join_err)?
     }
 
     /// Replace every table's contents with those of the database file at `src` (a
     /// snapshot), in one transaction, and return the new state.
-    pub async fn import(&self, src: &Path) -> Result<State, sqlx::Error> {
-        let mut conn = self.writer.acquire().await?;
-        sqlx::query("ATTACH DATABASE ? AS snap").bind(src.to_string_lossy().into_owned()).execute(&mut *conn).await?;
-        let copied = async {
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            for t in ["kv", "cur", "leases", "meta"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM main.{t}"))).execute(&mut *tx).await?;
-                sqlx::query(sqlx::AssertSqlSafe(format!("INSERT INTO main.{t} SELECT * FROM snap.{t}")))
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await
-        }
-        .await;
-        let detached = sqlx::query("DETACH DATABASE snap").execute(&mut *conn).await;
-        copied?;
-        detached?;
-        load_state(&mut conn).await
+    pub async fn import(&self, src: &Path) -> Result<State, DbError> {
+        let src = src.to_string_lossy().into_owned();
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            db.with_writer(|conn| {
+                conn.execute("ATTACH DATABASE ? AS snap", [src])?;
+                let copied = (|| {
+                    let tx = conn.transaction()?;
+                    for t in ["kv", "cur", "leases", "meta"] {
+                        tx.execute(&format!("DELETE FROM main.{t}"), [])?;
+                        tx.execute(&format!("INSERT INTO main.{t} SELECT * FROM snap.{t}"), [])?;
+                    }
+                    tx.commit()
+                })();
+                let detached = conn.execute("DETACH DATABASE snap", []);
+                copied?;
+                detached?;
+                load_state(conn)
+            })
+        })
+        .await
+        .map_err(join_err)?
     }
+}
+
+fn io_err(e: std::io::Error) -> DbError {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
+}
+
+/// `Db::events_since` on one read transaction; `Err(compact)` if compacted away.
+#[allow(clippy::type_complexity)]
+fn events_since_on(
+    conn: &Connection,
+    range: &KeyRange,
+    start: i64,
+    max_events: usize,
+) -> rusqlite::Result<Result<(Vec<RevisionEvents>, i64, bool), i64>> {
+    let (current, compact) = read_revs(conn)?;
+    if compact > 0 && start <= compact {
+        return Ok(Err(compact));
+    }
+    let Some((w, mut params)) = range_sql(range, "key") else { return Ok(Ok((Vec::new(), current, true))) };
+    params.push(P::I(start));
+    let cols = "key, rev, sub, create_rev, version, lease, value, deleted";
+    // (key, rev, sub, create_rev, version, lease, value, deleted)
+    type Rec = (Vec<u8>, i64, i64, i64, i64, i64, Vec<u8>, i64);
+    let rec = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Rec> {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+    };
+    let sql = format!("SELECT {cols} FROM kv WHERE {w} AND rev >= ? ORDER BY rev, sub LIMIT {}", max_events + 1);
+    let mut rows: Vec<Rec> =
+        conn.prepare_cached(&sql)?.query_map(params_from_iter(params.iter()), rec)?.collect::<Result<_, _>>()?;
+    let complete = rows.len() <= max_events;
+    if !complete {
+        let last = rows[rows.len() - 1].1;
+        let first = rows[0].1;
+        if first == last {
+            // One revision larger than a page: take all of it.
+            let (w2, mut p2) = range_sql(range, "key").unwrap_or_default();
+            p2.push(P::I(last));
+            let sql = format!("SELECT {cols} FROM kv WHERE {w2} AND rev = ? ORDER BY sub");
+            rows = conn.prepare(&sql)?.query_map(params_from_iter(p2.iter()), rec)?.collect::<Result<_, _>>()?;
+        } else {
+            let mut keep = rows.len();
+            while keep > 0 && rows[keep - 1].1 == last {
+                keep -= 1;
+            }
+            rows.truncate(keep);
+        }
+    }
+    let mut prev_stmt = conn.prepare_cached(
+        "SELECT key, rev, create_rev, version, lease, value, deleted FROM kv WHERE key = ? \
+         AND (rev < ? OR (rev = ? AND sub < ?)) ORDER BY rev DESC, sub DESC LIMIT 1",
+    )?;
+    let mut out: Vec<RevisionEvents> = Vec::new();
+    for (key, rev, sub, create_rev, version, lease, value, deleted) in rows {
+        let prev =
+            prev_stmt.query_row(params![key, rev, rev, sub], |r| Ok((row_kv(r)?, r.get::<_, i64>(6)?))).optional()?;
+        let prev_kv = prev.filter(|(_, deleted)| *deleted == 0).map(|(kv, _)| kv);
+        let event = if deleted == 0 {
+            let kv = kv_of(key, rev, create_rev, version, lease, value);
+            mvccpb::Event { r#type: mvccpb::event::EventType::Put as i32, kv: Some(kv), prev_kv }
+        } else {
+            mvccpb::Event {
+                r#type: mvccpb::event::EventType::Delete as i32,
+                kv: Some(mvccpb::KeyValue { key, mod_revision: rev, ..Default::default() }),
+                prev_kv,
+            }
+        };
+        match out.last_mut() {
+            Some(last) if last.revision == rev => last.events.push(event),
+            _ => out.push(RevisionEvents { revision: rev, events: vec![event] }),
+        }
+    }
+    Ok(Ok((out, current, complete)))
 }
 
 /// The store image the first, in-memory metad wrote into `snapshot.bin` (JSON).
@@ -1110,56 +1205,43 @@ impl Db {
         membership: StoredMembership<NodeId, Member>,
     ) -> Result<State, EtcdError> {
         let image: LegacyImage = serde_json::from_slice(image).map_err(|e| EtcdError::Internal(e.to_string()))?;
-        let mut tx = self.begin_write().await.map_err(db_err)?;
-        for k in &image.keys {
-            for r in &k.recs {
-                let empty = LegacyValue { create_revision: 0, version: 0, value: Vec::new(), lease: 0 };
-                let v = r.val.as_ref().unwrap_or(&empty);
-                sqlx::query("INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-                    .bind(&k.key)
-                    .bind(r.rev)
-                    .bind(r.sub)
-                    .bind(v.create_revision)
-                    .bind(v.version)
-                    .bind(v.lease)
-                    .bind(&v.value)
-                    .bind(i64::from(r.val.is_none()))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            }
-            if let Some(last) = k.recs.last()
-                && let Some(v) = &last.val
-            {
-                sqlx::query("INSERT INTO cur VALUES (?, ?, ?, ?, ?, ?)")
-                    .bind(&k.key)
-                    .bind(last.rev)
-                    .bind(v.create_revision)
-                    .bind(v.version)
-                    .bind(v.lease)
-                    .bind(&v.value)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err)?;
-            }
-        }
-        for (id, ttl) in &image.leases {
-            sqlx::query("INSERT INTO leases VALUES (?, ?)")
-                .bind(id)
-                .bind(ttl)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
         let st = State {
             revision: image.revision,
             compact_revision: image.compact_revision,
-            leases: image.leases.into_iter().collect(),
+            leases: image.leases.iter().copied().collect(),
             last_applied,
             membership,
         };
-        save_state(&mut tx, &st).await.map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
+        self.write(|tx| {
+            let mut kv = tx.prepare("INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)")?;
+            let mut cur = tx.prepare("INSERT INTO cur VALUES (?, ?, ?, ?, ?, ?)")?;
+            for k in &image.keys {
+                for r in &k.recs {
+                    let empty = LegacyValue { create_revision: 0, version: 0, value: Vec::new(), lease: 0 };
+                    let v = r.val.as_ref().unwrap_or(&empty);
+                    kv.execute(params![
+                        k.key,
+                        r.rev,
+                        r.sub,
+                        v.create_revision,
+                        v.version,
+                        v.lease,
+                        v.value,
+                        i64::from(r.val.is_none())
+                    ])?;
+                }
+                if let Some(last) = k.recs.last()
+                    && let Some(v) = &last.val
+                {
+                    cur.execute(params![k.key, last.rev, v.create_revision, v.version, v.lease, v.value])?;
+                }
+            }
+            for (id, ttl) in &image.leases {
+                tx.execute("INSERT INTO leases VALUES (?, ?)", [id, ttl])?;
+            }
+            save_state(tx, &st)
+        })
+        .map_err(db_err)?;
         Ok(st)
     }
 }
@@ -1214,25 +1296,30 @@ mod tests {
         }
 
         async fn txn(&mut self, req: &pb::TxnRequest) -> Result<WriteOutcome, EtcdError> {
-            let mut tx = self.db.begin_write().await.unwrap();
-            let out = Applier { conn: &mut tx, st: &mut self.st }.txn(req).await.unwrap();
-            save_state(&mut tx, &self.st).await.unwrap();
-            tx.commit().await.unwrap();
-            out
+            let st = &mut self.st;
+            self.db
+                .write(|tx| {
+                    let out = Applier { conn: tx, st: &mut *st }.txn(req)?;
+                    save_state(tx, st)?;
+                    Ok(out)
+                })
+                .unwrap()
         }
 
         async fn run(&mut self, cmd: &str, arg: i64, ttl: i64) -> Result<WriteOutcome, EtcdError> {
-            let mut tx = self.db.begin_write().await.unwrap();
-            let mut a = Applier { conn: &mut tx, st: &mut self.st };
-            let out = match cmd {
-                "compact" => a.compact_cmd(arg).await,
-                "grant" => a.lease_grant(arg, ttl).await,
-                _ => a.lease_revoke(arg).await,
-            }
-            .unwrap();
-            save_state(&mut tx, &self.st).await.unwrap();
-            tx.commit().await.unwrap();
-            out
+            let st = &mut self.st;
+            self.db
+                .write(|tx| {
+                    let mut a = Applier { conn: tx, st: &mut *st };
+                    let out = match cmd {
+                        "compact" => a.compact_cmd(arg),
+                        "grant" => a.lease_grant(arg, ttl),
+                        _ => a.lease_revoke(arg),
+                    }?;
+                    save_state(tx, st)?;
+                    Ok(out)
+                })
+                .unwrap()
         }
 
         async fn get(&self, key: &str, rev: i64) -> Vec<mvccpb::KeyValue> {

@@ -42,6 +42,74 @@ pub struct Node {
     /// Set once this member has seen itself in the membership config; if it later
     /// disappears, the member was removed.
     was_member: AtomicBool,
+    /// Proposals on their way into the log (see `propose_batches`).
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
+}
+
+/// A command waiting to be proposed, and who waits for its outcome and log index.
+type Proposal = (Command, tokio::sync::oneshot::Sender<Result<(WriteOutcome, u64), EtcdError>>);
+
+/// Proposals queued at most (callers wait for room beyond that).
+const PROPOSAL_QUEUE: usize = 4096;
+/// Batches in flight in Raft at once; while all are, new proposals gather into the next.
+const PROPOSALS_IN_FLIGHT: usize = 4;
+/// Commands and bytes in one batch at most.
+const BATCH_COMMANDS: usize = 1024;
+const BATCH_BYTES: usize = 4 << 20;
+
+/// The leader's proposer: concurrent proposals go into the log together, one entry per
+/// batch (`Command::Batch`), so Raft's per-entry work (core loop, append, replication
+/// bookkeeping, flush) is paid once per batch rather than per request. A lone proposal
+/// goes alone and at once; batches form only while `PROPOSALS_IN_FLIGHT` are in flight.
+async fn propose_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
+        let mut bytes = first.0.size();
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS && bytes < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.0.size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let (mut cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+            let cmd = if cmds.len() == 1 { cmds.remove(0) } else { Command::Batch(cmds) };
+            metrics::histogram!("metad_proposal_batch_commands").record(waiters.len() as f64);
+            let started = std::time::Instant::now();
+            let resp = match tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(cmd)).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => {
+                    let e = from_write_error(e);
+                    for w in waiters {
+                        let _ = w.send(Err(e.clone()));
+                    }
+                    return;
+                }
+                Err(_) => {
+                    for w in waiters {
+                        let _ = w.send(Err(EtcdError::Timeout));
+                    }
+                    return;
+                }
+            };
+            metrics::histogram!("metad_proposal_seconds").record(started.elapsed().as_secs_f64());
+            let index = resp.log_id.index;
+            let mut outcomes = resp.data.outcomes.into_iter();
+            for w in waiters {
+                let out = outcomes
+                    .next()
+                    .unwrap_or_else(|| Err(EtcdError::Internal("applied entry returned no outcome".into())));
+                let _ = w.send(out.map(|o| (o, index)));
+            }
+        });
+    }
 }
 
 /// FNV-1a, 64 bit: stable ids derived from names (never 0).
@@ -72,6 +140,8 @@ pub struct NodeParts {
 
 impl Node {
     pub fn new(p: NodeParts) -> Self {
+        let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(propose_batches(p.raft.clone(), rx));
         Self {
             raft: p.raft,
             shared: p.shared,
@@ -87,6 +157,7 @@ impl Node {
             lease_seq: AtomicU64::new(0),
             was_member: AtomicBool::new(false),
             member_lock: tokio::sync::Mutex::new(()),
+            proposals,
         }
     }
 
@@ -187,8 +258,11 @@ impl Node {
         if leader == self.id {
             return self.write_local(cmd).await.map(|(out, _)| out);
         }
+        let started = std::time::Instant::now();
         match self.to_leader(&member, &PeerCall::Write(cmd)).await? {
             PeerReply::Written { revision, index, has_txn, txn } => {
+                metrics::histogram!("metad_forwarded_write_seconds").record(started.elapsed().as_secs_f64());
+                let forwarded = std::time::Instant::now();
                 // Like etcd, answer once this member has applied the entry too, so a
                 // serializable read or a watch here right after sees the write.
                 self.raft
@@ -196,6 +270,7 @@ impl Node {
                     .applied_index_at_least(Some(index), "forwarded write")
                     .await
                     .map_err(|_| EtcdError::Timeout)?;
+                metrics::histogram!("metad_forwarded_apply_wait_seconds").record(forwarded.elapsed().as_secs_f64());
                 let txn = if has_txn {
                     Some(pb::TxnResponse::decode(txn.as_slice()).map_err(|e| EtcdError::Internal(e.to_string()))?)
                 } else {
@@ -207,16 +282,17 @@ impl Node {
         }
     }
 
-    /// Propose only if this member leads (never forwarded).
-    /// With the entry's log index.
+    /// Propose only if this member leads (never forwarded); the outcome and the log index
+    /// of the entry that carried it.
     pub async fn write_local(&self, cmd: Command) -> Result<(WriteOutcome, u64), EtcdError> {
-        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.raft.client_write(cmd)).await {
-            Ok(r) => r.map_err(from_write_error)?,
-            Err(_) => return Err(EtcdError::Timeout),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = async {
+            self.proposals.send((cmd, tx)).await.map_err(|_| EtcdError::Stopped)?;
+            rx.await.map_err(|_| EtcdError::Stopped)?
         };
-        match resp.data.outcome {
-            Some(r) => r.map(|out| (out, resp.log_id.index)),
-            None => Err(EtcdError::Internal("applied entry returned no outcome".into())),
+        match tokio::time::timeout(REQUEST_TIMEOUT, queued).await {
+            Ok(r) => r,
+            Err(_) => Err(EtcdError::Timeout),
         }
     }
 

@@ -15,9 +15,9 @@ use openraft::{
     StorageIOError, StoredMembership, Vote,
 };
 use prost::Message as _;
+use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::broadcast;
 
 use crate::error::EtcdError;
@@ -78,127 +78,204 @@ pub enum Command {
     LeaseRevoke {
         id: i64,
     },
+    /// Several commands proposed together (one log entry, applied in order, each with its
+    /// own revision): the leader batches concurrent proposals this way.
+    Batch(Vec<Command>),
 }
 
 impl Command {
     pub fn txn(req: &pb::TxnRequest) -> Self {
         Command::Txn(req.encode_to_vec())
     }
+
+    /// Roughly what the command costs in memory and on the wire.
+    pub fn size(&self) -> usize {
+        64 + match self {
+            Command::Txn(b) => b.len(),
+            Command::Batch(cmds) => cmds.iter().map(Command::size).sum(),
+            _ => 0,
+        }
+    }
 }
 
-/// What applying one entry returned. Only the leader that proposed the entry reads it, in
-/// process, so it is never serialized.
+/// What applying one entry returned: one outcome per command (several for a `Batch`).
+/// Only the leader that proposed the entry reads it, in process, so it is never serialized.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct CommandResult {
     #[serde(skip)]
-    pub outcome: Option<Result<WriteOutcome, EtcdError>>,
+    pub outcomes: Vec<Result<WriteOutcome, EtcdError>>,
 }
 
 // ---------------------------------------------------------------------------------------
 // Log store
 
-/// Raft log, vote and committed id in SQLite; every log or vote write is a committed
-/// (fsynced) transaction before it is acknowledged. The committed id is written along with
-/// the next append rather than with an fsync of its own: after a restart the node re-applies
-/// up to the committed id it finds, and the rest once it has led and committed again.
+/// Raft log, vote and committed id in SQLite (`synchronous=FULL`); every log or vote write
+/// is a committed (fsynced) transaction before it is acknowledged. The committed id is
+/// written along with the next append rather than with an fsync of its own: after a
+/// restart the node re-applies up to the committed id it finds, and the rest once it has
+/// led and committed again.
 ///
-/// `append` does not wait for the disk: it hands the entries to a writer task and returns,
-/// and the writer reports each append flushed (openraft's `LogFlushed`) once its SQLite
+/// One thread owns the write connection and takes work in order. `append` does not wait
+/// for the disk: it puts the entries in the in-memory tail (`cache`) and queues them, and
+/// the writer reports each append flushed (openraft's `LogFlushed`) once its SQLite
 /// transaction has committed. openraft counts an entry towards a quorum only when flushed,
 /// so the leader's fsync overlaps with replication instead of preceding it, and appends
-/// that queue up while one commits share the next commit (group commit). Until then the
-/// entries sit in `pending`, where the log reader finds them.
-#[derive(Debug, Clone)]
+/// that queue up while one commits share the next commit (group commit). The log reader
+/// serves the tail from `cache` (replication reads what was just appended) and only older
+/// entries from disk.
+#[derive(Clone)]
 pub struct LogStore {
-    pool: SqlitePool,
-    committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
-    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry<TypeConfig>>>>,
-    writer: tokio::sync::mpsc::Sender<WriteOp>,
+    inner: Arc<LogInner>,
 }
 
-/// Work for the log writer task, in order.
+struct LogInner {
+    path: PathBuf,
+    /// Reads of the stored state (start-up, and entries older than the cache).
+    reader: std::sync::Mutex<Connection>,
+    committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
+    cache: Arc<std::sync::Mutex<LogCache>>,
+    writer: tokio::sync::mpsc::Sender<WriteOp>,
+    /// Dropping it stops the checkpointer.
+    _checkpointer: std::sync::mpsc::Sender<()>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore").field("path", &self.inner.path).finish()
+    }
+}
+
+/// The newest log entries: a contiguous tail of the log, everything not yet on disk and
+/// as much on disk as the limits allow.
+#[derive(Default)]
+struct LogCache {
+    entries: std::collections::BTreeMap<u64, Entry<TypeConfig>>,
+    /// Encoded size of `entries`.
+    bytes: usize,
+    /// Entries up to this index are on disk (kept in step by the writer thread, in order
+    /// with truncations), so only those may leave the cache.
+    durable: u64,
+}
+
+/// Entries and bytes the cache keeps at most (beyond what is not yet on disk).
+const CACHE_ENTRIES: usize = 20_000;
+const CACHE_BYTES: usize = 64 << 20;
+
+impl LogCache {
+    fn insert(&mut self, e: Entry<TypeConfig>, size: usize) {
+        self.bytes += size;
+        if let Some(old) = self.entries.insert(e.log_id.index, e) {
+            self.bytes = self.bytes.saturating_sub(entry_size(&old));
+        }
+        while (self.entries.len() > CACHE_ENTRIES || self.bytes > CACHE_BYTES)
+            && self.entries.first_key_value().is_some_and(|(i, _)| *i <= self.durable)
+        {
+            if let Some((_, e)) = self.entries.pop_first() {
+                self.bytes = self.bytes.saturating_sub(entry_size(&e));
+            }
+        }
+    }
+
+    fn remove_from(&mut self, index: u64) {
+        for (_, e) in self.entries.split_off(&index) {
+            self.bytes = self.bytes.saturating_sub(entry_size(&e));
+        }
+    }
+
+    fn remove_upto(&mut self, index: u64) {
+        let keep = self.entries.split_off(&(index + 1));
+        for e in std::mem::replace(&mut self.entries, keep).values() {
+            self.bytes = self.bytes.saturating_sub(entry_size(e));
+        }
+    }
+}
+
+/// Roughly what an entry costs in memory (its payload dominates).
+fn entry_size(e: &Entry<TypeConfig>) -> usize {
+    match &e.payload {
+        EntryPayload::Normal(c) => c.size(),
+        _ => 64,
+    }
+}
+
+type WriterJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Work for the log writer thread, in order.
 enum WriteOp {
     Append {
         rows: Vec<(u64, Vec<u8>)>,
         done: LogFlushed<TypeConfig>,
     },
-    /// Answered once every op queued before it has committed.
-    Barrier(tokio::sync::oneshot::Sender<()>),
-}
-
-impl std::fmt::Debug for WriteOp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WriteOp::Append { rows, .. } => write!(f, "Append({} entries)", rows.len()),
-            WriteOp::Barrier(_) => write!(f, "Barrier"),
-        }
-    }
+    /// Anything else that writes (vote, truncate, purge, meta), after everything before it.
+    Run(WriterJob),
 }
 
 /// Appends per SQLite transaction at most (the queue holds up to `WRITE_QUEUE`).
 const GROUP_COMMIT: usize = 256;
 const WRITE_QUEUE: usize = 1024;
 
-async fn log_writer(
-    pool: SqlitePool,
+fn log_writer(
+    mut conn: Connection,
     committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
-    pending: Arc<std::sync::Mutex<std::collections::BTreeMap<u64, Entry<TypeConfig>>>>,
+    cache: Arc<std::sync::Mutex<LogCache>>,
     mut rx: tokio::sync::mpsc::Receiver<WriteOp>,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
+    let mut carry = None;
+    loop {
+        let first = match carry.take() {
+            Some(op) => op,
+            None => match rx.blocking_recv() {
+                Some(op) => op,
+                None => return,
+            },
+        };
+        let (rows, done) = match first {
+            WriteOp::Run(job) => {
+                job(&mut conn);
+                continue;
+            }
+            WriteOp::Append { rows, done } => (rows, done),
+        };
+        let mut batch = vec![(rows, done)];
         while batch.len() < GROUP_COMMIT {
             match rx.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(WriteOp::Append { rows, done }) => batch.push((rows, done)),
+                Ok(other) => {
+                    carry = Some(other);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let commit = async {
-            let mut tx = pool.begin().await?;
-            for op in &batch {
-                if let WriteOp::Append { rows, .. } = op {
+        let started = std::time::Instant::now();
+        let commit = (|| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?, ?)")?;
+                for (rows, _) in &batch {
                     for (i, bytes) in rows {
-                        sqlx::query("INSERT OR REPLACE INTO log (idx, entry) VALUES (?, ?)")
-                            .bind(idx(*i))
-                            .bind(bytes.as_slice())
-                            .execute(&mut *tx)
-                            .await?;
+                        insert.execute(params![idx(*i), bytes])?;
                     }
                 }
             }
             let committed = *committed.lock().unwrap_or_else(|e| e.into_inner());
             if committed.is_some() {
                 let bytes = serde_json::to_vec(&committed).unwrap_or_default();
-                sqlx::query(
-                    "INSERT INTO meta (name, value) VALUES ('committed', ?) \
-                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                )
-                .bind(bytes)
-                .execute(&mut *tx)
-                .await?;
+                set_meta_on(&tx, "committed", &bytes)?;
             }
-            tx.commit().await
-        }
-        .await;
+            tx.commit()
+        })();
+        metrics::histogram!("metad_log_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("metad_log_commit_appends").record(batch.len() as f64);
         if let Err(e) = &commit {
             tracing::error!(error = %e, "raft log write failed");
+        } else if let Some(last) = batch.iter().flat_map(|(rows, _)| rows.iter().map(|(i, _)| *i)).max() {
+            let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.durable = c.durable.max(last);
         }
-        for op in batch {
-            match op {
-                WriteOp::Append { rows, done } => {
-                    if commit.is_ok() {
-                        let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
-                        for (i, _) in &rows {
-                            p.remove(i);
-                        }
-                    }
-                    let result = commit.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
-                    done.log_io_completed(result);
-                }
-                WriteOp::Barrier(tx) => {
-                    let _ = tx.send(());
-                }
-            }
+        for (_, done) in batch {
+            let result = commit.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+            done.log_io_completed(result);
         }
     }
 }
@@ -207,64 +284,103 @@ fn idx(i: u64) -> i64 {
     i64::try_from(i).unwrap_or(i64::MAX)
 }
 
+fn set_meta_on(conn: &Connection, name: &str, bytes: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![name, bytes])?;
+    Ok(())
+}
+
+fn open_log_db(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
 impl LogStore {
-    pub async fn open(path: &Path) -> Result<Self, sqlx::Error> {
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL)")
-            .execute(&pool)
-            .await?;
-        sqlx::query("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)")
-            .execute(&pool)
-            .await?;
-        let committed = Arc::default();
-        let pending = Arc::default();
+    pub async fn open(path: &Path) -> Result<Self, rusqlite::Error> {
+        let path = path.to_path_buf();
+        let (conn, reader) = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let conn = open_log_db(&path)?;
+                conn.execute_batch(
+                    "CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+                     CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
+                )?;
+                // Checkpoints run in the background, not inside the writer's commits.
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                let reader = open_log_db(&path)?;
+                Ok::<_, rusqlite::Error>((conn, reader))
+            })
+            .await
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))??
+        };
+        let committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>> = Arc::default();
+        let cache: Arc<std::sync::Mutex<LogCache>> = Arc::default();
         let (writer, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(log_writer(pool.clone(), Arc::clone(&committed), Arc::clone(&pending), rx));
-        Ok(Self { pool, committed, pending, writer })
+        let (c, k) = (Arc::clone(&committed), Arc::clone(&cache));
+        std::thread::Builder::new()
+            .name("metad-log-writer".into())
+            .spawn(move || log_writer(conn, c, k, rx))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let checkpointer = crate::mvcc::spawn_checkpointer(&path)?;
+        let inner = LogInner {
+            path,
+            reader: std::sync::Mutex::new(reader),
+            committed,
+            cache,
+            writer,
+            _checkpointer: checkpointer,
+        };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
-    /// Wait until every append queued so far has committed.
-    async fn barrier(&self) -> Result<(), StorageIOError<NodeId>> {
+    /// Run `job` on the writer thread after everything queued before it; its result.
+    async fn on_writer<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StorageIOError<NodeId>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || StorageIOError::write_logs(&std::io::Error::other("raft log writer stopped"));
-        self.writer.send(WriteOp::Barrier(tx)).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        let op = WriteOp::Run(Box::new(move |conn| {
+            let _ = tx.send(job(conn));
+        }));
+        self.inner.writer.send(op).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?.map_err(|e| StorageIOError::write_logs(&e))
     }
 
+    /// Wait until everything queued so far is on disk.
     pub async fn close(&self) {
-        self.pool.close().await;
+        let _ = self.on_writer(|_| Ok(())).await;
     }
 
-    async fn get_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StorageIOError<NodeId>> {
-        let v: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM meta WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| StorageIOError::read(&e))?;
+    #[allow(clippy::result_large_err)] // openraft's error type, which its traits return anyway
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StorageIOError<NodeId>> {
+        let conn = self.inner.reader.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|e| StorageIOError::read(&e))
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn get_meta<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StorageIOError<NodeId>> {
+        let v: Option<Vec<u8>> = self.read(|c| {
+            c.prepare_cached("SELECT value FROM meta WHERE name = ?")?.query_row([name], |r| r.get(0)).optional()
+        })?;
         v.map(|b| serde_json::from_slice(&b)).transpose().map_err(|e| StorageIOError::read(&e))
     }
 
     async fn set_meta<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StorageIOError<NodeId>> {
         let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
-        sqlx::query(
-            "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-        )
-        .bind(name)
-        .bind(bytes)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| StorageIOError::write(&e))?;
-        Ok(())
+        let name = name.to_string();
+        self.on_writer(move |c| set_meta_on(c, &name, &bytes)).await
     }
 
     /// This member's identity, if the data dir has one.
     pub async fn identity(&self) -> Result<Option<Identity>, StorageIOError<NodeId>> {
-        self.get_meta("identity").await
+        self.get_meta("identity")
     }
 
     pub async fn save_identity(&self, id: &Identity) -> Result<(), StorageIOError<NodeId>> {
@@ -273,19 +389,21 @@ impl LogStore {
 
     /// Whether the log store holds Raft state (a vote or log entries).
     pub async fn has_state(&self) -> Result<bool, StorageIOError<NodeId>> {
-        let vote: Option<Vote<NodeId>> = self.get_meta("vote").await?;
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM log")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let vote: Option<Vote<NodeId>> = self.get_meta("vote")?;
+        let n: i64 = self.read(|c| c.query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0)))?;
         Ok(vote.is_some() || n > 0)
     }
 
-    /// Rebuild the database file (etcd's Defragment).
-    pub async fn vacuum(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("VACUUM").execute(&self.pool).await?;
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.pool).await?;
-        Ok(())
+    /// Rebuild the log database file at `path` (etcd's Defragment), on a connection of its
+    /// own: VACUUM takes SQLite's lock, so it waits for (and then briefly blocks) the writer.
+    pub async fn vacuum(path: &Path) -> Result<(), rusqlite::Error> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_log_db(&path)?;
+            conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
+        })
+        .await
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
     }
 
     /// Bytes on disk (database and its WAL).
@@ -298,41 +416,58 @@ impl LogStore {
     }
 }
 
+#[allow(clippy::result_large_err)]
+fn decode_entry(b: &[u8]) -> Result<Entry<TypeConfig>, StorageIOError<NodeId>> {
+    serde_json::from_slice(b).map_err(|e| StorageIOError::read_logs(&e))
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
         range: RB,
     ) -> StorageResult<Vec<Entry<TypeConfig>>> {
         let start = match range.start_bound() {
-            Bound::Included(x) => idx(*x),
-            Bound::Excluded(x) => idx(*x).saturating_add(1),
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(x) => idx(*x),
-            Bound::Excluded(x) => idx(*x) - 1,
-            Bound::Unbounded => i64::MAX,
+            Bound::Included(x) => *x,
+            Bound::Excluded(0) => return Ok(Vec::new()),
+            Bound::Excluded(x) => *x - 1,
+            Bound::Unbounded => u64::MAX,
         };
-        // Pending entries first: one that commits meanwhile is then in the table.
-        let pending: Vec<Entry<TypeConfig>> = {
-            let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let lo = u64::try_from(start.max(0)).unwrap_or(0);
-            let hi = u64::try_from(end.max(0)).unwrap_or(0);
-            if end < start { Vec::new() } else { p.range(lo..=hi).map(|(_, e)| e.clone()).collect() }
-        };
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar("SELECT entry FROM log WHERE idx >= ? AND idx <= ? ORDER BY idx")
-            .bind(start)
-            .bind(end)
-            .fetch_all(&self.pool)
+        if end < start {
+            return Ok(Vec::new());
+        }
+        {
+            let c = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if c.entries.first_key_value().is_some_and(|(first, _)| *first <= start) {
+                return Ok(c.entries.range(start..=end).map(|(_, e)| e.clone()).collect());
+            }
+        }
+        // Older than the cache: from disk, then the cache on top (one that left the cache
+        // meanwhile is on disk already).
+        let rows: Vec<Vec<u8>> = {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || {
+                let c = this.inner.reader.lock().unwrap_or_else(|e| e.into_inner());
+                c.prepare_cached("SELECT entry FROM log WHERE idx >= ? AND idx <= ? ORDER BY idx")?
+                    .query_map([idx(start), idx(end)], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<Vec<u8>>>>()
+            })
             .await
-            .map_err(|e| StorageIOError::read_logs(&e))?;
+            .map_err(|e| StorageIOError::read_logs(&e))?
+            .map_err(|e| StorageIOError::read_logs(&e))?
+        };
         let mut by_index = std::collections::BTreeMap::new();
         for b in &rows {
-            let e: Entry<TypeConfig> = serde_json::from_slice(b).map_err(|e| StorageIOError::read_logs(&e))?;
+            let e = decode_entry(b)?;
             by_index.insert(e.log_id.index, e);
         }
-        for e in pending {
-            by_index.insert(e.log_id.index, e);
+        let c = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, e) in c.entries.range(start..=end) {
+            by_index.insert(*i, e.clone());
         }
         Ok(by_index.into_values().collect())
     }
@@ -342,20 +477,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
-        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta("last_purged").await?;
-        let last: Option<Vec<u8>> = sqlx::query_scalar("SELECT entry FROM log ORDER BY idx DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta("last_purged")?;
+        let last: Option<Vec<u8>> =
+            self.read(|c| c.query_row("SELECT entry FROM log ORDER BY idx DESC LIMIT 1", [], |r| r.get(0)).optional())?;
         let stored = match last {
-            Some(b) => {
-                let e: Entry<TypeConfig> = serde_json::from_slice(&b).map_err(|e| StorageIOError::read_logs(&e))?;
-                Some(e.log_id)
-            }
+            Some(b) => Some(decode_entry(&b)?.log_id),
             None => last_purged_log_id,
         };
-        let queued = self.pending.lock().unwrap_or_else(|e| e.into_inner()).values().next_back().map(|e| e.log_id);
-        let last_log_id = std::cmp::max(stored, queued);
+        let cached =
+            self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).entries.values().next_back().map(|e| e.log_id);
+        let last_log_id = std::cmp::max(stored, cached);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -368,16 +499,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> StorageResult<Option<Vote<NodeId>>> {
-        Ok(self.get_meta("vote").await?)
+        Ok(self.get_meta("vote")?)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StorageResult<()> {
-        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
+        *self.inner.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed").await?.flatten())
+        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -387,15 +518,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut rows = Vec::new();
         {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
                 let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+                let size = entry_size(&entry);
                 rows.push((entry.log_id.index, bytes));
-                p.insert(entry.log_id.index, entry);
+                c.insert(entry, size);
             }
         }
         let op = WriteOp::Append { rows, done: callback };
-        self.writer
+        self.inner
+            .writer
             .send(op)
             .await
             .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("raft log writer stopped")))?;
@@ -403,25 +536,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        // Queued appends land first; openraft issues nothing else while this runs.
-        self.barrier().await?;
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).retain(|i, _| *i < log_id.index);
-        sqlx::query("DELETE FROM log WHERE idx >= ?")
-            .bind(idx(log_id.index))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let index = log_id.index;
+        self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).remove_from(index);
+        let cache = Arc::clone(&self.inner.cache);
+        // After the appends queued before it (openraft issues nothing else meanwhile).
+        self.on_writer(move |c| {
+            c.execute("DELETE FROM log WHERE idx >= ?", [idx(index)])?;
+            let mut k = cache.lock().unwrap_or_else(|e| e.into_inner());
+            k.durable = k.durable.min(index.saturating_sub(1));
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StorageResult<()> {
-        self.barrier().await?;
-        self.set_meta("last_purged", &log_id).await?;
-        sqlx::query("DELETE FROM log WHERE idx <= ?")
-            .bind(idx(log_id.index))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        let bytes = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
+        let index = log_id.index;
+        self.on_writer(move |c| {
+            let tx = c.transaction()?;
+            set_meta_on(&tx, "last_purged", &bytes)?;
+            tx.execute("DELETE FROM log WHERE idx <= ?", [idx(index)])?;
+            tx.commit()
+        })
+        .await?;
+        self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).remove_upto(index);
         Ok(())
     }
 }
@@ -453,6 +592,9 @@ pub struct StateMachine {
     shared: Arc<Shared>,
     data_dir: PathBuf,
 }
+
+/// Commands an applied batch may hold to be applied on the state machine's own task.
+const INLINE_APPLY: usize = 16;
 
 /// Capacity of the event broadcast (revisions a watch stream may lag before it must
 /// catch up from history).
@@ -505,15 +647,16 @@ impl StateMachine {
     }
 }
 
-async fn apply_command(a: &mut Applier<'_>, cmd: &Command) -> ApplyResult {
+fn apply_command(a: &mut Applier<'_>, cmd: &Command) -> ApplyResult {
     match cmd {
         Command::Txn(bytes) => match pb::TxnRequest::decode(bytes.as_slice()) {
-            Ok(req) => a.txn(&req).await,
+            Ok(req) => a.txn(&req),
             Err(e) => Ok(Err(EtcdError::Internal(e.to_string()))),
         },
-        Command::Compact { revision } => a.compact_cmd(*revision).await,
-        Command::LeaseGrant { id, ttl } => a.lease_grant(*id, *ttl).await,
-        Command::LeaseRevoke { id } => a.lease_revoke(*id).await,
+        Command::Compact { revision } => a.compact_cmd(*revision),
+        Command::LeaseGrant { id, ttl } => a.lease_grant(*id, *ttl),
+        Command::LeaseRevoke { id } => a.lease_revoke(*id),
+        Command::Batch(_) => Ok(Err(EtcdError::Internal("nested command batch".into()))),
     }
 }
 
@@ -562,34 +705,67 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let io = |e: sqlx::Error| StorageError::from(StorageIOError::<NodeId>::write_state_machine(&e));
-        let mut work = self.shared.read().clone();
-        let mut results = Vec::new();
-        let mut events = Vec::new();
-        let mut tx = self.shared.db.begin_write().await.map_err(io)?;
-        for entry in entries {
-            work.last_applied = Some(entry.log_id);
-            match entry.payload {
-                EntryPayload::Blank => results.push(CommandResult::default()),
-                EntryPayload::Membership(m) => {
-                    work.membership = StoredMembership::new(Some(entry.log_id), m);
-                    results.push(CommandResult::default());
-                }
-                EntryPayload::Normal(cmd) => {
-                    let outcome =
-                        apply_command(&mut Applier { conn: &mut tx, st: &mut work }, &cmd).await.map_err(io)?;
-                    if let Ok(WriteOutcome { events: Some(ev), .. }) = &outcome {
-                        events.push(Arc::new(ev.clone()));
+        let io = |e: rusqlite::Error| StorageError::from(StorageIOError::<NodeId>::write_state_machine(&e));
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let commands: usize = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(Command::Batch(c)) => c.len(),
+                _ => 1,
+            })
+            .sum();
+        let shared = Arc::clone(&self.shared);
+        // The whole batch in one SQLite transaction.
+        let started = std::time::Instant::now();
+        let apply = move || {
+            metrics::histogram!("metad_apply_batch_entries").record(entries.len() as f64);
+            let mut work = shared.read().clone();
+            let mut results = Vec::with_capacity(entries.len());
+            let mut events = Vec::new();
+            shared.db.write(|tx| {
+                for entry in entries {
+                    work.last_applied = Some(entry.log_id);
+                    match entry.payload {
+                        EntryPayload::Blank => results.push(CommandResult::default()),
+                        EntryPayload::Membership(m) => {
+                            work.membership = StoredMembership::new(Some(entry.log_id), m);
+                            results.push(CommandResult::default());
+                        }
+                        EntryPayload::Normal(cmd) => {
+                            let cmds = match cmd {
+                                Command::Batch(cmds) => cmds,
+                                one => vec![one],
+                            };
+                            let mut outcomes = Vec::with_capacity(cmds.len());
+                            for cmd in &cmds {
+                                let outcome = apply_command(&mut Applier { conn: tx, st: &mut work }, cmd)?;
+                                if let Ok(WriteOutcome { events: Some(ev), .. }) = &outcome {
+                                    events.push(Arc::new(ev.clone()));
+                                }
+                                if let Err(EtcdError::Internal(detail)) = &outcome {
+                                    tracing::error!(detail = %detail, "apply failed");
+                                }
+                                outcomes.push(outcome);
+                            }
+                            results.push(CommandResult { outcomes });
+                        }
                     }
-                    if let Err(EtcdError::Internal(detail)) = &outcome {
-                        tracing::error!(detail = %detail, "apply failed");
-                    }
-                    results.push(CommandResult { outcome: Some(outcome) });
                 }
-            }
-        }
-        crate::mvcc::save_state(&mut tx, &work).await.map_err(io)?;
-        tx.commit().await.map_err(io)?;
+                crate::mvcc::save_state(tx, &work)
+            })?;
+            Ok::<_, rusqlite::Error>((results, work, events))
+        };
+        // A few commands run right here (microseconds of SQLite, no fsync: a hand-off to
+        // another thread would cost more); a large batch goes to the blocking pool.
+        let applied = if commands <= INLINE_APPLY {
+            apply()
+        } else {
+            tokio::task::spawn_blocking(apply)
+                .await
+                .map_err(|e| StorageError::from(StorageIOError::<NodeId>::write_state_machine(&e)))?
+        };
+        let (results, work, events) = applied.map_err(io)?;
+        metrics::histogram!("metad_apply_batch_seconds").record(started.elapsed().as_secs_f64());
         *self.shared.write() = work;
         for ev in events {
             // No receivers is fine; a lagging receiver catches up from history.

@@ -489,17 +489,10 @@ impl pb::maintenance_server::Maintenance for EtcdService {
         request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let span = rpc_span("Defragment", request.metadata());
-        let store = crate::raft::LogStore::open(&self.node.db_path).instrument(span.clone()).await;
-        // A second connection to the same database: VACUUM takes SQLite's own lock, so it
-        // waits for (and then blocks) the log writer briefly, as etcd's defrag does.
-        match store {
-            Ok(s) => {
-                let r = s.vacuum().instrument(span).await;
-                s.close().await;
-                r.map_err(|e| Status::from(EtcdError::Internal(e.to_string())))?;
-            }
-            Err(e) => return Err(EtcdError::Internal(e.to_string()).into()),
-        }
+        LogStore::vacuum(&self.node.db_path)
+            .instrument(span)
+            .await
+            .map_err(|e| Status::from(EtcdError::Internal(e.to_string())))?;
         Ok(Response::new(pb::DefragmentResponse { header: Some(self.node.current_header()) }))
     }
 

@@ -6,6 +6,7 @@
 //! client endpoints, as gateways and blobd do.
 //!
 //! etcdbench --aether target/release/aether --etcd /usr/bin/etcd --secs 5 --rounds 3
+//!     [--systems metad,etcd] [--workloads put:1,put:64,range:1,range:64] [--keys N] [--value-size B]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,6 +23,7 @@ struct Args {
     value_size: usize,
     keys: usize,
     systems: Vec<String>,
+    workloads: Vec<(String, usize)>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -33,6 +35,7 @@ fn parse() -> anyhow::Result<Args> {
         value_size: 256,
         keys: 10_000,
         systems: vec!["metad".into(), "etcd".into()],
+        workloads: vec![("put".into(), 1), ("put".into(), 64), ("range".into(), 1), ("range".into(), 64)],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -45,6 +48,18 @@ fn parse() -> anyhow::Result<Args> {
             "--value-size" => a.value_size = v.parse()?,
             "--keys" => a.keys = v.parse()?,
             "--systems" => a.systems = v.split(',').map(str::to_string).collect(),
+            "--workloads" => {
+                a.workloads = v
+                    .split(',')
+                    .map(|w| {
+                        let (op, c) = w.split_once(':').context("a workload is op:concurrency, e.g. put:64")?;
+                        if op != "put" && op != "range" {
+                            bail!("unknown workload op {op:?} (put or range)");
+                        }
+                        Ok((op.to_string(), c.parse()?))
+                    })
+                    .collect::<anyhow::Result<_>>()?
+            }
             other => bail!("unknown flag {other}"),
         }
     }
@@ -238,23 +253,33 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = parse()?;
-    let workloads = [("put", 1usize), ("put", 64), ("range", 1), ("range", 64)];
     let mut clusters = Vec::new();
     for s in &a.systems {
         let mut c = start(s, &a)?;
         let client = wait_ready(&mut c).await?;
-        // Pre-fill the key space so ranges find values.
-        let value = vec![b'v'; a.value_size];
-        for i in 0..a.keys.min(2000) {
+        // Pre-fill the key space so ranges find values (16 writers).
+        let fill = a.keys.min(2000);
+        let mut writers = Vec::new();
+        for w in 0..16 {
             let mut cl = client.clone();
-            cl.put(format!("bench/k{i:06}"), value.clone(), None).await?;
+            let value = vec![b'v'; a.value_size];
+            writers.push(tokio::spawn(async move {
+                for i in (w..fill).step_by(16) {
+                    cl.put(format!("bench/k{i:06}"), value.clone(), None).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for w in writers {
+            w.await??;
         }
         clusters.push((c, client));
     }
     // Per (system, workload): each round's (ops/s, p50, p99).
     let mut results: Vec<(String, String, Vec<Row>)> = Vec::new();
     for round in 0..a.rounds {
-        for (op, conc) in workloads {
+        for (op, conc) in &a.workloads {
+            let (op, conc) = (op.as_str(), *conc);
             for (c, client) in &clusters {
                 let r = run_load(client, op, conc, &a).await?;
                 let row = (r.ops_per_sec(), r.pct(0.5), r.pct(0.99));

@@ -49,9 +49,7 @@ async fn restart_keeps_keys_revision_and_leases() {
 }
 
 async fn first_log_index(db: &std::path::Path) -> i64 {
-    let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(db);
-    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    let first: Option<i64> = sqlx::query_scalar("SELECT MIN(idx) FROM log").fetch_one(&pool).await.unwrap();
-    pool.close().await;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let first: Option<i64> = conn.query_row("SELECT MIN(idx) FROM log", [], |r| r.get(0)).unwrap();
     first.unwrap_or(0)
 }
