@@ -360,7 +360,8 @@ fn get_meta<T: serde::de::DeserializeOwned>(conn: &Connection, name: &str) -> ru
     Ok(v.and_then(|b| serde_json::from_slice(&b).ok()))
 }
 
-fn set_meta(conn: &Connection, name: &str, value: &[u8]) -> rusqlite::Result<()> {
+/// Upsert one row of a `meta (name, value)` table (the state and the log databases have one).
+pub(crate) fn set_meta(conn: &Connection, name: &str, value: &[u8]) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
     )?

@@ -76,6 +76,11 @@ async fn propose_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposa
                 Err(_) => break,
             }
         }
+        // A caller that gave up (timed out while this queued) is not proposed for.
+        batch.retain(|(_, w)| !w.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let raft = raft.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -261,7 +261,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.send(Rpc::Append, &rpc, Bytes::new(), &option).await
+        let started = std::time::Instant::now();
+        let with_entries = !rpc.entries.is_empty();
+        let r = self.send(Rpc::Append, &rpc, Bytes::new(), &option).await;
+        if with_entries {
+            metrics::histogram!("metad_peer_append_rtt_seconds").record(started.elapsed().as_secs_f64());
+        }
+        r
     }
 
     async fn install_snapshot(
@@ -326,7 +332,13 @@ impl RaftPeer for PeerService {
     async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         self.refuse_removed(request.get_ref().from)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data)?;
-        encode(&self.node.raft.append_entries(rpc).await)
+        let started = std::time::Instant::now();
+        let with_entries = !rpc.entries.is_empty();
+        let resp = self.node.raft.append_entries(rpc).await;
+        if with_entries {
+            metrics::histogram!("metad_peer_append_handle_seconds").record(started.elapsed().as_secs_f64());
+        }
+        encode(&resp)
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -261,7 +261,7 @@ fn log_writer(
             let committed = *committed.lock().unwrap_or_else(|e| e.into_inner());
             if committed.is_some() {
                 let bytes = serde_json::to_vec(&committed).unwrap_or_default();
-                set_meta_on(&tx, "committed", &bytes)?;
+                crate::mvcc::set_meta(&tx, "committed", &bytes)?;
             }
             tx.commit()
         })();
@@ -282,14 +282,6 @@ fn log_writer(
 
 fn idx(i: u64) -> i64 {
     i64::try_from(i).unwrap_or(i64::MAX)
-}
-
-fn set_meta_on(conn: &Connection, name: &str, bytes: &[u8]) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-    )?
-    .execute(params![name, bytes])?;
-    Ok(())
 }
 
 fn open_log_db(path: &Path) -> rusqlite::Result<Connection> {
@@ -375,7 +367,7 @@ impl LogStore {
     async fn set_meta<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StorageIOError<NodeId>> {
         let bytes = serde_json::to_vec(value).map_err(|e| StorageIOError::write(&e))?;
         let name = name.to_string();
-        self.on_writer(move |c| set_meta_on(c, &name, &bytes)).await
+        self.on_writer(move |c| crate::mvcc::set_meta(c, &name, &bytes)).await
     }
 
     /// This member's identity, if the data dir has one.
@@ -555,7 +547,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let index = log_id.index;
         self.on_writer(move |c| {
             let tx = c.transaction()?;
-            set_meta_on(&tx, "last_purged", &bytes)?;
+            crate::mvcc::set_meta(&tx, "last_purged", &bytes)?;
             tx.execute("DELETE FROM log WHERE idx <= ?", [idx(index)])?;
             tx.commit()
         })
