@@ -44,6 +44,20 @@ pub struct Node {
     was_member: AtomicBool,
     /// Proposals on their way into the log (see `propose_batches`).
     proposals: tokio::sync::mpsc::Sender<Proposal>,
+    /// Read-index rounds shared by concurrent linearizable reads.
+    read_rounds: ReadRounds,
+}
+
+/// A finished read-index round: its number and result.
+type ReadRound = (u64, Result<Option<u64>, EtcdError>);
+
+struct ReadRounds {
+    /// Rounds started so far.
+    started: AtomicU64,
+    /// Held while a round runs.
+    running: tokio::sync::Mutex<()>,
+    /// The last finished round.
+    done: tokio::sync::watch::Sender<ReadRound>,
 }
 
 /// A command waiting to be proposed, and who waits for its outcome and log index.
@@ -163,6 +177,11 @@ impl Node {
             was_member: AtomicBool::new(false),
             member_lock: tokio::sync::Mutex::new(()),
             proposals,
+            read_rounds: ReadRounds {
+                started: AtomicU64::new(0),
+                running: tokio::sync::Mutex::new(()),
+                done: tokio::sync::watch::Sender::new((0, Ok(None))),
+            },
         }
     }
 
@@ -308,15 +327,7 @@ impl Node {
         if serializable {
             return Ok(());
         }
-        let (leader, member) = self.leader().await?;
-        let index = if leader == self.id {
-            self.read_index_local().await?
-        } else {
-            match self.to_leader(&member, &PeerCall::ReadIndex).await? {
-                PeerReply::ReadIndex { index } => index,
-                other => return Err(unexpected(&other)),
-            }
-        };
+        let index = self.shared_read_index().await?;
         if let Some(index) = index {
             self.raft
                 .wait(Some(REQUEST_TIMEOUT))
@@ -325,6 +336,51 @@ impl Node {
                 .map_err(|_| EtcdError::Timeout)?;
         }
         Ok(())
+    }
+
+    /// A read index obtained after this call began, shared with every other read waiting
+    /// for one: while a round (a leader's heartbeat round, or a follower's call to the
+    /// leader) is under way, the reads that arrive meanwhile wait and share the next round.
+    /// A round numbered above the count of rounds started when a read arrived began after
+    /// it, so its index serves that read linearizably.
+    async fn shared_read_index(&self) -> Result<Option<u64>, EtcdError> {
+        let rounds = &self.read_rounds;
+        let arrived = rounds.started.load(Ordering::SeqCst);
+        let mut done = rounds.done.subscribe();
+        let usable = |done: &tokio::sync::watch::Receiver<ReadRound>| {
+            let (n, r) = &*done.borrow();
+            (*n > arrived).then(|| r.clone())
+        };
+        loop {
+            if let Some(r) = usable(&done) {
+                return r;
+            }
+            tokio::select! {
+                biased;
+                _ = done.changed() => continue,
+                _guard = rounds.running.lock() => {
+                    if let Some(r) = usable(&done) {
+                        return r;
+                    }
+                    let n = rounds.started.fetch_add(1, Ordering::SeqCst) + 1;
+                    let r = self.read_index_round().await;
+                    let _previous = rounds.done.send_replace((n, r.clone()));
+                    return r;
+                }
+            }
+        }
+    }
+
+    /// One read-index round: the leader confirms it still leads (a follower asks it).
+    async fn read_index_round(&self) -> Result<Option<u64>, EtcdError> {
+        let (leader, member) = self.leader().await?;
+        if leader == self.id {
+            return self.read_index_local().await;
+        }
+        match self.to_leader(&member, &PeerCall::ReadIndex).await? {
+            PeerReply::ReadIndex { index } => Ok(index),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn read_index_local(&self) -> Result<Option<u64>, EtcdError> {
@@ -486,7 +542,7 @@ impl Node {
                     txn: out.txn.map(|t| t.encode_to_vec()).unwrap_or_default(),
                 })
             }
-            PeerCall::ReadIndex => Ok(PeerReply::ReadIndex { index: self.read_index_local().await? }),
+            PeerCall::ReadIndex => Ok(PeerReply::ReadIndex { index: self.shared_read_index().await? }),
             PeerCall::KeepAlive { id } => Ok(PeerReply::KeepAlive { ttl: self.keep_alive(id).await? }),
             PeerCall::LeaseRemaining { id } => Ok(PeerReply::LeaseRemaining { secs: self.lease_remaining(id).await? }),
             PeerCall::Member(op) => {
