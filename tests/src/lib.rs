@@ -225,13 +225,11 @@ impl Cluster {
     async fn start_etcd(&mut self) -> anyhow::Result<()> {
         let bin = etcd_bin().context("AETHER_TEST_CATALOG=etcd but no etcd binary (install etcd-server)")?;
         let n = self.opts.etcd_members.max(1);
-        // Hold all the listeners while choosing, so the ports differ; etcd binds them next.
-        let mut held = Vec::new();
-        for _ in 0..2 * n {
-            held.push(std::net::TcpListener::bind("127.0.0.1:0")?);
-        }
-        let ports: Vec<u16> = held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
-        drop(held);
+        // etcd binds these itself, and again after a restart: ports outside the ephemeral
+        // range, so no outgoing connection takes one meanwhile.
+        let ports: Vec<u16> = (0..2 * n)
+            .map(|_| aether_common::ports::unassigned_port(std::net::Ipv4Addr::LOCALHOST))
+            .collect::<Result<_, _>>()?;
         let token = format!("aether-test-{}", std::process::id());
         let mut members: Vec<EtcdMember> = (0..n)
             .map(|i| EtcdMember {

@@ -23,25 +23,9 @@ use tokio::sync::watch;
 use crate::harness::DEADLINE;
 pub use crate::harness::eventually;
 
-/// A port free on `ip` now, below Linux's ephemeral range (32768 and up): members are
-/// restarted on the ports they first got, so the ports are chosen ahead of binding, and a
-/// port from the ephemeral range could meanwhile become the local end of some other
-/// test's outgoing connection (seen as `AddrInUse` on a member's bind).
+/// A port for a member (chosen once: a restarted member binds the same one again).
 fn free_port(ip: Ipv4Addr) -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    // Start somewhere that depends on the process, so test binaries running at once
-    // mostly take different ports; the bind below is what guarantees it.
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ =
-        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 500) as u16 * 20, Ordering::Relaxed, Ordering::Relaxed);
-    for _ in 0..12_000 {
-        let port = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = if port >= 32_000 { 20_000 + port % 12_000 } else { port };
-        if std::net::TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port below 32000 on {ip}");
+    aether_common::ports::unassigned_port(ip).expect("a free port")
 }
 
 fn bind_reuse(addr: SocketAddr) -> std::io::Result<TcpListener> {
