@@ -114,7 +114,9 @@ fn db_err(e: DbError) -> EtcdError {
     EtcdError::Internal(format!("state db: {e}"))
 }
 
-fn join_err(e: tokio::task::JoinError) -> DbError {
+/// Any other failure (a join, an I/O or encoding error) around a store operation, as a
+/// SQLite error.
+pub(crate) fn other_err(e: impl std::error::Error + Send + Sync + 'static) -> DbError {
     rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
@@ -382,11 +384,10 @@ fn load_state(conn: &Connection) -> rusqlite::Result<State> {
 }
 
 pub fn save_state(conn: &Connection, st: &State) -> rusqlite::Result<()> {
-    let json = |e: serde_json::Error| rusqlite::Error::ToSqlConversionFailure(Box::new(e));
     set_meta(conn, "revision", st.revision.to_string().as_bytes())?;
     set_meta(conn, "compact_revision", st.compact_revision.to_string().as_bytes())?;
-    set_meta(conn, "last_applied", &serde_json::to_vec(&st.last_applied).map_err(json)?)?;
-    set_meta(conn, "membership", &serde_json::to_vec(&st.membership).map_err(json)?)?;
+    set_meta(conn, "last_applied", &serde_json::to_vec(&st.last_applied).map_err(other_err)?)?;
+    set_meta(conn, "membership", &serde_json::to_vec(&st.membership).map_err(other_err)?)?;
     Ok(())
 }
 
@@ -846,7 +847,7 @@ pub fn spawn_checkpointer(path: &Path) -> rusqlite::Result<std::sync::mpsc::Send
             }
         }
     });
-    spawned.map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    spawned.map_err(other_err)?;
     Ok(stop)
 }
 
@@ -856,13 +857,13 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// Open `path` for writing (WAL, synchronous=NORMAL: the Raft log is what is fsynced).
-fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+/// Open (or create) `path` read-write in WAL mode with the given `synchronous` level.
+/// Checkpoints run in the background (`spawn_checkpointer`), never inside a commit.
+pub(crate) fn open_wal(path: &Path, synchronous: &str) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Checkpoints run in the background (`spawn_checkpointer`), not inside commits.
+    conn.pragma_update(None, "synchronous", synchronous)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -880,7 +881,8 @@ impl Db {
     pub async fn open(path: &Path) -> Result<(Db, State), DbError> {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let writer = open_writer(&path)?;
+            // synchronous=NORMAL: the Raft log is what is fsynced.
+            let writer = open_wal(&path, "NORMAL")?;
             writer.execute_batch(SCHEMA)?;
             let st = load_state(&writer)?;
             let checkpointer = spawn_checkpointer(&path)?;
@@ -893,7 +895,7 @@ impl Db {
             Ok((Db { inner: Arc::new(inner) }, st))
         })
         .await
-        .map_err(join_err)?
+        .map_err(other_err)?
     }
 
     /// Close the idle readers (the writer closes with the last clone).
@@ -948,7 +950,7 @@ impl Db {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> rusqlite::Result<T> {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || db.read(f)).await.map_err(join_err)?
+        tokio::task::spawn_blocking(move || db.read(f)).await.map_err(other_err)?
     }
 
     /// A Range at the request's revision, with the revision it was read at.
@@ -1047,8 +1049,8 @@ impl Db {
             Ok::<_, DbError>(())
         })
         .await
-        .map_err(join_err)??;
-        tokio::fs::File::open(dest).await.map_err(io_err)?.sync_all().await.map_err(io_err)?;
+        .map_err(other_err)??;
+        tokio::fs::File::open(dest).await.map_err(other_err)?.sync_all().await.map_err(other_err)?;
         Ok(())
     }
 
@@ -1063,7 +1065,7 @@ impl Db {
             Ok((st.last_applied, st.membership, st.revision))
         })
         .await
-        .map_err(join_err)?
+        .map_err(other_err)?
     }
 
     /// Replace every table's contents with those of the database file at `src` (a
@@ -1089,12 +1091,8 @@ impl Db {
             })
         })
         .await
-        .map_err(join_err)?
+        .map_err(other_err)?
     }
-}
-
-fn io_err(e: std::io::Error) -> DbError {
-    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
 /// `Db::events_since` on one read transaction; `Err(compact)` if compacted away.

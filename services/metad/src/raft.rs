@@ -88,6 +88,14 @@ impl Command {
         Command::Txn(req.encode_to_vec())
     }
 
+    /// The commands this one carries: a batch's, or itself.
+    pub fn commands(&self) -> &[Command] {
+        match self {
+            Command::Batch(cmds) => cmds,
+            one => std::slice::from_ref(one),
+        }
+    }
+
     /// Roughly what the command costs in memory and on the wire.
     pub fn size(&self) -> usize {
         64 + match self {
@@ -162,8 +170,8 @@ const CACHE_ENTRIES: usize = 20_000;
 const CACHE_BYTES: usize = 64 << 20;
 
 impl LogCache {
-    fn insert(&mut self, e: Entry<TypeConfig>, size: usize) {
-        self.bytes += size;
+    fn insert(&mut self, e: Entry<TypeConfig>) {
+        self.bytes += entry_size(&e);
         if let Some(old) = self.entries.insert(e.log_id.index, e) {
             self.bytes = self.bytes.saturating_sub(entry_size(&old));
         }
@@ -285,11 +293,7 @@ fn idx(i: u64) -> i64 {
 }
 
 fn open_log_db(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
+    crate::mvcc::open_wal(path, "FULL")
 }
 
 impl LogStore {
@@ -303,13 +307,11 @@ impl LogStore {
                     "CREATE TABLE IF NOT EXISTS log (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL);
                      CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);",
                 )?;
-                // Checkpoints run in the background, not inside the writer's commits.
-                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
                 let reader = open_log_db(&path)?;
                 Ok::<_, rusqlite::Error>((conn, reader))
             })
             .await
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))??
+            .map_err(crate::mvcc::other_err)??
         };
         let committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>> = Arc::default();
         let cache: Arc<std::sync::Mutex<LogCache>> = Arc::default();
@@ -318,7 +320,7 @@ impl LogStore {
         std::thread::Builder::new()
             .name("metad-log-writer".into())
             .spawn(move || log_writer(conn, c, k, rx))
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            .map_err(crate::mvcc::other_err)?;
         let checkpointer = crate::mvcc::spawn_checkpointer(&path)?;
         let inner = LogInner {
             path,
@@ -395,7 +397,7 @@ impl LogStore {
             conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")
         })
         .await
-        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
+        .map_err(crate::mvcc::other_err)?
     }
 
     /// Bytes on disk (database and its WAL).
@@ -513,9 +515,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut c = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
             for entry in entries {
                 let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
-                let size = entry_size(&entry);
                 rows.push((entry.log_id.index, bytes));
-                c.insert(entry, size);
+                c.insert(entry);
             }
         }
         let op = WriteOp::Append { rows, done: callback };
@@ -702,7 +703,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let commands: usize = entries
             .iter()
             .map(|e| match &e.payload {
-                EntryPayload::Normal(Command::Batch(c)) => c.len(),
+                EntryPayload::Normal(cmd) => cmd.commands().len(),
                 _ => 1,
             })
             .sum();
@@ -724,12 +725,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             results.push(CommandResult::default());
                         }
                         EntryPayload::Normal(cmd) => {
-                            let cmds = match cmd {
-                                Command::Batch(cmds) => cmds,
-                                one => vec![one],
-                            };
+                            let cmds = cmd.commands();
                             let mut outcomes = Vec::with_capacity(cmds.len());
-                            for cmd in &cmds {
+                            for cmd in cmds {
                                 let outcome = apply_command(&mut Applier { conn: tx, st: &mut work }, cmd)?;
                                 if let Ok(WriteOutcome { events: Some(ev), .. }) = &outcome {
                                     events.push(Arc::new(ev.clone()));

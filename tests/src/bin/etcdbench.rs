@@ -66,10 +66,10 @@ fn parse() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// `n` distinct free ports (all held open until every one is chosen).
+/// `n` distinct free ports for the member processes to bind.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let held = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    let port = || aether_common::ports::unassigned_port(std::net::Ipv4Addr::LOCALHOST);
+    Ok((0..n).map(|_| port()).collect::<Result<_, _>>()?)
 }
 
 /// Three member processes; killed on drop.
