@@ -7,6 +7,13 @@
 //!
 //! etcdbench --aether target/release/aether --etcd /usr/bin/etcd --secs 5 --rounds 3
 //!     [--systems metad,etcd] [--workloads put:1,put:64,range:1,range:64] [--keys N] [--value-size B]
+//!     [--target all|leader|follower] [--metrics PREFIX] [--aether2 PATH --systems metad,metad2]
+//!
+//! `--target leader` (or `follower`) gives the client only the leader's (or one follower's)
+//! endpoint, to tell the leader's write path from the forwarded one. `--metrics metad_`
+//! prints, per metad member, the median lines of its `/metrics` summaries whose names start
+//! with the prefix (they cover the whole run, pre-fill included: use `--keys 1`). `--aether2`
+//! names a second aether binary, run as system `metad2`: two builds side by side in one run.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -17,6 +24,8 @@ use etcd_client::{Client, GetOptions};
 
 struct Args {
     aether: PathBuf,
+    /// A second aether binary, benchmarked as system `metad2` (an A/B comparison in one run).
+    aether2: Option<PathBuf>,
     etcd: PathBuf,
     secs: u64,
     rounds: usize,
@@ -24,11 +33,14 @@ struct Args {
     keys: usize,
     systems: Vec<String>,
     workloads: Vec<(String, usize)>,
+    target: String,
+    metrics: Option<String>,
 }
 
 fn parse() -> anyhow::Result<Args> {
     let mut a = Args {
         aether: PathBuf::from("target/release/aether"),
+        aether2: None,
         etcd: PathBuf::from("/usr/bin/etcd"),
         secs: 5,
         rounds: 3,
@@ -36,17 +48,27 @@ fn parse() -> anyhow::Result<Args> {
         keys: 10_000,
         systems: vec!["metad".into(), "etcd".into()],
         workloads: vec![("put".into(), 1), ("put".into(), 64), ("range".into(), 1), ("range".into(), 64)],
+        target: "all".into(),
+        metrics: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let v = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--aether" => a.aether = v.into(),
+            "--aether2" => a.aether2 = Some(v.into()),
             "--etcd" => a.etcd = v.into(),
             "--secs" => a.secs = v.parse()?,
             "--rounds" => a.rounds = v.parse()?,
             "--value-size" => a.value_size = v.parse()?,
             "--keys" => a.keys = v.parse()?,
+            "--target" => {
+                if !["all", "leader", "follower"].contains(&v.as_str()) {
+                    bail!("--target is all, leader or follower, not {v:?}");
+                }
+                a.target = v
+            }
+            "--metrics" => a.metrics = Some(v),
             "--systems" => a.systems = v.split(',').map(str::to_string).collect(),
             "--workloads" => {
                 a.workloads = v
@@ -77,6 +99,8 @@ struct Cluster {
     name: &'static str,
     children: Vec<Child>,
     endpoints: Vec<String>,
+    /// metad's admin (metrics) addresses.
+    admin: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -104,8 +128,12 @@ fn start(system: &str, a: &Args) -> anyhow::Result<Cluster> {
         let data = dir.path().join(format!("m{i}"));
         let client_url = format!("http://127.0.0.1:{client}");
         let mut cmd = match system {
-            "metad" => {
-                let mut c = Command::new(&a.aether);
+            "metad" | "metad2" => {
+                let bin = match system {
+                    "metad2" => a.aether2.as_ref().context("system metad2 needs --aether2")?,
+                    _ => &a.aether,
+                };
+                let mut c = Command::new(bin);
                 c.arg("metad")
                     .args(["--name", &format!("m{i}")])
                     .args(["--listen", &format!("127.0.0.1:{client}")])
@@ -141,8 +169,17 @@ fn start(system: &str, a: &Args) -> anyhow::Result<Cluster> {
         children.push(cmd.spawn().with_context(|| format!("starting {system}"))?);
         endpoints.push(client_url);
     }
-    let name = if system == "metad" { "metad" } else { "etcd" };
-    Ok(Cluster { name, children, endpoints, _dir: dir })
+    let name = match system {
+        "metad" => "metad",
+        "metad2" => "metad2",
+        _ => "etcd",
+    };
+    let admin = if system.starts_with("metad") {
+        admin_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+    } else {
+        vec![]
+    };
+    Ok(Cluster { name, children, endpoints, admin, _dir: dir })
 }
 
 /// Wait until every member answers Status and a put through the cluster succeeds
@@ -242,6 +279,17 @@ async fn run_load(client: &Client, op: &str, concurrency: usize, a: &Args) -> an
     Ok(RunResult { ops: lat_us.len() as u64, secs, lat_us })
 }
 
+/// The body of `GET /metrics` from an admin address (HTTP/1.0, so the server closes).
+fn scrape(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
 /// One run's (ops/s, p50 ms, p99 ms).
 type Row = (f64, f64, f64);
 
@@ -273,6 +321,23 @@ async fn main() -> anyhow::Result<()> {
         for w in writers {
             w.await??;
         }
+        let client = match a.target.as_str() {
+            "all" => client,
+            want => {
+                let mut chosen = None;
+                for ep in &c.endpoints {
+                    let mut one = Client::connect([ep.clone()], None).await?;
+                    let st = one.status().await?;
+                    let leads = st.leader() == st.header().map(|h| h.member_id()).unwrap_or(0);
+                    if leads == (want == "leader") {
+                        eprintln!("{}: client uses {ep} only ({want})", c.name);
+                        chosen = Some(one);
+                        break;
+                    }
+                }
+                chosen.with_context(|| format!("{}: no {want} endpoint", c.name))?
+            }
+        };
         clusters.push((c, client));
     }
     // Per (system, workload): each round's (ops/s, p50, p99).
@@ -305,6 +370,18 @@ async fn main() -> anyhow::Result<()> {
         let p50 = median(v.iter().map(|r| r.1).collect());
         let p99 = median(v.iter().map(|r| r.2).collect());
         println!("{s:<6} {w:<10} {ops:>10.0} {p50:>10.2} {p99:>10.2}");
+    }
+    if let Some(prefix) = &a.metrics {
+        for (c, _) in &clusters {
+            for (i, addr) in c.admin.iter().enumerate() {
+                println!("\n{} m{i} ({addr}) /metrics, medians:", c.name);
+                for line in scrape(addr)?.lines() {
+                    if line.starts_with(prefix.as_str()) && line.contains("quantile=\"0.5\"") {
+                        println!("  {line}");
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
