@@ -46,6 +46,9 @@ pub struct Node {
     proposals: tokio::sync::mpsc::Sender<Proposal>,
     /// Read-index rounds shared by concurrent linearizable reads.
     read_rounds: ReadRounds,
+    /// The highest log index of a write this member forwarded and answered: its
+    /// serializable reads and new watches wait until it has applied that far.
+    write_fence: AtomicU64,
 }
 
 /// A finished read-index round: its number and result.
@@ -177,6 +180,7 @@ impl Node {
             was_member: AtomicBool::new(false),
             member_lock: tokio::sync::Mutex::new(()),
             proposals,
+            write_fence: AtomicU64::new(0),
             read_rounds: ReadRounds {
                 started: AtomicU64::new(0),
                 running: tokio::sync::Mutex::new(()),
@@ -286,15 +290,12 @@ impl Node {
         match self.to_leader(&member, &PeerCall::Write(cmd)).await? {
             PeerReply::Written { revision, index, has_txn, txn } => {
                 metrics::histogram!("metad_forwarded_write_seconds").record(started.elapsed().as_secs_f64());
-                let forwarded = std::time::Instant::now();
-                // Like etcd, answer once this member has applied the entry too, so a
-                // serializable read or a watch here right after sees the write.
-                self.raft
-                    .wait(Some(REQUEST_TIMEOUT))
-                    .applied_index_at_least(Some(index), "forwarded write")
-                    .await
-                    .map_err(|_| EtcdError::Timeout)?;
-                metrics::histogram!("metad_forwarded_apply_wait_seconds").record(forwarded.elapsed().as_secs_f64());
+                // Answered as soon as the leader has applied it. A serializable read or a
+                // watch created here afterwards still sees the write, as on etcd (which
+                // answers once this member applied it): they wait for `write_fence` first.
+                // (Waiting here instead would wait for the leader to tell this member of
+                // the commit, which it defers until entries carry it or a heartbeat is due.)
+                self.write_fence.fetch_max(index, Ordering::AcqRel);
                 let txn = if has_txn {
                     Some(pb::TxnResponse::decode(txn.as_slice()).map_err(|e| EtcdError::Internal(e.to_string()))?)
                 } else {
@@ -325,7 +326,7 @@ impl Node {
     pub async fn read_barrier(&self, serializable: bool) -> Result<(), EtcdError> {
         self.check_removed()?;
         if serializable {
-            return Ok(());
+            return self.await_write_fence().await;
         }
         let index = self.shared_read_index().await?;
         if let Some(index) = index {
@@ -335,6 +336,22 @@ impl Node {
                 .await
                 .map_err(|_| EtcdError::Timeout)?;
         }
+        Ok(())
+    }
+
+    /// Wait until this member has applied every write it has answered (see `write_fence`).
+    pub async fn await_write_fence(&self) -> Result<(), EtcdError> {
+        let fence = self.write_fence.load(Ordering::Acquire);
+        if fence == 0 || self.raft.metrics().borrow().last_applied.is_some_and(|l| l.index >= fence) {
+            return Ok(());
+        }
+        let waited = std::time::Instant::now();
+        self.raft
+            .wait(Some(REQUEST_TIMEOUT))
+            .applied_index_at_least(Some(fence), "write fence")
+            .await
+            .map_err(|_| EtcdError::Timeout)?;
+        metrics::histogram!("metad_write_fence_wait_seconds").record(waited.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -160,6 +160,10 @@ impl Session {
 
     async fn create(&mut self, c: pb::WatchCreateRequest) -> Result<(), Gone> {
         use pb::watch_create_request::FilterType;
+        // A watch created after a write answered here starts after it (etcd's members
+        // answer a write once they applied it; ours once the leader did, see `write_fence`).
+        // A member that cannot apply that far in the request timeout is stuck anyway.
+        let _ = self.node.await_write_fence().await;
         let header = self.node.current_header();
         let id = if c.watch_id == 0 {
             while self.watchers.contains_key(&self.next_id) {

@@ -142,6 +142,42 @@ async fn concurrent_reads_on_every_member_see_every_acknowledged_put() {
     }
 }
 
+/// A follower answers a forwarded write once the leader has applied it, before it has
+/// applied it itself; like etcd's members, it still shows that write to its own
+/// serializable reads and starts its new watches after it (its write fence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_shows_its_own_acknowledged_writes_to_serializable_reads_and_new_watches() {
+    let c = MultiCluster::start(3, base_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    for (f, m) in c.members.iter().enumerate().filter(|(i, _)| *i != leader) {
+        let mut client = m.client().await;
+        for round in 0..50u32 {
+            let key = format!("ryw/{f}");
+            let value = format!("v{round}");
+            let put = client.put(key.as_str(), value.as_str(), None).await.unwrap();
+            let put_rev = put.header().unwrap().revision();
+            // Even rounds read first, odd rounds watch first (each must wait for the fence).
+            if round % 2 == 0 {
+                assert_eq!(
+                    get(&mut client, &key, true).await.unwrap().as_deref(),
+                    Some(value.as_bytes()),
+                    "member {f} round {round}: serializable read right after its own put"
+                );
+            }
+            let mut stream = client.watch(key.as_str(), Some(WatchOptions::new())).await.unwrap();
+            let created = crate::watch::next(&mut stream).await;
+            assert!(created.created());
+            let start = created.header().unwrap().revision();
+            assert!(start >= put_rev, "member {f} round {round}: watch created at {start} before the put's {put_rev}");
+            client.put(key.as_str(), "next", None).await.unwrap();
+            let first = crate::watch::next(&mut stream).await;
+            let ev = first.events().first().expect("an event").kv().unwrap().value().to_vec();
+            assert_eq!(ev, b"next", "member {f} round {round}: a new watch replayed the earlier put");
+            stream.cancel(created.watch_id()).await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_acknowledged_put_and_watchers_see_each_event_once() {
     let mut c = MultiCluster::start(3, base_config()).await;
