@@ -1,7 +1,7 @@
 //! metad against etcd, side by side: starts a 3-member metad cluster (`aether metad`
 //! processes) and a 3-member etcd cluster (`etcd` processes) on 127.0.0.1, then runs the
 //! same load against each, alternating, several rounds: put and range (linearizable get of
-//! one key) at concurrency 1 and 64, for a fixed time. Prints ops/s and p50/p99 latency per
+//! one key; `srange`: serializable) at concurrency 1 and 64, for a fixed time. Prints ops/s and p50/p99 latency per
 //! run and the median per (system, workload) over the rounds. Every client gets all three
 //! client endpoints, as gateways and blobd do.
 //!
@@ -75,8 +75,8 @@ fn parse() -> anyhow::Result<Args> {
                     .split(',')
                     .map(|w| {
                         let (op, c) = w.split_once(':').context("a workload is op:concurrency, e.g. put:64")?;
-                        if op != "put" && op != "range" {
-                            bail!("unknown workload op {op:?} (put or range)");
+                        if !["put", "range", "srange"].contains(&op) {
+                            bail!("unknown workload op {op:?} (put, range or srange)");
                         }
                         Ok((op.to_string(), c.parse()?))
                     })
@@ -253,8 +253,10 @@ async fn run_load(client: &Client, op: &str, concurrency: usize, a: &Args) -> an
                 let t = Instant::now();
                 let r = if op == "put" {
                     client.put(key, value.clone(), None).await.map(|_| ())
-                } else {
+                } else if op == "range" {
                     client.get(key, Some(GetOptions::new())).await.map(|_| ())
+                } else {
+                    client.get(key, Some(GetOptions::new().with_serializable())).await.map(|_| ())
                 };
                 match r {
                     Ok(()) => lat.push(t.elapsed().as_micros() as u64),

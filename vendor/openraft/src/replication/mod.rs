@@ -641,6 +641,7 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
+            // aether patch: wait for an event, or until the deferred commit heartbeat is due.
             let event = match self.commit_due.clone() {
                 None => self.rx_event.recv().await,
                 Some(due) => {
