@@ -44,6 +44,8 @@ pub struct Node {
     was_member: AtomicBool,
     /// Proposals on their way into the log (see `propose_batches`).
     proposals: tokio::sync::mpsc::Sender<Proposal>,
+    /// Entries being proposed at once (`PROPOSALS_IN_FLIGHT`), shared with the proposer.
+    proposal_slots: Arc<tokio::sync::Semaphore>,
     /// Read-index rounds shared by concurrent linearizable reads.
     read_rounds: ReadRounds,
     /// The highest log index of a write this member forwarded and answered: its
@@ -76,10 +78,14 @@ const BATCH_BYTES: usize = 4 << 20;
 
 /// The leader's proposer: concurrent proposals go into the log together, one entry per
 /// batch (`Command::Batch`), so Raft's per-entry work (core loop, append, replication
-/// bookkeeping, flush) is paid once per batch rather than per request. A lone proposal
-/// goes alone and at once; batches form only while `PROPOSALS_IN_FLIGHT` are in flight.
-async fn propose_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+/// bookkeeping, flush) is paid once per batch rather than per request. Batches form only
+/// while `PROPOSALS_IN_FLIGHT` are in flight; a proposal that finds a free slot and an
+/// empty queue does not come here at all (`Node::write_local` proposes it at once).
+async fn propose_batches(
+    raft: Raft,
+    slots: Arc<tokio::sync::Semaphore>,
+    mut rx: tokio::sync::mpsc::Receiver<Proposal>,
+) {
     while let Some(first) = rx.recv().await {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else { return };
         let mut bytes = first.0.size();
@@ -103,35 +109,35 @@ async fn propose_batches(raft: Raft, mut rx: tokio::sync::mpsc::Receiver<Proposa
             let _slot = slot;
             let (mut cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
             let cmd = if cmds.len() == 1 { cmds.remove(0) } else { Command::Batch(cmds) };
-            metrics::histogram!("metad_proposal_batch_commands").record(waiters.len() as f64);
-            let started = std::time::Instant::now();
-            let resp = match tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(cmd)).await {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => {
-                    let e = from_write_error(e);
-                    for w in waiters {
-                        let _ = w.send(Err(e.clone()));
-                    }
-                    return;
-                }
-                Err(_) => {
-                    for w in waiters {
-                        let _ = w.send(Err(EtcdError::Timeout));
-                    }
-                    return;
-                }
-            };
-            metrics::histogram!("metad_proposal_seconds").record(started.elapsed().as_secs_f64());
-            let index = resp.log_id.index;
-            let mut outcomes = resp.data.outcomes.into_iter();
+            let mut outcomes = propose(&raft, cmd, waiters.len()).await;
             for w in waiters {
-                let out = outcomes
-                    .next()
-                    .unwrap_or_else(|| Err(EtcdError::Internal("applied entry returned no outcome".into())));
-                let _ = w.send(out.map(|o| (o, index)));
+                let _ = w.send(outcomes.next().unwrap_or(Err(EtcdError::Timeout)));
             }
         });
     }
+}
+
+/// Propose one entry carrying `commands` commands; each one's outcome and the entry's index,
+/// in order (every one the same error if the entry failed).
+async fn propose(
+    raft: &Raft,
+    cmd: Command,
+    commands: usize,
+) -> impl Iterator<Item = Result<(WriteOutcome, u64), EtcdError>> {
+    metrics::histogram!("metad_proposal_batch_commands").record(commands as f64);
+    let started = std::time::Instant::now();
+    let (outcomes, error) = match tokio::time::timeout(REQUEST_TIMEOUT, raft.client_write(cmd)).await {
+        Ok(Ok(resp)) => {
+            metrics::histogram!("metad_proposal_seconds").record(started.elapsed().as_secs_f64());
+            let index = resp.log_id.index;
+            let outcomes: Vec<_> = resp.data.outcomes.into_iter().map(|o| o.map(|o| (o, index))).collect();
+            (outcomes, EtcdError::Internal("applied entry returned no outcome".into()))
+        }
+        Ok(Err(e)) => (Vec::new(), from_write_error(e)),
+        Err(_) => (Vec::new(), EtcdError::Timeout),
+    };
+    let missing = commands.saturating_sub(outcomes.len());
+    outcomes.into_iter().chain(std::iter::repeat_n(Err(error), missing))
 }
 
 /// FNV-1a, 64 bit: stable ids derived from names (never 0).
@@ -163,7 +169,8 @@ pub struct NodeParts {
 impl Node {
     pub fn new(p: NodeParts) -> Self {
         let (proposals, rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
-        tokio::spawn(propose_batches(p.raft.clone(), rx));
+        let proposal_slots = Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT));
+        tokio::spawn(propose_batches(p.raft.clone(), Arc::clone(&proposal_slots), rx));
         Self {
             raft: p.raft,
             shared: p.shared,
@@ -180,6 +187,7 @@ impl Node {
             was_member: AtomicBool::new(false),
             member_lock: tokio::sync::Mutex::new(()),
             proposals,
+            proposal_slots,
             write_fence: AtomicU64::new(0),
             read_rounds: ReadRounds {
                 started: AtomicU64::new(0),
@@ -310,6 +318,12 @@ impl Node {
     /// Propose only if this member leads (never forwarded); the outcome and the log index
     /// of the entry that carried it.
     pub async fn write_local(&self, cmd: Command) -> Result<(WriteOutcome, u64), EtcdError> {
+        // Nothing queued and a slot free: propose here, without the proposer's hand-offs.
+        if self.proposals.capacity() == PROPOSAL_QUEUE
+            && let Ok(_slot) = Arc::clone(&self.proposal_slots).try_acquire_owned()
+        {
+            return propose(&self.raft, cmd, 1).await.next().unwrap_or(Err(EtcdError::Timeout));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let queued = async {
             self.proposals.send((cmd, tx)).await.map_err(|_| EtcdError::Stopped)?;
