@@ -46,6 +46,15 @@ top=$(s3 s3 ls s3://e2e-bucket/)
 echo "$top" | grep -q "PRE dir/"
 echo "$top" | grep -q "small.bin"
 
+echo "--- s3api delete-objects (two keys and one that never existed)"
+s3 s3api delete-objects --bucket e2e-bucket \
+  --delete '{"Objects":[{"Key":"tree/f1.txt"},{"Key":"tree/a/b/d1.txt"},{"Key":"tree/never"}]}' >"$work/del.json"
+cat "$work/del.json"
+grep -q '"Key": "tree/f1.txt"' "$work/del.json"
+grep -q '"Key": "tree/never"' "$work/del.json"
+if grep -q '"Errors"' "$work/del.json"; then echo "delete-objects reported errors" >&2; exit 1; fi
+[ "$(s3 s3 ls --recursive s3://e2e-bucket/tree/ | wc -l)" -eq 4 ]
+
 echo "--- etcdctl sees the catalog"
 catalog=$(etcdctl --endpoints "127.0.0.1:$metad_port" get --prefix /aether/ --keys-only)
 echo "$catalog"

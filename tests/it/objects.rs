@@ -166,3 +166,106 @@ async fn large_object_streams_with_bounded_memory() -> anyhow::Result<()> {
     assert!(hwm_after.saturating_sub(hwm_before) < 80 * 1024, "peak RSS grew by {} KiB", hwm_after - hwm_before);
     Ok(())
 }
+
+/// DeleteObjects: verbose and quiet results, missing keys counted as deleted, odd keys,
+/// per-key errors, and the request-level errors (no integrity header, a wrong Content-MD5,
+/// more than 1000 keys, an empty list) that delete nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_objects_verbose_quiet_and_errors() -> anyhow::Result<()> {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("del").send().await?;
+    let mut keys: Vec<String> = (0..24).map(|i| format!("k/{i:02}")).collect();
+    keys.extend(["a b+c", "ünï/çødé", "x&<y>\"'", "trailing/"].map(str::to_string));
+    for k in &keys {
+        s3.put_object().bucket("del").key(k).body(bs(b"v")).send().await?;
+    }
+    let ids = |ks: &[String]| -> Vec<ObjectIdentifier> {
+        ks.iter().map(|k| ObjectIdentifier::builder().key(k).build().unwrap()).collect()
+    };
+    let listed = |s3: aws_sdk_s3::Client| async move {
+        let r = s3.list_objects_v2().bucket("del").send().await.unwrap();
+        r.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect::<Vec<_>>()
+    };
+
+    // Verbose: 14 existing keys (the four odd ones among them) and two that never existed.
+    let mut first: Vec<String> = keys[14..].to_vec();
+    first.extend(["never/1".to_string(), "never/2".to_string()]);
+    let r = s3
+        .delete_objects()
+        .bucket("del")
+        .delete(Delete::builder().set_objects(Some(ids(&first))).build()?)
+        .send()
+        .await?;
+    let mut deleted: Vec<String> = r.deleted().iter().filter_map(|d| d.key().map(str::to_string)).collect();
+    deleted.sort();
+    let mut want = first.clone();
+    want.sort();
+    assert_eq!(deleted, want);
+    assert!(r.errors().is_empty(), "{:?}", r.errors());
+    let mut left = keys[..14].to_vec();
+    left.sort();
+    assert_eq!(listed(s3.clone()).await, left);
+
+    // A version id other than "null" is a per-key error; the rest of the request proceeds.
+    let mut objs = ids(&keys[..2]);
+    objs.push(ObjectIdentifier::builder().key(&keys[2]).version_id("3HL4kqtJlcpXroDTDmJ").build()?);
+    let r = s3.delete_objects().bucket("del").delete(Delete::builder().set_objects(Some(objs)).build()?).send().await?;
+    assert_eq!(r.deleted().len(), 2);
+    assert_eq!(r.errors().len(), 1);
+    assert_eq!(r.errors()[0].key(), Some(keys[2].as_str()));
+    assert_eq!(r.errors()[0].code(), Some("InvalidArgument"));
+
+    // Request-level errors, sent by hand (presigned, so the body and headers are ours).
+    let addr = &c.gateways[0].s3_addr;
+    let secret = aether_gateway::auth::SecretKey::new(aether_tests::SECRET_KEY);
+    let url = aether_gateway::auth::presign_url(
+        &http::Method::POST,
+        &format!("http://{addr}/del?delete"),
+        aether_tests::ACCESS_KEY,
+        &secret,
+        aether_tests::REGION,
+        time::OffsetDateTime::now_utc(),
+        300,
+    );
+    let path = url.split_once(addr.as_str()).map(|(_, p)| p.to_string()).unwrap();
+    let doc = |ks: &[String], quiet: bool| {
+        let objects: String = ks.iter().map(|k| format!("<Object><Key>{k}</Key></Object>")).collect();
+        format!("<Delete><Quiet>{quiet}</Quiet>{objects}</Delete>").into_bytes()
+    };
+    let md5 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b));
+    let send = |headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let (addr, path) = (addr.clone(), path.clone());
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            aether_tests::http1::request(&addr, "POST", &path, &h, body).await.unwrap()
+        }
+    };
+    let body = doc(&keys[3..6], false);
+    let r = send(vec![], body.clone()).await;
+    assert_eq!((r.status, r.body_text().contains("<Code>InvalidRequest</Code>")), (400, true), "{}", r.body_text());
+    let r = send(vec![("content-md5", md5(b"something else"))], body.clone()).await;
+    assert_eq!((r.status, r.body_text().contains("<Code>BadDigest</Code>")), (400, true), "{}", r.body_text());
+    let many: Vec<String> = (0..1001).map(|i| format!("m{i}")).collect();
+    let body_many = doc(&many, true);
+    let r = send(vec![("content-md5", md5(&body_many))], body_many).await;
+    assert_eq!((r.status, r.body_text().contains("<Code>MalformedXML</Code>")), (400, true), "{}", r.body_text());
+    let empty = doc(&[], false);
+    let r = send(vec![("content-md5", md5(&empty))], empty).await;
+    assert_eq!((r.status, r.body_text().contains("<Code>MalformedXML</Code>")), (400, true), "{}", r.body_text());
+    let mut expect = keys[2..14].to_vec();
+    expect.sort();
+    assert_eq!(listed(s3.clone()).await, expect, "a refused request deleted nothing");
+
+    // Quiet, by hand with a correct Content-MD5: an empty result, everything gone.
+    let body = doc(&keys[2..14], true);
+    let r = send(vec![("content-md5", md5(&body))], body).await;
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    assert!(!r.body_text().contains("<Deleted>") && !r.body_text().contains("<Error>"), "{}", r.body_text());
+    assert!(listed(s3.clone()).await.is_empty());
+    s3.delete_bucket().bucket("del").send().await?;
+    Ok(())
+}

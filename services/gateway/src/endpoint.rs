@@ -77,6 +77,10 @@ pub enum Endpoint {
         bucket: String,
         key: String,
     },
+    /// `POST /bucket?delete`: up to 1000 keys in one request.
+    DeleteObjects {
+        bucket: String,
+    },
     CreateMultipartUpload {
         bucket: String,
         key: String,
@@ -120,6 +124,7 @@ impl Endpoint {
             Endpoint::GetObject { .. } => "GetObject",
             Endpoint::HeadObject { .. } => "HeadObject",
             Endpoint::DeleteObject { .. } => "DeleteObject",
+            Endpoint::DeleteObjects { .. } => "DeleteObjects",
             Endpoint::CreateMultipartUpload { .. } => "CreateMultipartUpload",
             Endpoint::UploadPart { .. } => "UploadPart",
             Endpoint::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
@@ -140,6 +145,7 @@ impl Endpoint {
             | Endpoint::GetObject { bucket, .. }
             | Endpoint::HeadObject { bucket, .. }
             | Endpoint::DeleteObject { bucket, .. }
+            | Endpoint::DeleteObjects { bucket }
             | Endpoint::CreateMultipartUpload { bucket, .. }
             | Endpoint::UploadPart { bucket, .. }
             | Endpoint::CompleteMultipartUpload { bucket, .. }
@@ -287,7 +293,7 @@ fn bucket_endpoint(method: &Method, query: &Query, bucket: String) -> Result<End
         Method::HEAD => Ok(Endpoint::HeadBucket { bucket }),
         Method::PUT => Ok(Endpoint::CreateBucket { bucket }),
         Method::DELETE => Ok(Endpoint::DeleteBucket { bucket }),
-        Method::POST if query.has("delete") => ni("DeleteObjects", bucket),
+        Method::POST if query.has("delete") => Ok(Endpoint::DeleteObjects { bucket }),
         Method::POST => ni("PostObject", bucket),
         _ => Err(S3Error::MethodNotAllowed),
     }

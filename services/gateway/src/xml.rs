@@ -152,6 +152,57 @@ pub struct CompleteMultipartUploadResult {
     pub etag: String,
 }
 
+/// The DeleteObjects request body.
+#[derive(Debug, Deserialize)]
+pub struct Delete {
+    #[serde(rename = "Quiet", default)]
+    pub quiet: bool,
+    #[serde(rename = "Object", default)]
+    pub objects: Vec<ObjectIdentifierXml>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ObjectIdentifierXml {
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "VersionId", default)]
+    pub version_id: Option<String>,
+}
+
+pub fn parse_delete(body: &[u8]) -> Result<Delete, S3Error> {
+    quick_xml::de::from_reader(body).map_err(|_| S3Error::MalformedXML)
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeleteResult {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "Deleted", default)]
+    pub deleted: Vec<DeletedXml>,
+    #[serde(rename = "Error", default)]
+    pub errors: Vec<DeleteErrorXml>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeletedXml {
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "VersionId", skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeleteErrorXml {
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "VersionId", skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+    #[serde(rename = "Code")]
+    pub code: String,
+    #[serde(rename = "Message")]
+    pub message: String,
+}
+
 /// The CompleteMultipartUpload request body.
 #[derive(Debug, Deserialize, PartialEq, Eq)]
 pub struct CompleteMultipartUpload {

@@ -1,4 +1,5 @@
-//! Object operations: PutObject, GetObject / HeadObject (with ranges), DeleteObject.
+//! Object operations: PutObject, GetObject / HeadObject (with ranges), DeleteObject,
+//! DeleteObjects.
 
 use std::collections::HashMap;
 
@@ -9,9 +10,11 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::{AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, header_str, http_date, now_ms};
 use crate::auth::PayloadCheck;
-use crate::auth::checksum::{content_md5, requested_checksums};
+use crate::auth::checksum::{Hasher, content_md5, requested_checksums};
 use crate::error::S3Error;
 use crate::replicas::{BodyChecks, NewestRead, PutTarget, body_of};
+use futures::StreamExt as _;
+use md5::Digest as _;
 
 /// Content headers and `x-amz-meta-*` of a write, into an `ObjectMeta` skeleton.
 pub fn meta_from_headers(headers: &HeaderMap, bucket: &str, key: &str) -> Result<pb::ObjectMeta, S3Error> {
@@ -279,6 +282,82 @@ const HTTP_DATE: &[time::format_description::BorrowedFormatItem<'static>] = time
 
 pub async fn handle_delete_object(state: &AppState, bucket: &str, key: &str) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
+    delete_key(state, bucket, key).await?;
+    empty_response(StatusCode::NO_CONTENT)
+}
+
+/// Keys one DeleteObjects request may name at most (S3's limit).
+pub const MAX_DELETE_KEYS: usize = 1000;
+/// Keys of one DeleteObjects request deleted at once.
+const DELETE_CONCURRENCY: usize = 16;
+
+/// DeleteObjects: every key deleted as DeleteObject would (a missing key counts as
+/// deleted); per-key failures are reported in the result, not as the request's status.
+/// The body must carry an integrity check (Content-MD5 or an `x-amz-checksum-*` header or
+/// trailer), as S3 requires, and it is verified before anything is deleted.
+pub async fn handle_delete_objects(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    body: ReqBody,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let md5 = content_md5(&ctx.headers)?;
+    let checksums = requested_checksums(&ctx.headers)?;
+    let trailer = header_str(&ctx.headers, "x-amz-trailer").is_some_and(|t| t.starts_with("x-amz-checksum-"));
+    if md5.is_none() && checksums.is_empty() && !trailer {
+        return Err(S3Error::InvalidRequest("Missing required header for this request: Content-MD5".into()));
+    }
+    // 1000 keys of up to 1024 bytes each, XML-escaped, fit in 8 MiB.
+    let body = super::read_small_body(body, 8 << 20).await?;
+    if let Some(want) = md5 {
+        let got: [u8; 16] = md5::Md5::digest(&body).into();
+        if got != want {
+            return Err(S3Error::BadDigest);
+        }
+    }
+    for (algorithm, want) in &checksums {
+        let mut h = Hasher::new(*algorithm);
+        h.update(&body);
+        if h.finalize_base64() != *want {
+            return Err(S3Error::BadChecksum(algorithm.name()));
+        }
+    }
+    let doc = crate::xml::parse_delete(&body)?;
+    if doc.objects.is_empty() || doc.objects.len() > MAX_DELETE_KEYS || doc.objects.iter().any(|o| o.key.is_empty()) {
+        return Err(S3Error::MalformedXML);
+    }
+    let results: Vec<_> = futures::stream::iter(doc.objects)
+        .map(|o| async move {
+            let r = match o.version_id.as_deref() {
+                // Without versioning every object is the "null" version.
+                None | Some("null") if o.key.len() > 1024 => Err(S3Error::KeyTooLongError),
+                None | Some("null") => delete_key(state, bucket, &o.key).await,
+                Some(_) => Err(S3Error::InvalidArgument("Invalid version id specified".into())),
+            };
+            (o, r)
+        })
+        .buffered(DELETE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = crate::xml::DeleteResult { xmlns: crate::xml::S3_NS, deleted: Vec::new(), errors: Vec::new() };
+    for (o, r) in results {
+        match r {
+            Ok(()) if doc.quiet => {}
+            Ok(()) => out.deleted.push(crate::xml::DeletedXml { key: o.key, version_id: o.version_id }),
+            Err(e) => out.errors.push(crate::xml::DeleteErrorXml {
+                key: o.key,
+                version_id: o.version_id,
+                code: e.code().to_string(),
+                message: e.message(),
+            }),
+        }
+    }
+    super::xml_response(crate::xml::to_xml("DeleteResult", &out)?)
+}
+
+/// Delete one key on its replicas (a tombstone at a new version, W-of-RF acknowledged).
+async fn delete_key(state: &AppState, bucket: &str, key: &str) -> Result<(), S3Error> {
     let replicas = state.store.replica_set(bucket, key)?;
     let req = pb::DeleteRequest {
         bucket: bucket.to_string(),
@@ -293,7 +372,7 @@ pub async fn handle_delete_object(state: &AppState, bucket: &str, key: &str) -> 
             async move { c.delete(req).await.map(|r| r.into_inner()) }
         })
         .await?;
-    empty_response(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[cfg(test)]
