@@ -269,3 +269,102 @@ async fn delete_objects_verbose_quiet_and_errors() -> anyhow::Result<()> {
     s3.delete_bucket().bucket("del").send().await?;
     Ok(())
 }
+
+/// CopyObject: same and cross bucket, metadata COPY and REPLACE, copy onto itself (refused
+/// without REPLACE, a metadata change with it), x-amz-copy-source-if-* conditions, odd keys,
+/// a multi-chunk body, and the errors for a missing source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copy_object_directives_conditions_and_errors() -> anyhow::Result<()> {
+    use aws_sdk_s3::types::MetadataDirective;
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("src").send().await?;
+    s3.create_bucket().bucket("dst").send().await?;
+    let body = pattern(700_000, 7);
+    let put = s3
+        .put_object()
+        .bucket("src")
+        .key("dir/ünï code+k")
+        .content_type("text/x-original")
+        .cache_control("max-age=60")
+        .metadata("colour", "blue")
+        .body(bs(&body))
+        .send()
+        .await?;
+    let src_etag = put.e_tag().unwrap().to_string();
+    let source = "src/dir/%C3%BCn%C3%AF%20code%2Bk";
+
+    // COPY (default) into another bucket: same bytes, ETag and metadata.
+    let r = s3.copy_object().bucket("dst").key("copy 1").copy_source(source).send().await?;
+    let result = r.copy_object_result().unwrap();
+    assert_eq!(result.e_tag(), Some(src_etag.as_str()));
+    assert!(result.last_modified().is_some());
+    let got = s3.get_object().bucket("dst").key("copy 1").send().await?;
+    assert_eq!(got.content_type(), Some("text/x-original"));
+    assert_eq!(got.cache_control(), Some("max-age=60"));
+    assert_eq!(got.metadata().and_then(|m| m.get("colour")).map(String::as_str), Some("blue"));
+    assert_eq!(got.e_tag(), Some(src_etag.as_str()));
+    assert_eq!(body_bytes(got).await, body);
+
+    // REPLACE within the bucket: this request's metadata, none of the source's.
+    s3.copy_object()
+        .bucket("src")
+        .key("copy 2")
+        .copy_source(source)
+        .metadata_directive(MetadataDirective::Replace)
+        .content_type("application/x-new")
+        .metadata("shape", "square")
+        .send()
+        .await?;
+    let head = s3.head_object().bucket("src").key("copy 2").send().await?;
+    assert_eq!(head.content_type(), Some("application/x-new"));
+    assert_eq!(head.cache_control(), None);
+    let m = head.metadata().cloned().unwrap_or_default();
+    assert_eq!((m.get("shape").map(String::as_str), m.get("colour")), (Some("square"), None));
+
+    // Onto itself: refused with COPY, a metadata change with REPLACE.
+    let r = s3.copy_object().bucket("src").key("dir/ünï code+k").copy_source(source).send().await;
+    assert_eq!(err_code(r), "InvalidRequest");
+    s3.copy_object()
+        .bucket("src")
+        .key("dir/ünï code+k")
+        .copy_source(source)
+        .metadata_directive(MetadataDirective::Replace)
+        .metadata("colour", "green")
+        .send()
+        .await?;
+    let head = s3.head_object().bucket("src").key("dir/ünï code+k").send().await?;
+    assert_eq!(head.metadata().and_then(|m| m.get("colour")).map(String::as_str), Some("green"));
+    assert_eq!(head.e_tag(), Some(src_etag.as_str()));
+
+    // Conditions on the source: every failure is 412, nothing written.
+    let copy = || s3.copy_object().bucket("dst").key("cond").copy_source(source);
+    assert_eq!(err_code(copy().copy_source_if_match("\"0000\"").send().await), "PreconditionFailed");
+    assert_eq!(err_code(copy().copy_source_if_none_match(src_etag.as_str()).send().await), "PreconditionFailed");
+    let future = aws_sdk_s3::primitives::DateTime::from_secs(4_000_000_000);
+    let past = aws_sdk_s3::primitives::DateTime::from_secs(1_000_000_000);
+    assert_eq!(err_code(copy().copy_source_if_modified_since(future).send().await), "PreconditionFailed");
+    assert_eq!(err_code(copy().copy_source_if_unmodified_since(past).send().await), "PreconditionFailed");
+    assert_eq!(err_code(s3.head_object().bucket("dst").key("cond").send().await), "NotFound");
+    copy().copy_source_if_match(src_etag.as_str()).copy_source_if_unmodified_since(future).send().await?;
+    copy().copy_source_if_none_match("\"0000\"").copy_source_if_modified_since(past).send().await?;
+
+    // Missing source key / bucket, a bad directive, a malformed source.
+    let r = s3.copy_object().bucket("dst").key("x").copy_source("src/nope").send().await;
+    assert_eq!(err_code(r), "NoSuchKey");
+    let r = s3.copy_object().bucket("dst").key("x").copy_source("nobucket/k").send().await;
+    assert_eq!(err_code(r), "NoSuchBucket");
+    let r = s3.copy_object().bucket("dst").key("x").copy_source("src").send().await;
+    assert_eq!(err_code(r), "InvalidArgument");
+    let r = s3
+        .copy_object()
+        .bucket("dst")
+        .key("x")
+        .copy_source(source)
+        .metadata_directive(MetadataDirective::from("MOVE"))
+        .send()
+        .await;
+    assert_eq!(err_code(r), "InvalidArgument");
+    assert_eq!(err_code(s3.head_object().bucket("dst").key("x").send().await), "NotFound");
+    Ok(())
+}

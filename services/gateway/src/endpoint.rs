@@ -77,6 +77,11 @@ pub enum Endpoint {
         bucket: String,
         key: String,
     },
+    /// `PUT` with `x-amz-copy-source`.
+    CopyObject {
+        bucket: String,
+        key: String,
+    },
     /// `POST /bucket?delete`: up to 1000 keys in one request.
     DeleteObjects {
         bucket: String,
@@ -125,6 +130,7 @@ impl Endpoint {
             Endpoint::HeadObject { .. } => "HeadObject",
             Endpoint::DeleteObject { .. } => "DeleteObject",
             Endpoint::DeleteObjects { .. } => "DeleteObjects",
+            Endpoint::CopyObject { .. } => "CopyObject",
             Endpoint::CreateMultipartUpload { .. } => "CreateMultipartUpload",
             Endpoint::UploadPart { .. } => "UploadPart",
             Endpoint::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
@@ -146,6 +152,7 @@ impl Endpoint {
             | Endpoint::HeadObject { bucket, .. }
             | Endpoint::DeleteObject { bucket, .. }
             | Endpoint::DeleteObjects { bucket }
+            | Endpoint::CopyObject { bucket, .. }
             | Endpoint::CreateMultipartUpload { bucket, .. }
             | Endpoint::UploadPart { bucket, .. }
             | Endpoint::CompleteMultipartUpload { bucket, .. }
@@ -160,6 +167,7 @@ impl Endpoint {
             | Endpoint::GetObject { key, .. }
             | Endpoint::HeadObject { key, .. }
             | Endpoint::DeleteObject { key, .. }
+            | Endpoint::CopyObject { key, .. }
             | Endpoint::CreateMultipartUpload { key, .. }
             | Endpoint::UploadPart { key, .. }
             | Endpoint::CompleteMultipartUpload { key, .. }
@@ -340,7 +348,7 @@ fn object_endpoint(
                 Ok(Endpoint::UploadPart { bucket, key, upload_id, part_number })
             }
             (None, Some(_)) => Err(S3Error::InvalidRequest("partNumber is required with uploadId".into())),
-            _ if copy => ni("CopyObject"),
+            _ if copy => Ok(Endpoint::CopyObject { bucket, key }),
             _ => Ok(Endpoint::PutObject { bucket, key }),
         },
         Method::POST if query.has("uploads") => Ok(Endpoint::CreateMultipartUpload { bucket, key }),

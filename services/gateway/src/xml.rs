@@ -152,6 +152,16 @@ pub struct CompleteMultipartUploadResult {
     pub etag: String,
 }
 
+#[derive(Debug, Serialize)]
+pub struct CopyObjectResult {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "LastModified")]
+    pub last_modified: String,
+    #[serde(rename = "ETag")]
+    pub etag: String,
+}
+
 /// The DeleteObjects request body.
 #[derive(Debug, Deserialize)]
 pub struct Delete {

@@ -54,6 +54,7 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
         Endpoint::GetObject { bucket, key } => object::handle_get_object(state, ctx, &bucket, &key, false).await,
         Endpoint::HeadObject { bucket, key } => object::handle_get_object(state, ctx, &bucket, &key, true).await,
         Endpoint::DeleteObject { bucket, key } => object::handle_delete_object(state, &bucket, &key).await,
+        Endpoint::CopyObject { bucket, key } => object::handle_copy_object(state, ctx, &bucket, &key).await,
         Endpoint::DeleteObjects { bucket } => object::handle_delete_objects(state, ctx, &bucket, body).await,
         Endpoint::CreateMultipartUpload { bucket, key } => {
             multipart::handle_create_multipart_upload(state, ctx, &bucket, &key).await

@@ -1,5 +1,5 @@
-//! Object operations: PutObject, GetObject / HeadObject (with ranges), DeleteObject,
-//! DeleteObjects.
+//! Object operations: PutObject, CopyObject, GetObject / HeadObject (with ranges),
+//! DeleteObject, DeleteObjects.
 
 use std::collections::HashMap;
 
@@ -128,6 +128,137 @@ pub async fn handle_put_object(
         resp = resp.header(name, value);
     }
     resp.body(Body::empty()).map_err(|e| S3Error::InternalError(format!("response: {e}")))
+}
+
+/// The largest source CopyObject copies in one request (S3's limit; larger objects are
+/// copied with UploadPartCopy).
+pub const MAX_COPY_SIZE: u64 = 5 << 30;
+
+/// `x-amz-copy-source`: `bucket/key` or `/bucket/key`, URL-encoded, optionally with
+/// `?versionId=`. Only the "null" version exists without versioning.
+pub fn parse_copy_source(value: &str) -> Result<(String, String), S3Error> {
+    let (path, query) = value.split_once('?').unwrap_or((value, ""));
+    let decoded = percent_encoding::percent_decode_str(path.trim_start_matches('/'))
+        .decode_utf8()
+        .map_err(|_| S3Error::InvalidArgument("Invalid copy source encoding".into()))?;
+    let (bucket, key) = decoded.split_once('/').unwrap_or((&decoded, ""));
+    if bucket.is_empty() || key.is_empty() {
+        return Err(S3Error::InvalidArgument(
+            "Copy Source must mention the source bucket and key: sourcebucket/sourcekey".into(),
+        ));
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("versionId", "null")) => {}
+            Some(("versionId", _)) => return Err(S3Error::InvalidArgument("Invalid version id specified".into())),
+            _ => {}
+        }
+    }
+    Ok((bucket.to_string(), key.to_string()))
+}
+
+/// `x-amz-copy-source-if-*` against the source, as S3 evaluates them: the same precedence
+/// as GET's conditions, but every failure is 412.
+fn check_copy_conditions(headers: &HeaderMap, meta: &pb::ObjectMeta) -> Result<(), S3Error> {
+    let mut plain = HeaderMap::new();
+    for name in ["if-match", "if-none-match", "if-modified-since", "if-unmodified-since"] {
+        if let Some(v) = headers.get(format!("x-amz-copy-source-{name}").as_str()) {
+            plain.insert(http::HeaderName::from_static(name), v.clone());
+        }
+    }
+    check_conditions(&plain, meta).map_err(|e| match e {
+        S3Error::NotModified => S3Error::PreconditionFailed,
+        e => e,
+    })
+}
+
+/// CopyObject: the source's newest version streamed from one of its holders into a new
+/// version of the destination, written like a PutObject (W of RF). Metadata is copied
+/// (`x-amz-metadata-directive: COPY`, the default) or taken from this request (`REPLACE`).
+/// The copy is checked against the source's MD5 ETag where it has one, so a replica that
+/// serves bad bytes fails the copy instead of storing them.
+pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let source = header_str(&ctx.headers, "x-amz-copy-source")
+        .ok_or_else(|| S3Error::InvalidArgument("Invalid copy source".into()))?;
+    let (src_bucket, src_key) = parse_copy_source(source)?;
+    let replace = match header_str(&ctx.headers, "x-amz-metadata-directive") {
+        None => false,
+        Some(d) if d.eq_ignore_ascii_case("COPY") => false,
+        Some(d) if d.eq_ignore_ascii_case("REPLACE") => true,
+        Some(_) => return Err(S3Error::InvalidArgument("Unknown metadata directive.".into())),
+    };
+    if src_bucket == bucket && src_key == key && !replace {
+        return Err(S3Error::InvalidRequest(
+            "This copy request is illegal because it is trying to copy an object to itself without changing the \
+             object's metadata, storage class, website redirect location or encryption attributes."
+                .into(),
+        ));
+    }
+    // The destination's metadata is checked before anything is read.
+    let mut meta = if replace { meta_from_headers(&ctx.headers, bucket, key)? } else { pb::ObjectMeta::default() };
+    existing_bucket(state, &src_bucket)?;
+    let src_replicas = state.store.replica_set(&src_bucket, &src_key)?;
+    let Some(read) = state.store.read_newest(&src_replicas, &src_bucket, &src_key, true).await? else {
+        return Err(S3Error::NoSuchKey);
+    };
+    let NewestRead { meta: src, holders, stream } = read;
+    if src.tombstone {
+        return Err(S3Error::NoSuchKey);
+    }
+    check_copy_conditions(&ctx.headers, &src)?;
+    if src.size > MAX_COPY_SIZE {
+        return Err(S3Error::InvalidRequest(format!(
+            "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_COPY_SIZE}"
+        )));
+    }
+    if !replace {
+        meta = pb::ObjectMeta {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            content_type: src.content_type.clone(),
+            content_encoding: src.content_encoding.clone(),
+            content_disposition: src.content_disposition.clone(),
+            content_language: src.content_language.clone(),
+            cache_control: src.cache_control.clone(),
+            expires: src.expires.clone(),
+            user_metadata: src.user_metadata.clone(),
+            last_modified_ms: now_ms(),
+            ..Default::default()
+        };
+    }
+    // Whole-object checksums describe the same bytes; a multipart source's composite ones
+    // ("…-N") do not describe a single-part copy.
+    meta.checksums =
+        src.checksums.iter().filter(|(_, v)| !v.contains('-')).map(|(a, v)| (a.clone(), v.clone())).collect();
+    meta.version = Some(state.store.new_version());
+    let last_modified_ms = meta.last_modified_ms;
+    let mut source_md5 = [0u8; 16];
+    let checks = BodyChecks {
+        declared_len: Some(src.size),
+        max_len: MAX_COPY_SIZE,
+        content_md5: hex::decode_to_slice(&src.etag, &mut source_md5).is_ok().then_some(source_md5),
+        ..Default::default()
+    };
+    let body = match stream {
+        Some(open) => body_of(open).boxed(),
+        None => state.store.open_body(&holders, &src, None).await?.boxed(),
+    }
+    .map(|r| {
+        r.map_err(|e| {
+            tracing::warn!(error = %e, "copy source stream failed");
+            S3Error::ServiceUnavailable
+        })
+    });
+    let replicas = state.store.replica_set(bucket, key)?;
+    let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), body, checks).await?;
+    metrics::counter!("gateway_bytes_copied_total").increment(outcome.size);
+    let result = crate::xml::CopyObjectResult {
+        xmlns: crate::xml::S3_NS,
+        last_modified: super::iso8601_ms(last_modified_ms),
+        etag: quoted_etag(&hex::encode(outcome.md5)),
+    };
+    super::xml_response(crate::xml::to_xml("CopyObjectResult", &result)?)
 }
 
 /// A `Range` header resolved against the object size: `Ok(None)` = whole body (no
@@ -378,6 +509,18 @@ async fn delete_key(state: &AppState, bucket: &str, key: &str) -> Result<(), S3E
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_source_forms() {
+        let ok = |v: &str| parse_copy_source(v).unwrap();
+        assert_eq!(ok("b/k"), ("b".into(), "k".into()));
+        assert_eq!(ok("/b/dir/k"), ("b".into(), "dir/k".into()));
+        assert_eq!(ok("b/a%2Fb%20c%2B%C3%BC"), ("b".into(), "a/b c+ü".into()));
+        assert_eq!(ok("b/k?versionId=null"), ("b".into(), "k".into()));
+        for bad in ["b", "/b/", "", "b/k?versionId=3HL4kqtJ", "b/%FF"] {
+            assert!(matches!(parse_copy_source(bad), Err(S3Error::InvalidArgument(_))), "{bad}");
+        }
+    }
 
     #[test]
     fn ranges() {
