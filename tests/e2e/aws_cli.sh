@@ -55,12 +55,15 @@ grep -q '"Key": "tree/never"' "$work/del.json"
 if grep -q '"Errors"' "$work/del.json"; then echo "delete-objects reported errors" >&2; exit 1; fi
 [ "$(s3 s3 ls --recursive s3://e2e-bucket/tree/ | wc -l)" -eq 4 ]
 
-echo "--- s3 cp and mv inside the store (CopyObject)"
+echo "--- s3 cp and mv inside the store (CopyObject; UploadPartCopy for the 50 MiB one)"
 s3 s3 cp --no-progress s3://e2e-bucket/small.bin "s3://e2e-bucket/copy/small copy.bin"
 s3 s3 mv --no-progress "s3://e2e-bucket/copy/small copy.bin" s3://e2e-bucket/copy/moved.bin
 s3 s3 cp --no-progress s3://e2e-bucket/copy/moved.bin "$work/moved.out"
 cmp "$work/small.bin" "$work/moved.out"
-[ "$(s3 s3 ls --recursive s3://e2e-bucket/copy/ | wc -l)" -eq 1 ]
+s3 s3 cp --no-progress s3://e2e-bucket/dir/big.bin s3://e2e-bucket/copy/big.bin
+s3 s3 cp --no-progress s3://e2e-bucket/copy/big.bin "$work/big-copy.out"
+cmp "$work/big.bin" "$work/big-copy.out"
+[ "$(s3 s3 ls --recursive s3://e2e-bucket/copy/ | wc -l)" -eq 2 ]
 
 echo "--- etcdctl sees the catalog"
 catalog=$(etcdctl --endpoints "127.0.0.1:$metad_port" get --prefix /aether/ --keys-only)

@@ -127,3 +127,91 @@ async fn multipart_upload_complete_abort_and_errors() -> anyhow::Result<()> {
     s3.delete_bucket().bucket("mpu").send().await?;
     Ok(())
 }
+
+/// UploadPartCopy: parts copied from ranges of an object and from a whole object (through
+/// a second bucket), completed into objects with the right bytes; the part ETags are the
+/// MD5s of the copied bytes; range, upload and source errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_part_copy_ranges_whole_objects_and_errors() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("pcsrc").send().await?;
+    s3.create_bucket().bucket("pcdst").send().await?;
+    let src = pattern(12 * MIB + 5, 11);
+    s3.put_object().bucket("pcsrc").key("big src").body(bs(&src)).send().await?;
+    let source = "pcsrc/big%20src";
+    let complete = |key: &'static str, id: String, etags: Vec<String>| {
+        let s3 = s3.clone();
+        async move {
+            let parts = etags
+                .iter()
+                .enumerate()
+                .map(|(i, e)| CompletedPart::builder().part_number(i as i32 + 1).e_tag(e).build())
+                .collect();
+            s3.complete_multipart_upload()
+                .bucket("pcdst")
+                .key(key)
+                .upload_id(id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+        }
+    };
+
+    // Two ranges that cover the source.
+    let id = s3.create_multipart_upload().bucket("pcdst").key("ranged").send().await?.upload_id().unwrap().to_string();
+    let split = 6 * MIB;
+    let mut etags = Vec::new();
+    for (n, (a, b)) in [(1, (0, split - 1)), (2, (split, src.len() - 1))] {
+        let r = s3
+            .upload_part_copy()
+            .bucket("pcdst")
+            .key("ranged")
+            .upload_id(&id)
+            .part_number(n)
+            .copy_source(source)
+            .copy_source_range(format!("bytes={a}-{b}"))
+            .send()
+            .await?;
+        let etag = r.copy_part_result().and_then(|p| p.e_tag()).unwrap().to_string();
+        assert_eq!(etag, format!("\"{}\"", hex::encode(md5::Md5::digest(&src[a..=b]))));
+        etags.push(etag);
+    }
+    complete("ranged", id, etags).await?;
+    assert_eq!(body_bytes(s3.get_object().bucket("pcdst").key("ranged").send().await?).await, src);
+
+    // The whole source as part 1, an uploaded tail as part 2.
+    let id = s3.create_multipart_upload().bucket("pcdst").key("whole").send().await?.upload_id().unwrap().to_string();
+    let r = s3
+        .upload_part_copy()
+        .bucket("pcdst")
+        .key("whole")
+        .upload_id(&id)
+        .part_number(1)
+        .copy_source(source)
+        .send()
+        .await?;
+    let mut etags = vec![r.copy_part_result().and_then(|p| p.e_tag()).unwrap().to_string()];
+    let tail = pattern(1000, 12);
+    let r = s3.upload_part().bucket("pcdst").key("whole").upload_id(&id).part_number(2).body(bs(&tail)).send().await?;
+    etags.push(r.e_tag().unwrap().to_string());
+    complete("whole", id.clone(), etags).await?;
+    let mut want = src.clone();
+    want.extend_from_slice(&tail);
+    assert_eq!(body_bytes(s3.get_object().bucket("pcdst").key("whole").send().await?).await, want);
+
+    // Errors: a range past the end or reversed, an unknown upload, a missing source, a
+    // failed condition.
+    let id = s3.create_multipart_upload().bucket("pcdst").key("err").send().await?.upload_id().unwrap().to_string();
+    let copy = |id: &str| s3.upload_part_copy().bucket("pcdst").key("err").upload_id(id).part_number(1);
+    let size = src.len();
+    for bad in [format!("bytes=0-{size}"), "bytes=10-5".to_string(), "bytes=5-".to_string(), "items=0-1".to_string()] {
+        let r = copy(&id).copy_source(source).copy_source_range(&bad).send().await;
+        assert_eq!(err_code(r), "InvalidArgument", "{bad}");
+    }
+    assert_eq!(err_code(copy("no-such-upload").copy_source(source).send().await), "NoSuchUpload");
+    assert_eq!(err_code(copy(&id).copy_source("pcsrc/nope").send().await), "NoSuchKey");
+    let r = copy(&id).copy_source(source).copy_source_if_match("\"0123\"").send().await;
+    assert_eq!(err_code(r), "PreconditionFailed");
+    Ok(())
+}

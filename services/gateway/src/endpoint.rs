@@ -82,6 +82,13 @@ pub enum Endpoint {
         bucket: String,
         key: String,
     },
+    /// `PUT ?partNumber&uploadId` with `x-amz-copy-source`.
+    UploadPartCopy {
+        bucket: String,
+        key: String,
+        upload_id: String,
+        part_number: u32,
+    },
     /// `POST /bucket?delete`: up to 1000 keys in one request.
     DeleteObjects {
         bucket: String,
@@ -131,6 +138,7 @@ impl Endpoint {
             Endpoint::DeleteObject { .. } => "DeleteObject",
             Endpoint::DeleteObjects { .. } => "DeleteObjects",
             Endpoint::CopyObject { .. } => "CopyObject",
+            Endpoint::UploadPartCopy { .. } => "UploadPartCopy",
             Endpoint::CreateMultipartUpload { .. } => "CreateMultipartUpload",
             Endpoint::UploadPart { .. } => "UploadPart",
             Endpoint::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
@@ -153,6 +161,7 @@ impl Endpoint {
             | Endpoint::DeleteObject { bucket, .. }
             | Endpoint::DeleteObjects { bucket }
             | Endpoint::CopyObject { bucket, .. }
+            | Endpoint::UploadPartCopy { bucket, .. }
             | Endpoint::CreateMultipartUpload { bucket, .. }
             | Endpoint::UploadPart { bucket, .. }
             | Endpoint::CompleteMultipartUpload { bucket, .. }
@@ -168,6 +177,7 @@ impl Endpoint {
             | Endpoint::HeadObject { key, .. }
             | Endpoint::DeleteObject { key, .. }
             | Endpoint::CopyObject { key, .. }
+            | Endpoint::UploadPartCopy { key, .. }
             | Endpoint::CreateMultipartUpload { key, .. }
             | Endpoint::UploadPart { key, .. }
             | Endpoint::CompleteMultipartUpload { key, .. }
@@ -342,7 +352,10 @@ fn object_endpoint(
         Method::GET => Ok(Endpoint::GetObject { bucket, key }),
         Method::HEAD => Ok(Endpoint::HeadObject { bucket, key }),
         Method::PUT => match (query.get("partNumber"), upload_id) {
-            (Some(_), Some(_)) if copy => ni("UploadPartCopy"),
+            (Some(n), Some(upload_id)) if copy => {
+                let part_number = parse_part_number(n)?;
+                Ok(Endpoint::UploadPartCopy { bucket, key, upload_id, part_number })
+            }
             (Some(n), Some(upload_id)) => {
                 let part_number = parse_part_number(n)?;
                 Ok(Endpoint::UploadPart { bucket, key, upload_id, part_number })

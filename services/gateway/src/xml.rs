@@ -162,6 +162,16 @@ pub struct CopyObjectResult {
     pub etag: String,
 }
 
+#[derive(Debug, Serialize)]
+pub struct CopyPartResult {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "LastModified")]
+    pub last_modified: String,
+    #[serde(rename = "ETag")]
+    pub etag: String,
+}
+
 /// The DeleteObjects request body.
 #[derive(Debug, Deserialize)]
 pub struct Delete {

@@ -55,6 +55,9 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
         Endpoint::HeadObject { bucket, key } => object::handle_get_object(state, ctx, &bucket, &key, true).await,
         Endpoint::DeleteObject { bucket, key } => object::handle_delete_object(state, &bucket, &key).await,
         Endpoint::CopyObject { bucket, key } => object::handle_copy_object(state, ctx, &bucket, &key).await,
+        Endpoint::UploadPartCopy { bucket, key, upload_id, part_number } => {
+            multipart::handle_upload_part_copy(state, ctx, &bucket, &key, &upload_id, part_number).await
+        }
         Endpoint::DeleteObjects { bucket } => object::handle_delete_objects(state, ctx, &bucket, body).await,
         Endpoint::CreateMultipartUpload { bucket, key } => {
             multipart::handle_create_multipart_upload(state, ctx, &bucket, &key).await

@@ -1,5 +1,6 @@
-//! Multipart uploads: create, upload part (streamed like PutObject), complete (blobd links
-//! the parts, nothing is copied again), abort.
+//! Multipart uploads: create, upload part (streamed like PutObject), upload part copy
+//! (streamed from the source object), complete (blobd links the parts, nothing is copied
+//! again), abort.
 
 use std::collections::HashMap;
 
@@ -9,12 +10,14 @@ use axum::response::Response;
 use http::StatusCode;
 use md5::Digest as _;
 
-use super::object::{body_checks, meta_from_headers, quoted_etag};
+use super::object::{
+    CopySource, body_checks, copy_body, meta_from_headers, open_copy_source, parse_copy_source, quoted_etag,
+};
 use super::{
     AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, now_ms, read_small_body, xml_response,
 };
 use crate::error::S3Error;
-use crate::replicas::PutTarget;
+use crate::replicas::{BodyChecks, PutTarget};
 use crate::xml;
 
 /// Every part but the last must be at least this large.
@@ -77,6 +80,70 @@ pub async fn handle_upload_part(
         resp = resp.header(name, value);
     }
     resp.body(Body::empty()).map_err(|e| S3Error::InternalError(format!("response: {e}")))
+}
+
+/// `x-amz-copy-source-range: bytes=first-last` against the source size (inclusive; both
+/// bounds required, as S3 requires).
+pub fn parse_copy_range(value: &str, size: u64) -> Result<(u64, u64), S3Error> {
+    let invalid =
+        || S3Error::InvalidArgument(format!("Range specified is not valid for source object of size: {size}"));
+    let spec = value.trim().strip_prefix("bytes=").ok_or_else(invalid)?;
+    let (a, b) = spec.split_once('-').ok_or_else(invalid)?;
+    let (first, last): (u64, u64) = (a.parse().map_err(|_| invalid())?, b.parse().map_err(|_| invalid())?);
+    if first > last || last >= size {
+        return Err(invalid());
+    }
+    Ok((first, last))
+}
+
+/// UploadPartCopy: a part streamed from (a range of) an existing object, written like
+/// UploadPart; the whole-object form is checked against the source's MD5 ETag.
+pub async fn handle_upload_part_copy(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    part_number: u32,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let source = super::header_str(&ctx.headers, "x-amz-copy-source")
+        .ok_or_else(|| S3Error::InvalidArgument("Invalid copy source".into()))?;
+    let (src_bucket, src_key) = parse_copy_source(source)?;
+    let range_header = super::header_str(&ctx.headers, "x-amz-copy-source-range");
+    let CopySource { meta: src, holders, stream } =
+        open_copy_source(state, ctx, &src_bucket, &src_key, range_header.is_none()).await?;
+    let range = range_header.map(|r| parse_copy_range(r, src.size)).transpose()?;
+    let len = range.map_or(src.size, |(a, b)| b - a + 1);
+    if len > MAX_PART_SIZE {
+        return Err(S3Error::InvalidRequest(format!(
+            "The specified copy range is larger than the maximum part size: {MAX_PART_SIZE}"
+        )));
+    }
+    let mut source_md5 = [0u8; 16];
+    let whole_md5 = range.is_none() && hex::decode_to_slice(&src.etag, &mut source_md5).is_ok();
+    let checks = BodyChecks {
+        declared_len: Some(len),
+        max_len: MAX_PART_SIZE,
+        content_md5: whole_md5.then_some(source_md5),
+        ..Default::default()
+    };
+    let body = copy_body(state, &holders, &src, stream, range).await?;
+    let header = pb::PartHeader {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: upload_id.to_string(),
+        part_number,
+    };
+    let replicas = state.store.replica_set(bucket, key)?;
+    let outcome = state.store.put_stream(&replicas, PutTarget::Part(header), body, checks).await?;
+    metrics::counter!("gateway_bytes_copied_total").increment(outcome.size);
+    let doc = xml::CopyPartResult {
+        xmlns: xml::S3_NS,
+        last_modified: super::iso8601_ms(now_ms()),
+        etag: quoted_etag(&hex::encode(outcome.md5)),
+    };
+    xml_response(xml::to_xml("CopyPartResult", &doc)?)
 }
 
 /// An ETag as clients send it back: quotes optional.

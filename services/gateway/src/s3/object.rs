@@ -172,6 +172,57 @@ fn check_copy_conditions(headers: &HeaderMap, meta: &pb::ObjectMeta) -> Result<(
     })
 }
 
+/// The newest version of a copy source, checked against the `x-amz-copy-source-if-*`
+/// conditions; `stream` is an open body when `with_body` was asked.
+pub struct CopySource {
+    pub meta: pb::ObjectMeta,
+    pub holders: Vec<crate::replicas::Replica>,
+    pub stream: Option<tonic::Streaming<pb::GetResponse>>,
+}
+
+pub async fn open_copy_source(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    with_body: bool,
+) -> Result<CopySource, S3Error> {
+    existing_bucket(state, bucket)?;
+    let replicas = state.store.replica_set(bucket, key)?;
+    let Some(read) = state.store.read_newest(&replicas, bucket, key, with_body).await? else {
+        return Err(S3Error::NoSuchKey);
+    };
+    let NewestRead { meta, holders, stream } = read;
+    if meta.tombstone {
+        return Err(S3Error::NoSuchKey);
+    }
+    check_copy_conditions(&ctx.headers, &meta)?;
+    Ok(CopySource { meta, holders, stream })
+}
+
+/// A copy source's bytes (`range` inclusive), from the open stream when it is the whole
+/// body, else from a holder; a failing source is `ServiceUnavailable` to the client.
+pub async fn copy_body(
+    state: &AppState,
+    holders: &[crate::replicas::Replica],
+    meta: &pb::ObjectMeta,
+    stream: Option<tonic::Streaming<pb::GetResponse>>,
+    range: Option<(u64, u64)>,
+) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, S3Error>>, S3Error> {
+    let body = match stream {
+        Some(open) if range.is_none() => body_of(open).boxed(),
+        _ => state.store.open_body(holders, meta, range).await?.boxed(),
+    };
+    Ok(body
+        .map(|r| {
+            r.map_err(|e| {
+                tracing::warn!(error = %e, "copy source stream failed");
+                S3Error::ServiceUnavailable
+            })
+        })
+        .boxed())
+}
+
 /// CopyObject: the source's newest version streamed from one of its holders into a new
 /// version of the destination, written like a PutObject (W of RF). Metadata is copied
 /// (`x-amz-metadata-directive: COPY`, the default) or taken from this request (`REPLACE`).
@@ -197,16 +248,7 @@ pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: 
     }
     // The destination's metadata is checked before anything is read.
     let mut meta = if replace { meta_from_headers(&ctx.headers, bucket, key)? } else { pb::ObjectMeta::default() };
-    existing_bucket(state, &src_bucket)?;
-    let src_replicas = state.store.replica_set(&src_bucket, &src_key)?;
-    let Some(read) = state.store.read_newest(&src_replicas, &src_bucket, &src_key, true).await? else {
-        return Err(S3Error::NoSuchKey);
-    };
-    let NewestRead { meta: src, holders, stream } = read;
-    if src.tombstone {
-        return Err(S3Error::NoSuchKey);
-    }
-    check_copy_conditions(&ctx.headers, &src)?;
+    let CopySource { meta: src, holders, stream } = open_copy_source(state, ctx, &src_bucket, &src_key, true).await?;
     if src.size > MAX_COPY_SIZE {
         return Err(S3Error::InvalidRequest(format!(
             "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_COPY_SIZE}"
@@ -240,16 +282,7 @@ pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: 
         content_md5: hex::decode_to_slice(&src.etag, &mut source_md5).is_ok().then_some(source_md5),
         ..Default::default()
     };
-    let body = match stream {
-        Some(open) => body_of(open).boxed(),
-        None => state.store.open_body(&holders, &src, None).await?.boxed(),
-    }
-    .map(|r| {
-        r.map_err(|e| {
-            tracing::warn!(error = %e, "copy source stream failed");
-            S3Error::ServiceUnavailable
-        })
-    });
+    let body = copy_body(state, &holders, &src, stream, None).await?;
     let replicas = state.store.replica_set(bucket, key)?;
     let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), body, checks).await?;
     metrics::counter!("gateway_bytes_copied_total").increment(outcome.size);
