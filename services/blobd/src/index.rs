@@ -212,16 +212,23 @@ impl Index {
 
     pub async fn get_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(UploadRow, Vec<UploadPart>)> {
         let up = load_upload(&self.read, bucket, key, upload_id).await?;
-        let rows = sqlx::query("SELECT part_number, size, etag FROM parts WHERE upload_id = ?1 ORDER BY part_number")
-            .bind(upload_id)
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT part_number, size, etag, last_modified_ms FROM parts WHERE upload_id = ?1 ORDER BY part_number",
+        )
+        .bind(upload_id)
+        .fetch_all(&self.read)
+        .await?;
         let parts = rows
             .iter()
             .map(|r| {
                 let n: i64 = r.try_get("part_number")?;
                 let size: i64 = r.try_get("size")?;
-                Ok(UploadPart { part_number: n as u32, etag: r.try_get("etag")?, size: size as u64 })
+                Ok(UploadPart {
+                    part_number: n as u32,
+                    etag: r.try_get("etag")?,
+                    size: size as u64,
+                    last_modified_ms: r.try_get("last_modified_ms")?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((up, parts))
@@ -256,15 +263,17 @@ impl Index {
                 .map(|r| r.try_get::<String, _>("blob_id"))
                 .transpose()?;
             sqlx::query(
-                "INSERT INTO parts (upload_id, part_number, blob_id, size, etag) VALUES (?1, ?2, ?3, ?4, ?5) \
+                "INSERT INTO parts (upload_id, part_number, blob_id, size, etag, last_modified_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (upload_id, part_number) DO UPDATE SET blob_id = excluded.blob_id, \
-                 size = excluded.size, etag = excluded.etag",
+                 size = excluded.size, etag = excluded.etag, last_modified_ms = excluded.last_modified_ms",
             )
             .bind(upload_id)
             .bind(i64::from(part_number))
             .bind(blob_id)
             .bind(size as i64)
             .bind(etag)
+            .bind(now_ms())
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -415,4 +424,9 @@ async fn delete_upload(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, upload_id: 
     sqlx::query("DELETE FROM parts WHERE upload_id = ?1").bind(upload_id).execute(&mut **tx).await?;
     sqlx::query("DELETE FROM uploads WHERE upload_id = ?1").bind(upload_id).execute(&mut **tx).await?;
     Ok(())
+}
+
+/// The wall clock in Unix milliseconds (a part's LastModified).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -82,6 +82,12 @@ pub enum Endpoint {
         bucket: String,
         key: String,
     },
+    /// `GET ?uploadId`.
+    ListParts {
+        bucket: String,
+        key: String,
+        upload_id: String,
+    },
     /// `PUT ?partNumber&uploadId` with `x-amz-copy-source`.
     UploadPartCopy {
         bucket: String,
@@ -139,6 +145,7 @@ impl Endpoint {
             Endpoint::DeleteObjects { .. } => "DeleteObjects",
             Endpoint::CopyObject { .. } => "CopyObject",
             Endpoint::UploadPartCopy { .. } => "UploadPartCopy",
+            Endpoint::ListParts { .. } => "ListParts",
             Endpoint::CreateMultipartUpload { .. } => "CreateMultipartUpload",
             Endpoint::UploadPart { .. } => "UploadPart",
             Endpoint::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
@@ -162,6 +169,7 @@ impl Endpoint {
             | Endpoint::DeleteObjects { bucket }
             | Endpoint::CopyObject { bucket, .. }
             | Endpoint::UploadPartCopy { bucket, .. }
+            | Endpoint::ListParts { bucket, .. }
             | Endpoint::CreateMultipartUpload { bucket, .. }
             | Endpoint::UploadPart { bucket, .. }
             | Endpoint::CompleteMultipartUpload { bucket, .. }
@@ -178,6 +186,7 @@ impl Endpoint {
             | Endpoint::DeleteObject { key, .. }
             | Endpoint::CopyObject { key, .. }
             | Endpoint::UploadPartCopy { key, .. }
+            | Endpoint::ListParts { key, .. }
             | Endpoint::CreateMultipartUpload { key, .. }
             | Endpoint::UploadPart { key, .. }
             | Endpoint::CompleteMultipartUpload { key, .. }
@@ -348,7 +357,7 @@ fn object_endpoint(
     }
     let upload_id = query.get("uploadId").map(str::to_string);
     match *method {
-        Method::GET if upload_id.is_some() => ni("ListParts"),
+        Method::GET if let Some(upload_id) = upload_id => Ok(Endpoint::ListParts { bucket, key, upload_id }),
         Method::GET => Ok(Endpoint::GetObject { bucket, key }),
         Method::HEAD => Ok(Endpoint::HeadObject { bucket, key }),
         Method::PUT => match (query.get("partNumber"), upload_id) {

@@ -58,6 +58,9 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
         Endpoint::UploadPartCopy { bucket, key, upload_id, part_number } => {
             multipart::handle_upload_part_copy(state, ctx, &bucket, &key, &upload_id, part_number).await
         }
+        Endpoint::ListParts { bucket, key, upload_id } => {
+            multipart::handle_list_parts(state, ctx, &bucket, &key, &upload_id).await
+        }
         Endpoint::DeleteObjects { bucket } => object::handle_delete_objects(state, ctx, &bucket, body).await,
         Endpoint::CreateMultipartUpload { bucket, key } => {
             multipart::handle_create_multipart_upload(state, ctx, &bucket, &key).await

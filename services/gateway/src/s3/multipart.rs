@@ -146,6 +146,96 @@ pub async fn handle_upload_part_copy(
     xml_response(xml::to_xml("CopyPartResult", &doc)?)
 }
 
+/// An upload as every live replica of its key holds it (at least one does, else
+/// `NoSuchUpload`, or `ServiceUnavailable` when none answered).
+async fn upload_on_replicas(
+    state: &AppState,
+    replicas: &[crate::replicas::Replica],
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<Vec<pb::GetUploadResponse>, S3Error> {
+    let get =
+        pb::GetUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
+    let (uploads, errs) = state
+        .store
+        .unary_quorum(replicas, replicas.len(), |mut c| {
+            let req = get.clone();
+            async move { c.get_upload(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    if uploads.is_empty() {
+        if errs.iter().any(|e| e.code() == tonic::Code::NotFound) {
+            return Err(S3Error::NoSuchUpload);
+        }
+        for e in &errs {
+            tracing::warn!(code = ?e.code(), message = e.message(), "get upload failed");
+        }
+        return Err(S3Error::ServiceUnavailable);
+    }
+    Ok(uploads)
+}
+
+/// ListParts: the parts of an upload, merged over its replicas (the most recently recorded
+/// copy of each part number wins), paged by `part-number-marker` and `max-parts`.
+pub async fn handle_list_parts(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let max_parts = match ctx.query.get("max-parts") {
+        None => 1000,
+        Some(v) => v.parse::<usize>().map_err(|_| {
+            S3Error::InvalidArgument("Provided max-parts not an integer or within integer range".into())
+        })?,
+    }
+    .min(1000);
+    let marker = match ctx.query.get("part-number-marker") {
+        None | Some("") => 0,
+        Some(v) => v.parse::<u32>().map_err(|_| {
+            S3Error::InvalidArgument("Provided part-number-marker not an integer or within integer range".into())
+        })?,
+    };
+    let replicas = state.store.replica_set(bucket, key)?;
+    let uploads = upload_on_replicas(state, &replicas, bucket, key, upload_id).await?;
+    let mut parts: std::collections::BTreeMap<u32, pb::UploadPart> = std::collections::BTreeMap::new();
+    for p in uploads.iter().flat_map(|u| &u.parts) {
+        if parts.get(&p.part_number).is_none_or(|q| p.last_modified_ms > q.last_modified_ms) {
+            parts.insert(p.part_number, p.clone());
+        }
+    }
+    let after: Vec<&pb::UploadPart> = parts.range(marker.saturating_add(1)..).map(|(_, p)| p).collect();
+    let page = &after[..after.len().min(max_parts)];
+    let truncated = after.len() > page.len();
+    let owner = || xml::Owner { id: ctx.access_key.clone(), display_name: ctx.access_key.clone() };
+    let doc = xml::ListPartsResult {
+        xmlns: xml::S3_NS,
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: upload_id.to_string(),
+        part_number_marker: marker,
+        next_part_number_marker: page.last().map_or(marker, |p| p.part_number),
+        max_parts,
+        is_truncated: truncated,
+        parts: page
+            .iter()
+            .map(|p| xml::PartXml {
+                part_number: p.part_number,
+                last_modified: super::iso8601_ms(p.last_modified_ms),
+                etag: quoted_etag(&p.etag),
+                size: p.size,
+            })
+            .collect(),
+        initiator: owner(),
+        owner: owner(),
+        storage_class: "STANDARD",
+    };
+    xml_response(xml::to_xml("ListPartsResult", &doc)?)
+}
+
 /// An ETag as clients send it back: quotes optional.
 fn bare_etag(etag: &str) -> &str {
     etag.trim().trim_matches('"')
@@ -189,25 +279,8 @@ pub async fn handle_complete_multipart_upload(
     let body = read_small_body(body, 4 << 20).await?;
     let doc = xml::parse_complete(&body)?;
     let replicas = state.store.replica_set(bucket, key)?;
-    // Ask every live replica; a part counts if any replica holds it.
-    let get =
-        pb::GetUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
-    let (uploads, errs) = state
-        .store
-        .unary_quorum(&replicas, replicas.len(), |mut c| {
-            let req = get.clone();
-            async move { c.get_upload(req).await.map(|r| r.into_inner()) }
-        })
-        .await;
-    if uploads.is_empty() {
-        if errs.iter().any(|e| e.code() == tonic::Code::NotFound) {
-            return Err(S3Error::NoSuchUpload);
-        }
-        for e in &errs {
-            tracing::warn!(code = ?e.code(), message = e.message(), "get upload failed");
-        }
-        return Err(S3Error::ServiceUnavailable);
-    }
+    // A part counts if any replica holds it.
+    let uploads = upload_on_replicas(state, &replicas, bucket, key, upload_id).await?;
     let mut stored: HashMap<u32, (String, u64)> = HashMap::new();
     let wanted: HashMap<u32, &str> = doc.parts.iter().map(|p| (p.part_number, bare_etag(&p.etag))).collect();
     for upload in &uploads {
