@@ -368,3 +368,48 @@ async fn copy_object_directives_conditions_and_errors() -> anyhow::Result<()> {
     assert_eq!(err_code(s3.head_object().bucket("dst").key("x").send().await), "NotFound");
     Ok(())
 }
+
+/// ACLs as aether has them (private to the bucket's owner) and the versioning status
+/// (never enabled): the canned `private` ACL is accepted everywhere S3 takes one, any other
+/// is NotImplemented and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acls_are_private_and_versioning_is_off() -> anyhow::Result<()> {
+    use aws_sdk_s3::types::{BucketCannedAcl, ObjectCannedAcl, Permission, Type};
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("acl").acl(BucketCannedAcl::Private).send().await?;
+    let r = s3.create_bucket().bucket("acl-public").acl(BucketCannedAcl::PublicRead).send().await;
+    assert_eq!(err_code(r), "NotImplemented");
+    assert_eq!(err_code(s3.head_bucket().bucket("acl-public").send().await), "NotFound");
+
+    let check = |owner: Option<&aws_sdk_s3::types::Owner>, grants: &[aws_sdk_s3::types::Grant]| {
+        assert_eq!(owner.and_then(|o| o.id()), Some(aether_tests::ACCESS_KEY));
+        assert_eq!(grants.len(), 1);
+        let g = grants[0].grantee().unwrap();
+        assert_eq!((g.r#type(), g.id()), (&Type::CanonicalUser, Some(aether_tests::ACCESS_KEY)));
+        assert_eq!(grants[0].permission(), Some(&Permission::FullControl));
+    };
+    let acl = s3.get_bucket_acl().bucket("acl").send().await?;
+    check(acl.owner(), acl.grants());
+    s3.put_bucket_acl().bucket("acl").acl(BucketCannedAcl::Private).send().await?;
+    let r = s3.put_bucket_acl().bucket("acl").acl(BucketCannedAcl::PublicReadWrite).send().await;
+    assert_eq!(err_code(r), "NotImplemented");
+
+    s3.put_object().bucket("acl").key("k").acl(ObjectCannedAcl::Private).body(bs(b"x")).send().await?;
+    let r = s3.put_object().bucket("acl").key("pub").acl(ObjectCannedAcl::PublicRead).body(bs(b"x")).send().await;
+    assert_eq!(err_code(r), "NotImplemented");
+    assert_eq!(err_code(s3.head_object().bucket("acl").key("pub").send().await), "NotFound");
+    let r = s3.put_object().bucket("acl").key("grant").grant_read("id=someone").body(bs(b"x")).send().await;
+    assert_eq!(err_code(r), "NotImplemented");
+    let acl = s3.get_object_acl().bucket("acl").key("k").send().await?;
+    check(acl.owner(), acl.grants());
+    assert_eq!(err_code(s3.get_object_acl().bucket("acl").key("nope").send().await), "NoSuchKey");
+    s3.put_object_acl().bucket("acl").key("k").acl(ObjectCannedAcl::Private).send().await?;
+    let r = s3.put_object_acl().bucket("acl").key("k").acl(ObjectCannedAcl::AuthenticatedRead).send().await;
+    assert_eq!(err_code(r), "NotImplemented");
+
+    let v = s3.get_bucket_versioning().bucket("acl").send().await?;
+    assert_eq!((v.status(), v.mfa_delete()), (None, None));
+    assert_eq!(err_code(s3.get_bucket_versioning().bucket("nobucket").send().await), "NoSuchBucket");
+    Ok(())
+}

@@ -82,6 +82,20 @@ pub enum Endpoint {
         bucket: String,
         key: String,
     },
+    /// `GET ?versioning`: never enabled (versioning does not exist yet).
+    GetBucketVersioning {
+        bucket: String,
+    },
+    /// `GET ?acl` on a bucket (`key` None) or an object: the owner with FULL_CONTROL.
+    GetAcl {
+        bucket: String,
+        key: Option<String>,
+    },
+    /// `PUT ?acl`: only the canned `private` ACL (what every bucket and object has).
+    PutAcl {
+        bucket: String,
+        key: Option<String>,
+    },
     /// `GET ?uploadId`.
     ListParts {
         bucket: String,
@@ -146,6 +160,11 @@ impl Endpoint {
             Endpoint::CopyObject { .. } => "CopyObject",
             Endpoint::UploadPartCopy { .. } => "UploadPartCopy",
             Endpoint::ListParts { .. } => "ListParts",
+            Endpoint::GetBucketVersioning { .. } => "GetBucketVersioning",
+            Endpoint::GetAcl { key: None, .. } => "GetBucketAcl",
+            Endpoint::GetAcl { key: Some(_), .. } => "GetObjectAcl",
+            Endpoint::PutAcl { key: None, .. } => "PutBucketAcl",
+            Endpoint::PutAcl { key: Some(_), .. } => "PutObjectAcl",
             Endpoint::CreateMultipartUpload { .. } => "CreateMultipartUpload",
             Endpoint::UploadPart { .. } => "UploadPart",
             Endpoint::CompleteMultipartUpload { .. } => "CompleteMultipartUpload",
@@ -170,6 +189,9 @@ impl Endpoint {
             | Endpoint::CopyObject { bucket, .. }
             | Endpoint::UploadPartCopy { bucket, .. }
             | Endpoint::ListParts { bucket, .. }
+            | Endpoint::GetBucketVersioning { bucket }
+            | Endpoint::GetAcl { bucket, .. }
+            | Endpoint::PutAcl { bucket, .. }
             | Endpoint::CreateMultipartUpload { bucket, .. }
             | Endpoint::UploadPart { bucket, .. }
             | Endpoint::CompleteMultipartUpload { bucket, .. }
@@ -191,7 +213,9 @@ impl Endpoint {
             | Endpoint::UploadPart { key, .. }
             | Endpoint::CompleteMultipartUpload { key, .. }
             | Endpoint::AbortMultipartUpload { key, .. } => Some(key),
-            Endpoint::NotImplemented { key, .. } => key.as_deref(),
+            Endpoint::NotImplemented { key, .. } | Endpoint::GetAcl { key, .. } | Endpoint::PutAcl { key, .. } => {
+                key.as_deref()
+            }
             _ => None,
         }
     }
@@ -304,6 +328,12 @@ fn bucket_endpoint(method: &Method, query: &Query, bucket: String) -> Result<End
     let ni = |operation: &'static str, bucket: String| {
         Ok(Endpoint::NotImplemented { bucket: Some(bucket), key: None, operation })
     };
+    match *method {
+        Method::GET if query.has("versioning") => return Ok(Endpoint::GetBucketVersioning { bucket }),
+        Method::GET | Method::HEAD if query.has("acl") => return Ok(Endpoint::GetAcl { bucket, key: None }),
+        Method::PUT if query.has("acl") => return Ok(Endpoint::PutAcl { bucket, key: None }),
+        _ => {}
+    }
     for (name, get, put, delete) in BUCKET_SUBRESOURCES {
         if query.has(name) {
             return match *method {
@@ -345,6 +375,13 @@ fn object_endpoint(
         ("attributes", "GetObjectAttributes", "PutObjectAttributes", "DeleteObjectAttributes"),
         ("torrent", "GetObjectTorrent", "PutObjectTorrent", "DeleteObjectTorrent"),
     ];
+    if query.has("acl") {
+        match *method {
+            Method::GET | Method::HEAD => return Ok(Endpoint::GetAcl { bucket, key: Some(key) }),
+            Method::PUT => return Ok(Endpoint::PutAcl { bucket, key: Some(key) }),
+            _ => {}
+        }
+    }
     for (name, get, put, delete) in SUB {
         if query.has(name) {
             return match *method {

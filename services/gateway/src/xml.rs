@@ -212,6 +212,49 @@ pub struct PartXml {
     pub size: u64,
 }
 
+#[derive(Debug, Serialize)]
+pub struct VersioningConfiguration {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+}
+
+/// An ACL: the owner and its grants (`AccessControlPolicy`).
+#[derive(Debug, Serialize)]
+pub struct AccessControlPolicy {
+    #[serde(rename = "@xmlns")]
+    pub xmlns: &'static str,
+    #[serde(rename = "Owner")]
+    pub owner: Owner,
+    #[serde(rename = "AccessControlList")]
+    pub acl: AccessControlList,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AccessControlList {
+    #[serde(rename = "Grant")]
+    pub grants: Vec<Grant>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Grant {
+    #[serde(rename = "Grantee")]
+    pub grantee: Grantee,
+    #[serde(rename = "Permission")]
+    pub permission: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Grantee {
+    #[serde(rename = "@xmlns:xsi")]
+    pub xmlns_xsi: &'static str,
+    #[serde(rename = "@xsi:type")]
+    pub xsi_type: &'static str,
+    #[serde(rename = "ID")]
+    pub id: String,
+    #[serde(rename = "DisplayName")]
+    pub display_name: String,
+}
+
 /// The DeleteObjects request body.
 #[derive(Debug, Deserialize)]
 pub struct Delete {

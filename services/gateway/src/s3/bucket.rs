@@ -245,3 +245,10 @@ mod tests {
         }
     }
 }
+
+/// GetBucketVersioning: versioning has never been enabled on any bucket (it does not exist
+/// yet), which S3 reports as an empty configuration.
+pub fn handle_get_bucket_versioning(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    xml_response(xml::to_xml("VersioningConfiguration", &xml::VersioningConfiguration { xmlns: xml::S3_NS })?)
+}

@@ -2,6 +2,7 @@
 //! [`Endpoint`]. Handlers return `Result<Response, S3Error>`; errors are rendered in one
 //! place (`server::error_response`).
 
+pub mod acl;
 pub mod bucket;
 pub mod list;
 pub mod multipart;
@@ -43,7 +44,11 @@ pub struct ReqBody {
 
 /// Dispatch one parsed, authenticated request.
 pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: ReqBody) -> Result<Response, S3Error> {
+    acl::check_canned_acl(&ctx.headers)?;
     match endpoint {
+        Endpoint::GetBucketVersioning { bucket } => bucket::handle_get_bucket_versioning(state, &bucket),
+        Endpoint::GetAcl { bucket, key } => acl::handle_get_acl(state, &bucket, key.as_deref()).await,
+        Endpoint::PutAcl { bucket, key } => acl::handle_put_acl(state, ctx, &bucket, key.as_deref(), body).await,
         Endpoint::ListBuckets => bucket::handle_list_buckets(state, ctx).await,
         Endpoint::CreateBucket { bucket } => bucket::handle_create_bucket(state, ctx, &bucket, body).await,
         Endpoint::DeleteBucket { bucket } => bucket::handle_delete_bucket(state, ctx, &bucket).await,
