@@ -213,6 +213,13 @@ pub async fn handle_get_bucket_location(state: &AppState, bucket: &str) -> Resul
     xml_response(xml::to_xml("LocationConstraint", &xml::LocationConstraint { xmlns: xml::S3_NS, region })?)
 }
 
+/// GetBucketVersioning: versioning has never been enabled on any bucket (it does not exist
+/// yet), which S3 reports as an empty configuration.
+pub fn handle_get_bucket_versioning(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    xml_response(xml::to_xml("VersioningConfiguration", &xml::VersioningConfiguration { xmlns: xml::S3_NS })?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,11 +251,4 @@ mod tests {
             assert!(matches!(validate_bucket_name(bad), Err(S3Error::InvalidBucketName)), "{bad}");
         }
     }
-}
-
-/// GetBucketVersioning: versioning has never been enabled on any bucket (it does not exist
-/// yet), which S3 reports as an empty configuration.
-pub fn handle_get_bucket_versioning(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
-    existing_bucket(state, bucket)?;
-    xml_response(xml::to_xml("VersioningConfiguration", &xml::VersioningConfiguration { xmlns: xml::S3_NS })?)
 }
