@@ -413,3 +413,45 @@ async fn acls_are_private_and_versioning_is_off() -> anyhow::Result<()> {
     assert_eq!(err_code(s3.get_bucket_versioning().bucket("nobucket").send().await), "NoSuchBucket");
     Ok(())
 }
+
+/// `response-*` overrides on GetObject and HeadObject replace the stored headers in that
+/// response only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn response_header_overrides() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("resp").send().await?;
+    s3.put_object()
+        .bucket("resp")
+        .key("k")
+        .content_type("text/plain")
+        .cache_control("no-cache")
+        .body(bs(b"hi"))
+        .send()
+        .await?;
+    let disposition = "attachment; filename=\"report 1.csv\"";
+    let got = s3
+        .get_object()
+        .bucket("resp")
+        .key("k")
+        .response_content_type("text/csv")
+        .response_content_disposition(disposition)
+        .response_cache_control("max-age=5")
+        .response_content_language("de")
+        .response_content_encoding("identity")
+        .send()
+        .await?;
+    assert_eq!(got.content_type(), Some("text/csv"));
+    assert_eq!(got.content_disposition(), Some(disposition));
+    assert_eq!(got.cache_control(), Some("max-age=5"));
+    assert_eq!(got.content_language(), Some("de"));
+    assert_eq!(got.content_encoding(), Some("identity"));
+    assert_eq!(body_bytes(got).await, b"hi");
+    let head = s3.head_object().bucket("resp").key("k").response_content_type("image/png").send().await?;
+    assert_eq!(head.content_type(), Some("image/png"));
+    assert_eq!(head.cache_control(), Some("no-cache"));
+    // The stored headers are unchanged.
+    let plain = s3.head_object().bucket("resp").key("k").send().await?;
+    assert_eq!((plain.content_type(), plain.content_disposition()), (Some("text/plain"), None));
+    Ok(())
+}

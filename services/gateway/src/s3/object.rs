@@ -385,6 +385,7 @@ pub async fn handle_get_object(
     check_conditions(&ctx.headers, &meta)?;
     let range = parse_range(range_header, meta.size)?;
     let mut headers = object_headers(&meta);
+    apply_response_overrides(ctx, &mut headers)?;
     let (status, len) = match range {
         Some((s, e)) => {
             insert(&mut headers, "content-range", &format!("bytes {s}-{e}/{}", meta.size));
@@ -406,6 +407,27 @@ pub async fn handle_get_object(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The `response-*` query parameters of a (signed) GetObject / HeadObject replace the
+/// stored value of their header in this response.
+fn apply_response_overrides(ctx: &Ctx, headers: &mut HeaderMap) -> Result<(), S3Error> {
+    const OVERRIDES: [(&str, &str); 6] = [
+        ("response-content-type", "content-type"),
+        ("response-content-language", "content-language"),
+        ("response-expires", "expires"),
+        ("response-cache-control", "cache-control"),
+        ("response-content-disposition", "content-disposition"),
+        ("response-content-encoding", "content-encoding"),
+    ];
+    for (param, header) in OVERRIDES {
+        if let Some(v) = ctx.query.get(param) {
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| S3Error::InvalidArgument(format!("Invalid value for the {param} parameter")))?;
+            headers.insert(http::HeaderName::from_static(header), value);
+        }
+    }
+    Ok(())
 }
 
 /// `If-Match` / `If-None-Match` / `If-Modified-Since` / `If-Unmodified-Since` against
