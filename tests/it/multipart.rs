@@ -274,3 +274,52 @@ async fn list_parts_pages_and_replaced_parts() -> anyhow::Result<()> {
     assert_eq!(err_code(s3.list_parts().bucket("lparts").key("k").upload_id(&id).send().await), "NoSuchUpload");
     Ok(())
 }
+
+/// GetObject / HeadObject with `partNumber`: each part of a multipart object by itself
+/// (206, Content-Range, x-amz-mp-parts-count), a single-part object as its one part,
+/// InvalidPartNumber past the last part, and partNumber with Range refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_and_head_by_part_number() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("pnum").send().await?;
+    let parts = [pattern(5 * MIB, 21), pattern(5 * MIB + 7, 22), pattern(100, 23)];
+    let id = s3.create_multipart_upload().bucket("pnum").key("mp").send().await?.upload_id().unwrap().to_string();
+    let mut done = Vec::new();
+    for (i, d) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let r = s3.upload_part().bucket("pnum").key("mp").upload_id(&id).part_number(n).body(bs(d)).send().await?;
+        done.push(CompletedPart::builder().part_number(n).e_tag(r.e_tag().unwrap()).build());
+    }
+    s3.complete_multipart_upload()
+        .bucket("pnum")
+        .key("mp")
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(done)).build())
+        .send()
+        .await?;
+    let total: usize = parts.iter().map(Vec::len).sum();
+    let mut start = 0;
+    for (i, d) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let got = s3.get_object().bucket("pnum").key("mp").part_number(n).send().await?;
+        assert_eq!(got.parts_count(), Some(3));
+        assert_eq!(got.content_range(), Some(format!("bytes {start}-{}/{total}", start + d.len() - 1).as_str()));
+        assert_eq!(body_bytes(got).await, *d, "part {n}");
+        let head = s3.head_object().bucket("pnum").key("mp").part_number(n).send().await?;
+        assert_eq!((head.content_length(), head.parts_count()), (Some(d.len() as i64), Some(3)));
+        start += d.len();
+    }
+    let r = s3.get_object().bucket("pnum").key("mp").part_number(4).send().await;
+    assert_eq!(err_code(r), "InvalidPartNumber");
+    let r = s3.get_object().bucket("pnum").key("mp").part_number(1).range("bytes=0-9").send().await;
+    assert_eq!(err_code(r), "InvalidRequest");
+
+    s3.put_object().bucket("pnum").key("single").body(bs(b"one piece")).send().await?;
+    let got = s3.get_object().bucket("pnum").key("single").part_number(1).send().await?;
+    assert_eq!(got.parts_count(), None);
+    assert_eq!(body_bytes(got).await, b"one piece");
+    let r = s3.get_object().bucket("pnum").key("single").part_number(2).send().await;
+    assert_eq!(err_code(r), "InvalidPartNumber");
+    Ok(())
+}

@@ -36,6 +36,8 @@ pub enum S3Error {
     RequestTimeTooSkewed,
     #[error("The requested range is not satisfiable")]
     InvalidRange { size: u64 },
+    #[error("The requested partnumber is not satisfiable")]
+    InvalidPartNumber,
     #[error("The Content-MD5 you specified did not match what we received.")]
     BadDigest,
     /// A checksum (x-amz-checksum-*) did not match; the message names the algorithm.
@@ -102,6 +104,7 @@ impl S3Error {
             AccessDenied(_) => "AccessDenied",
             RequestTimeTooSkewed => "RequestTimeTooSkewed",
             InvalidRange { .. } => "InvalidRange",
+            InvalidPartNumber => "InvalidPartNumber",
             BadDigest | BadChecksum(_) => "BadDigest",
             InvalidDigest => "InvalidDigest",
             XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
@@ -134,7 +137,7 @@ impl S3Error {
             SignatureDoesNotMatch | InvalidAccessKeyId | AccessDenied(_) | RequestTimeTooSkewed => {
                 StatusCode::FORBIDDEN
             }
-            InvalidRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            InvalidRange { .. } | InvalidPartNumber => StatusCode::RANGE_NOT_SATISFIABLE,
             MissingContentLength => StatusCode::LENGTH_REQUIRED,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

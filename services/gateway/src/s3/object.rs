@@ -372,9 +372,13 @@ pub async fn handle_get_object(
     existing_bucket(state, bucket)?;
     let replicas = state.store.replica_set(bucket, key)?;
     let range_header = header_str(&ctx.headers, "range");
+    let part_number = ctx.query.get("partNumber").map(crate::endpoint::parse_part_number).transpose()?;
+    if part_number.is_some() && range_header.is_some() {
+        return Err(S3Error::InvalidRequest("Cannot specify both Range header and partNumber query parameter".into()));
+    }
     // Without a range the first replica is asked with Get, and serves the body if it
     // holds the newest version.
-    let with_body = !head && range_header.is_none();
+    let with_body = !head && range_header.is_none() && part_number.is_none();
     let Some(read) = state.store.read_newest(&replicas, bucket, key, with_body).await? else {
         return Err(S3Error::NoSuchKey);
     };
@@ -383,8 +387,14 @@ pub async fn handle_get_object(
         return Err(S3Error::NoSuchKey);
     }
     check_conditions(&ctx.headers, &meta)?;
-    let range = parse_range(range_header, meta.size)?;
+    let range = match part_number {
+        Some(n) => part_range(&meta, n)?,
+        None => parse_range(range_header, meta.size)?,
+    };
     let mut headers = object_headers(&meta);
+    if part_number.is_some() && !meta.part_sizes.is_empty() {
+        insert(&mut headers, "x-amz-mp-parts-count", &meta.part_sizes.len().to_string());
+    }
     apply_response_overrides(ctx, &mut headers)?;
     let (status, len) = match range {
         Some((s, e)) => {
@@ -407,6 +417,16 @@ pub async fn handle_get_object(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// The bytes of part `n` (inclusive) of a multipart object; an object uploaded in one
+/// piece has one part, itself. An empty part has no range: the whole (empty) body.
+fn part_range(meta: &pb::ObjectMeta, n: u32) -> Result<Option<(u64, u64)>, S3Error> {
+    let sizes: &[u64] = if meta.part_sizes.is_empty() { std::slice::from_ref(&meta.size) } else { &meta.part_sizes };
+    let i = n as usize - 1;
+    let size = *sizes.get(i).ok_or(S3Error::InvalidPartNumber)?;
+    let start: u64 = sizes[..i].iter().sum();
+    Ok((size > 0).then(|| (start, start + size - 1)))
 }
 
 /// The `response-*` query parameters of a (signed) GetObject / HeadObject replace the
