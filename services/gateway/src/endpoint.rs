@@ -96,6 +96,11 @@ pub enum Endpoint {
         bucket: String,
         key: Option<String>,
     },
+    /// `GET ?attributes`.
+    GetObjectAttributes {
+        bucket: String,
+        key: String,
+    },
     /// `GET ?uploadId`.
     ListParts {
         bucket: String,
@@ -160,6 +165,7 @@ impl Endpoint {
             Endpoint::CopyObject { .. } => "CopyObject",
             Endpoint::UploadPartCopy { .. } => "UploadPartCopy",
             Endpoint::ListParts { .. } => "ListParts",
+            Endpoint::GetObjectAttributes { .. } => "GetObjectAttributes",
             Endpoint::GetBucketVersioning { .. } => "GetBucketVersioning",
             Endpoint::GetAcl { key: None, .. } => "GetBucketAcl",
             Endpoint::GetAcl { key: Some(_), .. } => "GetObjectAcl",
@@ -189,6 +195,7 @@ impl Endpoint {
             | Endpoint::CopyObject { bucket, .. }
             | Endpoint::UploadPartCopy { bucket, .. }
             | Endpoint::ListParts { bucket, .. }
+            | Endpoint::GetObjectAttributes { bucket, .. }
             | Endpoint::GetBucketVersioning { bucket }
             | Endpoint::GetAcl { bucket, .. }
             | Endpoint::PutAcl { bucket, .. }
@@ -209,6 +216,7 @@ impl Endpoint {
             | Endpoint::CopyObject { key, .. }
             | Endpoint::UploadPartCopy { key, .. }
             | Endpoint::ListParts { key, .. }
+            | Endpoint::GetObjectAttributes { key, .. }
             | Endpoint::CreateMultipartUpload { key, .. }
             | Endpoint::UploadPart { key, .. }
             | Endpoint::CompleteMultipartUpload { key, .. }
@@ -375,6 +383,9 @@ fn object_endpoint(
         ("attributes", "GetObjectAttributes", "PutObjectAttributes", "DeleteObjectAttributes"),
         ("torrent", "GetObjectTorrent", "PutObjectTorrent", "DeleteObjectTorrent"),
     ];
+    if query.has("attributes") && *method == Method::GET {
+        return Ok(Endpoint::GetObjectAttributes { bucket, key });
+    }
     if query.has("acl") {
         match *method {
             Method::GET | Method::HEAD => return Ok(Endpoint::GetAcl { bucket, key: Some(key) }),

@@ -249,9 +249,9 @@ mod tests {
             assert!(r.starts_with("HTTP/1.1 404"), "{r}");
             assert!(r.contains("<Code>NoSuchBucket</Code>"), "{r}");
             assert!(r.to_ascii_lowercase().contains("x-amz-request-id:"), "{r}");
-            let r = http(addr, "GET /b?versioning HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+            let r = http(addr, "GET /b?cors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
             assert!(r.starts_with("HTTP/1.1 501"), "{r}");
-            assert!(r.contains("GetBucketVersioning"), "{r}");
+            assert!(r.contains("GetBucketCors"), "{r}");
             let r = http(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
             assert!(r.starts_with("HTTP/1.1 200"), "{r}");
             assert!(r.contains("<ListAllMyBucketsResult"), "{r}");

@@ -63,6 +63,9 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
         Endpoint::UploadPartCopy { bucket, key, upload_id, part_number } => {
             multipart::handle_upload_part_copy(state, ctx, &bucket, &key, &upload_id, part_number).await
         }
+        Endpoint::GetObjectAttributes { bucket, key } => {
+            object::handle_get_object_attributes(state, ctx, &bucket, &key).await
+        }
         Endpoint::ListParts { bucket, key, upload_id } => {
             multipart::handle_list_parts(state, ctx, &bucket, &key, &upload_id).await
         }
