@@ -45,6 +45,7 @@ fn bucket_json() -> Vec<u8> {
         created: "2026-01-01T00:00:00Z".into(),
         owner: "failover-test".into(),
         state: BucketState::Active,
+        tags: Default::default(),
     };
     serde_json::to_vec(&e).expect("bucket entry")
 }

@@ -455,3 +455,59 @@ async fn response_header_overrides() -> anyhow::Result<()> {
     assert_eq!((plain.content_type(), plain.content_disposition()), (Some("text/plain"), None));
     Ok(())
 }
+
+/// Bucket tagging: none at first (NoSuchTagSet), a put replaces the whole set and every
+/// gateway reads it back, S3's tag rules (InvalidTag), delete; the bucket keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bucket_tagging_put_get_delete_and_rules() -> anyhow::Result<()> {
+    use aws_sdk_s3::types::{Tag, Tagging};
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("tagged").send().await?;
+    let tagging = |pairs: &[(&str, &str)]| {
+        let tags = pairs.iter().map(|(k, v)| Tag::builder().key(*k).value(*v).build().unwrap()).collect();
+        Tagging::builder().set_tag_set(Some(tags)).build().unwrap()
+    };
+    let get = |s3: aws_sdk_s3::Client| async move {
+        s3.get_bucket_tagging()
+            .bucket("tagged")
+            .send()
+            .await
+            .map(|r| r.tag_set().iter().map(|t| (t.key().to_string(), t.value().to_string())).collect::<Vec<_>>())
+    };
+    assert_eq!(err_code(get(s3.clone()).await), "NoSuchTagSet");
+    s3.put_bucket_tagging()
+        .bucket("tagged")
+        .tagging(tagging(&[("team", "storage"), ("cost centre", "ünï 42")]))
+        .send()
+        .await?;
+    let want = vec![("cost centre".to_string(), "ünï 42".to_string()), ("team".to_string(), "storage".to_string())];
+    assert_eq!(get(s3.clone()).await?, want);
+    assert_eq!(get(c.s3(1)).await?, want, "another gateway reads the same tags");
+    s3.put_bucket_tagging().bucket("tagged").tagging(tagging(&[("only", "")])).send().await?;
+    assert_eq!(get(s3.clone()).await?, vec![("only".to_string(), String::new())]);
+
+    let bad = |pairs: Vec<(String, String)>| {
+        let s3 = s3.clone();
+        async move {
+            let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            err_code(s3.put_bucket_tagging().bucket("tagged").tagging(tagging(&refs)).send().await)
+        }
+    };
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(bad(vec![s("a", "1"), s("a", "2")]).await, "InvalidTag");
+    assert_eq!(bad(vec![s("aws:reserved", "1")]).await, "InvalidTag");
+    assert_eq!(bad(vec![(String::from("k").repeat(129), "v".into())]).await, "InvalidTag");
+    assert_eq!(bad(vec![("k".into(), "v".repeat(257))]).await, "InvalidTag");
+    assert_eq!(bad((0..51).map(|i| (format!("k{i}"), "v".into())).collect()).await, "InvalidTag");
+    assert_eq!(get(s3.clone()).await?, vec![("only".to_string(), String::new())], "a refused put changed nothing");
+
+    s3.delete_bucket_tagging().bucket("tagged").send().await?;
+    assert_eq!(err_code(get(s3.clone()).await), "NoSuchTagSet");
+    assert_eq!(err_code(s3.get_bucket_tagging().bucket("untagged-missing").send().await), "NoSuchBucket");
+    // The bucket (its catalog entry rewritten) still serves objects and deletes.
+    s3.put_object().bucket("tagged").key("k").body(bs(b"x")).send().await?;
+    s3.delete_object().bucket("tagged").key("k").send().await?;
+    s3.delete_bucket().bucket("tagged").send().await?;
+    Ok(())
+}

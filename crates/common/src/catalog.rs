@@ -70,6 +70,9 @@ pub struct BucketEntry {
     pub owner: String,
     #[serde(default)]
     pub state: BucketState,
+    /// The bucket's tag set (PutBucketTagging), in key order.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -123,7 +126,12 @@ mod tests {
         let n: NodeEntry = serde_json::from_str(r#"{"addr":"127.0.0.1:1"}"#).unwrap();
         assert_eq!(n.weight, 1);
         assert_eq!(n.state, NodeState::Active);
-        let b = BucketEntry { created: "t".into(), owner: "o".into(), state: BucketState::Deleting };
+        let b = BucketEntry {
+            created: "t".into(),
+            owner: "o".into(),
+            state: BucketState::Deleting,
+            tags: Default::default(),
+        };
         assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"created":"t","owner":"o","state":"deleting"}"#);
     }
 }

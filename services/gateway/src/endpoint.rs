@@ -82,6 +82,16 @@ pub enum Endpoint {
         bucket: String,
         key: String,
     },
+    /// `?tagging` on a bucket.
+    GetBucketTagging {
+        bucket: String,
+    },
+    PutBucketTagging {
+        bucket: String,
+    },
+    DeleteBucketTagging {
+        bucket: String,
+    },
     /// `GET ?versioning`: never enabled (versioning does not exist yet).
     GetBucketVersioning {
         bucket: String,
@@ -167,6 +177,9 @@ impl Endpoint {
             Endpoint::ListParts { .. } => "ListParts",
             Endpoint::GetObjectAttributes { .. } => "GetObjectAttributes",
             Endpoint::GetBucketVersioning { .. } => "GetBucketVersioning",
+            Endpoint::GetBucketTagging { .. } => "GetBucketTagging",
+            Endpoint::PutBucketTagging { .. } => "PutBucketTagging",
+            Endpoint::DeleteBucketTagging { .. } => "DeleteBucketTagging",
             Endpoint::GetAcl { key: None, .. } => "GetBucketAcl",
             Endpoint::GetAcl { key: Some(_), .. } => "GetObjectAcl",
             Endpoint::PutAcl { key: None, .. } => "PutBucketAcl",
@@ -197,6 +210,9 @@ impl Endpoint {
             | Endpoint::ListParts { bucket, .. }
             | Endpoint::GetObjectAttributes { bucket, .. }
             | Endpoint::GetBucketVersioning { bucket }
+            | Endpoint::GetBucketTagging { bucket }
+            | Endpoint::PutBucketTagging { bucket }
+            | Endpoint::DeleteBucketTagging { bucket }
             | Endpoint::GetAcl { bucket, .. }
             | Endpoint::PutAcl { bucket, .. }
             | Endpoint::CreateMultipartUpload { bucket, .. }
@@ -338,6 +354,9 @@ fn bucket_endpoint(method: &Method, query: &Query, bucket: String) -> Result<End
     };
     match *method {
         Method::GET if query.has("versioning") => return Ok(Endpoint::GetBucketVersioning { bucket }),
+        Method::GET if query.has("tagging") => return Ok(Endpoint::GetBucketTagging { bucket }),
+        Method::PUT if query.has("tagging") => return Ok(Endpoint::PutBucketTagging { bucket }),
+        Method::DELETE if query.has("tagging") => return Ok(Endpoint::DeleteBucketTagging { bucket }),
         Method::GET | Method::HEAD if query.has("acl") => return Ok(Endpoint::GetAcl { bucket, key: None }),
         Method::PUT if query.has("acl") => return Ok(Endpoint::PutAcl { bucket, key: None }),
         _ => {}

@@ -38,6 +38,10 @@ pub enum S3Error {
     InvalidRange { size: u64 },
     #[error("The requested partnumber is not satisfiable")]
     InvalidPartNumber,
+    #[error("{0}")]
+    InvalidTag(String),
+    #[error("The TagSet does not exist")]
+    NoSuchTagSet,
     #[error("The Content-MD5 you specified did not match what we received.")]
     BadDigest,
     /// A checksum (x-amz-checksum-*) did not match; the message names the algorithm.
@@ -105,6 +109,8 @@ impl S3Error {
             RequestTimeTooSkewed => "RequestTimeTooSkewed",
             InvalidRange { .. } => "InvalidRange",
             InvalidPartNumber => "InvalidPartNumber",
+            InvalidTag(_) => "InvalidTag",
+            NoSuchTagSet => "NoSuchTagSet",
             BadDigest | BadChecksum(_) => "BadDigest",
             InvalidDigest => "InvalidDigest",
             XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
@@ -132,7 +138,7 @@ impl S3Error {
     pub fn status(&self) -> StatusCode {
         use S3Error::*;
         match self {
-            NoSuchBucket | NoSuchKey | NoSuchUpload => StatusCode::NOT_FOUND,
+            NoSuchBucket | NoSuchKey | NoSuchUpload | NoSuchTagSet => StatusCode::NOT_FOUND,
             BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty => StatusCode::CONFLICT,
             SignatureDoesNotMatch | InvalidAccessKeyId | AccessDenied(_) | RequestTimeTooSkewed => {
                 StatusCode::FORBIDDEN
@@ -159,6 +165,7 @@ impl S3Error {
             | InvalidArgument(_)
             | InvalidRequest(_)
             | KeyTooLongError
+            | InvalidTag(_)
             | AuthorizationHeaderMalformed(_)
             | AuthorizationQueryParametersError(_) => StatusCode::BAD_REQUEST,
         }

@@ -311,6 +311,34 @@ pub struct ObjectPartXml {
     pub size: u64,
 }
 
+/// A tag set, as PutBucketTagging takes it and GetBucketTagging gives it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Tagging {
+    #[serde(rename = "@xmlns", skip_deserializing, skip_serializing_if = "str::is_empty")]
+    pub xmlns: &'static str,
+    #[serde(rename = "TagSet")]
+    pub tag_set: TagSet,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct TagSet {
+    #[serde(rename = "Tag", default)]
+    pub tags: Vec<TagXml>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TagXml {
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "Value", default)]
+    pub value: String,
+}
+
+pub fn parse_tagging(body: &[u8]) -> Result<Tagging, S3Error> {
+    let text = std::str::from_utf8(body).map_err(|_| S3Error::MalformedXML)?;
+    quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXML)
+}
+
 /// The DeleteObjects request body.
 #[derive(Debug, Deserialize)]
 pub struct Delete {

@@ -86,7 +86,8 @@ pub async fn handle_create_bucket(
     let created = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|e| S3Error::InternalError(format!("format time: {e}")))?;
-    let entry = BucketEntry { created, owner: ctx.access_key.clone(), state: BucketState::Active };
+    let entry =
+        BucketEntry { created, owner: ctx.access_key.clone(), state: BucketState::Active, tags: Default::default() };
     let value = serde_json::to_vec(&entry).map_err(|e| S3Error::InternalError(format!("encode bucket: {e}")))?;
     let mut client = state.store.catalog.client().map_err(metad_error)?;
     let txn = Txn::new()
@@ -218,6 +219,116 @@ pub async fn handle_get_bucket_location(state: &AppState, bucket: &str) -> Resul
 pub fn handle_get_bucket_versioning(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
     xml_response(xml::to_xml("VersioningConfiguration", &xml::VersioningConfiguration { xmlns: xml::S3_NS })?)
+}
+
+/// Tags a bucket may carry at most (S3's limit), and the longest key and value.
+const MAX_BUCKET_TAGS: usize = 50;
+const MAX_TAG_KEY: usize = 128;
+const MAX_TAG_VALUE: usize = 256;
+
+/// The bucket's entry as metad has it now (the gateway's cache may lag) and its revision.
+async fn current_entry(client: &mut etcd_client::Client, key: &str) -> Result<Option<(BucketEntry, i64)>, S3Error> {
+    let got = client.get(key, None).await.map_err(metad_error)?;
+    let Some(kv) = got.kvs().first() else {
+        return Ok(None);
+    };
+    let entry: BucketEntry =
+        serde_json::from_slice(kv.value()).map_err(|e| S3Error::InternalError(format!("bucket entry: {e}")))?;
+    Ok(Some((entry, kv.mod_revision())))
+}
+
+/// Change a bucket's entry in metad: read, change, compare-and-swap on its revision
+/// (retried a few times when another change lands in between).
+async fn update_entry(state: &AppState, bucket: &str, change: impl Fn(&mut BucketEntry)) -> Result<(), S3Error> {
+    existing_bucket(state, bucket)?;
+    let key = state.store.catalog.keys().bucket(bucket);
+    let mut client = state.store.catalog.client().map_err(metad_error)?;
+    for _ in 0..5 {
+        let Some((mut entry, rev)) = current_entry(&mut client, &key).await? else {
+            return Err(S3Error::NoSuchBucket);
+        };
+        if entry.state == BucketState::Deleting {
+            // A DeleteBucket is deciding; its outcome is not known yet.
+            return Err(S3Error::ServiceUnavailable);
+        }
+        change(&mut entry);
+        let value = serde_json::to_vec(&entry).map_err(|e| S3Error::InternalError(format!("encode bucket: {e}")))?;
+        let txn = Txn::new().when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)]).and_then([TxnOp::put(
+            key.as_str(),
+            value,
+            None,
+        )]);
+        if client.txn(txn).await.map_err(metad_error)?.succeeded() {
+            return Ok(());
+        }
+    }
+    Err(S3Error::ServiceUnavailable)
+}
+
+pub async fn handle_get_bucket_tagging(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let key = state.store.catalog.keys().bucket(bucket);
+    let mut client = state.store.catalog.client().map_err(metad_error)?;
+    let Some((entry, _)) = current_entry(&mut client, &key).await? else {
+        return Err(S3Error::NoSuchBucket);
+    };
+    if entry.tags.is_empty() {
+        return Err(S3Error::NoSuchTagSet);
+    }
+    let doc = xml::Tagging {
+        xmlns: xml::S3_NS,
+        tag_set: xml::TagSet { tags: entry.tags.into_iter().map(|(key, value)| xml::TagXml { key, value }).collect() },
+    };
+    xml_response(xml::to_xml("Tagging", &doc)?)
+}
+
+/// PutBucketTagging: the whole tag set is replaced (an integrity check on the body is
+/// required, as S3 requires one).
+pub async fn handle_put_bucket_tagging(
+    state: &AppState,
+    ctx: &Ctx,
+    bucket: &str,
+    body: ReqBody,
+) -> Result<Response, S3Error> {
+    existing_bucket(state, bucket)?;
+    let body = super::read_checked_body(ctx, body, 64 << 10).await?;
+    let doc = xml::parse_tagging(&body)?;
+    let tags = validate_tags(doc.tag_set.tags, MAX_BUCKET_TAGS)?;
+    update_entry(state, bucket, |e| e.tags = tags.clone()).await?;
+    empty_response(StatusCode::NO_CONTENT)
+}
+
+pub async fn handle_delete_bucket_tagging(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
+    update_entry(state, bucket, |e| e.tags.clear()).await?;
+    empty_response(StatusCode::NO_CONTENT)
+}
+
+/// S3's rules for a tag set: at most `max` tags, unique keys of 1–128 characters not
+/// starting with `aws:`, values of at most 256.
+pub fn validate_tags(
+    tags: Vec<xml::TagXml>,
+    max: usize,
+) -> Result<std::collections::BTreeMap<String, String>, S3Error> {
+    if tags.len() > max {
+        return Err(S3Error::InvalidTag(format!("The TagSet cannot contain more than {max} tags")));
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for t in tags {
+        let chars = t.key.chars().count();
+        if chars == 0 || chars > MAX_TAG_KEY {
+            return Err(S3Error::InvalidTag("The TagKey you have provided is invalid".into()));
+        }
+        if t.key.starts_with("aws:") {
+            return Err(S3Error::InvalidTag("Your TagKey cannot be prefixed with aws:".into()));
+        }
+        if t.value.chars().count() > MAX_TAG_VALUE {
+            return Err(S3Error::InvalidTag("The TagValue you have provided is invalid".into()));
+        }
+        if out.insert(t.key, t.value).is_some() {
+            return Err(S3Error::InvalidTag("Cannot provide multiple Tags with the same key".into()));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

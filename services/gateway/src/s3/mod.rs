@@ -47,6 +47,9 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
     acl::check_canned_acl(&ctx.headers)?;
     match endpoint {
         Endpoint::GetBucketVersioning { bucket } => bucket::handle_get_bucket_versioning(state, &bucket),
+        Endpoint::GetBucketTagging { bucket } => bucket::handle_get_bucket_tagging(state, &bucket).await,
+        Endpoint::PutBucketTagging { bucket } => bucket::handle_put_bucket_tagging(state, ctx, &bucket, body).await,
+        Endpoint::DeleteBucketTagging { bucket } => bucket::handle_delete_bucket_tagging(state, &bucket).await,
         Endpoint::GetAcl { bucket, key } => acl::handle_get_acl(state, &bucket, key.as_deref()).await,
         Endpoint::PutAcl { bucket, key } => acl::handle_put_acl(state, ctx, &bucket, key.as_deref(), body).await,
         Endpoint::ListBuckets => bucket::handle_list_buckets(state, ctx).await,
@@ -129,6 +132,36 @@ pub async fn read_small_body(body: ReqBody, limit: usize) -> Result<Bytes, S3Err
         }
     }
     Ok(buf.freeze())
+}
+
+/// Read a small body that S3 requires an integrity check for (DeleteObjects,
+/// PutBucketTagging, …): Content-MD5 or an `x-amz-checksum-*` header or trailer must be
+/// present (`InvalidRequest`), and the headers are verified against the bytes (`BadDigest`)
+/// before the caller acts on them; trailers are verified while decoding.
+pub async fn read_checked_body(ctx: &Ctx, body: ReqBody, limit: usize) -> Result<Bytes, S3Error> {
+    use crate::auth::checksum::{Hasher, content_md5, requested_checksums};
+    use md5::Digest as _;
+    let md5 = content_md5(&ctx.headers)?;
+    let checksums = requested_checksums(&ctx.headers)?;
+    let trailer = header_str(&ctx.headers, "x-amz-trailer").is_some_and(|t| t.starts_with("x-amz-checksum-"));
+    if md5.is_none() && checksums.is_empty() && !trailer {
+        return Err(S3Error::InvalidRequest("Missing required header for this request: Content-MD5".into()));
+    }
+    let body = read_small_body(body, limit).await?;
+    if let Some(want) = md5 {
+        let got: [u8; 16] = md5::Md5::digest(&body).into();
+        if got != want {
+            return Err(S3Error::BadDigest);
+        }
+    }
+    for (algorithm, want) in &checksums {
+        let mut h = Hasher::new(*algorithm);
+        h.update(&body);
+        if h.finalize_base64() != *want {
+            return Err(S3Error::BadChecksum(algorithm.name()));
+        }
+    }
+    Ok(body)
 }
 
 /// A header's value as text, if present and visible ASCII.

@@ -10,11 +10,10 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::{AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, header_str, http_date, now_ms};
 use crate::auth::PayloadCheck;
-use crate::auth::checksum::{Hasher, content_md5, requested_checksums};
+use crate::auth::checksum::{content_md5, requested_checksums};
 use crate::error::S3Error;
 use crate::replicas::{BodyChecks, NewestRead, PutTarget, body_of};
 use futures::StreamExt as _;
-use md5::Digest as _;
 
 /// Content headers and `x-amz-meta-*` of a write, into an `ObjectMeta` skeleton.
 pub fn meta_from_headers(headers: &HeaderMap, bucket: &str, key: &str) -> Result<pb::ObjectMeta, S3Error> {
@@ -592,27 +591,8 @@ pub async fn handle_delete_objects(
     body: ReqBody,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let md5 = content_md5(&ctx.headers)?;
-    let checksums = requested_checksums(&ctx.headers)?;
-    let trailer = header_str(&ctx.headers, "x-amz-trailer").is_some_and(|t| t.starts_with("x-amz-checksum-"));
-    if md5.is_none() && checksums.is_empty() && !trailer {
-        return Err(S3Error::InvalidRequest("Missing required header for this request: Content-MD5".into()));
-    }
     // 1000 keys of up to 1024 bytes each, XML-escaped, fit in 8 MiB.
-    let body = super::read_small_body(body, 8 << 20).await?;
-    if let Some(want) = md5 {
-        let got: [u8; 16] = md5::Md5::digest(&body).into();
-        if got != want {
-            return Err(S3Error::BadDigest);
-        }
-    }
-    for (algorithm, want) in &checksums {
-        let mut h = Hasher::new(*algorithm);
-        h.update(&body);
-        if h.finalize_base64() != *want {
-            return Err(S3Error::BadChecksum(algorithm.name()));
-        }
-    }
+    let body = super::read_checked_body(ctx, body, 8 << 20).await?;
     let doc = crate::xml::parse_delete(&body)?;
     if doc.objects.is_empty() || doc.objects.len() > MAX_DELETE_KEYS || doc.objects.iter().any(|o| o.key.is_empty()) {
         return Err(S3Error::MalformedXML);
