@@ -234,6 +234,42 @@ impl Index {
         Ok((up, parts))
     }
 
+    /// Uploads in progress (see `ListUploadsRequest`), in (key, upload_id) order.
+    pub async fn list_uploads(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        key_marker: &str,
+        upload_id_marker: &str,
+        limit: u32,
+    ) -> Result<Vec<aether_proto::blob::v1::UploadInfo>> {
+        let rows = sqlx::query(
+            "SELECT upload_id, key, meta FROM uploads WHERE bucket = ?1 \
+             AND substr(key, 1, ?3) = ?2 \
+             AND (key > ?4 OR (key = ?4 AND ?5 <> '' AND upload_id > ?5)) \
+             ORDER BY key, upload_id LIMIT ?6",
+        )
+        .bind(bucket)
+        .bind(prefix.as_bytes())
+        .bind(prefix.len() as i64)
+        .bind(key_marker.as_bytes())
+        .bind(upload_id_marker)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let key: Vec<u8> = r.try_get("key")?;
+                let meta: Vec<u8> = r.try_get("meta")?;
+                Ok(aether_proto::blob::v1::UploadInfo {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    upload_id: r.try_get("upload_id")?,
+                    initiated_ms: decode_meta(&meta)?.last_modified_ms,
+                })
+            })
+            .collect()
+    }
+
     /// Check the upload exists (for a part header, before streaming the body).
     pub async fn check_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<()> {
         load_upload(&self.read, bucket, key, upload_id).await.map(|_| ())

@@ -9,8 +9,9 @@ use aether_proto::blob::v1::blob_service_server::BlobService;
 use aether_proto::blob::v1::{
     AbortUploadRequest, AbortUploadResponse, BucketStatsRequest, BucketStatsResponse, CompleteUploadRequest,
     CreateUploadRequest, CreateUploadResponse, DeleteRequest, GetRequest, GetResponse, GetUploadRequest,
-    GetUploadResponse, HeadRequest, ListEntry, ListRequest, ListResponse, ObjectMeta, PutCommit, PutPartRequest,
-    PutPartResponse, PutRequest, WriteResponse, get_response, put_part_request, put_request,
+    GetUploadResponse, HeadRequest, ListEntry, ListRequest, ListResponse, ListUploadsRequest, ListUploadsResponse,
+    ObjectMeta, PutCommit, PutPartRequest, PutPartResponse, PutRequest, WriteResponse, get_response, put_part_request,
+    put_request,
 };
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -515,6 +516,24 @@ impl BlobService for BlobSvc {
             let applied = store.index.complete_upload(c).await?;
             Ok(store.finish_write(applied).await)
         })
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+
+    async fn list_uploads(
+        &self,
+        request: Request<ListUploadsRequest>,
+    ) -> Result<Response<ListUploadsResponse>, Status> {
+        let span = new_span("list_uploads", request.metadata(), &request.get_ref().bucket, &request.get_ref().prefix);
+        let r = request.into_inner();
+        async {
+            let limit = r.limit.clamp(1, 10_000);
+            let uploads =
+                self.store.index.list_uploads(&r.bucket, &r.prefix, &r.key_marker, &r.upload_id_marker, limit).await?;
+            Ok::<_, BlobdError>(ListUploadsResponse { uploads })
+        }
         .instrument(span)
         .await
         .map(Response::new)

@@ -92,6 +92,10 @@ pub enum Endpoint {
     DeleteBucketTagging {
         bucket: String,
     },
+    /// `GET /bucket?uploads`.
+    ListMultipartUploads {
+        bucket: String,
+    },
     /// `GET ?versioning`: never enabled (versioning does not exist yet).
     GetBucketVersioning {
         bucket: String,
@@ -177,6 +181,7 @@ impl Endpoint {
             Endpoint::ListParts { .. } => "ListParts",
             Endpoint::GetObjectAttributes { .. } => "GetObjectAttributes",
             Endpoint::GetBucketVersioning { .. } => "GetBucketVersioning",
+            Endpoint::ListMultipartUploads { .. } => "ListMultipartUploads",
             Endpoint::GetBucketTagging { .. } => "GetBucketTagging",
             Endpoint::PutBucketTagging { .. } => "PutBucketTagging",
             Endpoint::DeleteBucketTagging { .. } => "DeleteBucketTagging",
@@ -210,6 +215,7 @@ impl Endpoint {
             | Endpoint::ListParts { bucket, .. }
             | Endpoint::GetObjectAttributes { bucket, .. }
             | Endpoint::GetBucketVersioning { bucket }
+            | Endpoint::ListMultipartUploads { bucket }
             | Endpoint::GetBucketTagging { bucket }
             | Endpoint::PutBucketTagging { bucket }
             | Endpoint::DeleteBucketTagging { bucket }
@@ -354,6 +360,7 @@ fn bucket_endpoint(method: &Method, query: &Query, bucket: String) -> Result<End
     };
     match *method {
         Method::GET if query.has("versioning") => return Ok(Endpoint::GetBucketVersioning { bucket }),
+        Method::GET if query.has("uploads") => return Ok(Endpoint::ListMultipartUploads { bucket }),
         Method::GET if query.has("tagging") => return Ok(Endpoint::GetBucketTagging { bucket }),
         Method::PUT if query.has("tagging") => return Ok(Endpoint::PutBucketTagging { bucket }),
         Method::DELETE if query.has("tagging") => return Ok(Endpoint::DeleteBucketTagging { bucket }),

@@ -47,6 +47,9 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
     acl::check_canned_acl(&ctx.headers)?;
     match endpoint {
         Endpoint::GetBucketVersioning { bucket } => bucket::handle_get_bucket_versioning(state, &bucket),
+        Endpoint::ListMultipartUploads { bucket } => {
+            multipart::handle_list_multipart_uploads(state, ctx, &bucket).await
+        }
         Endpoint::GetBucketTagging { bucket } => bucket::handle_get_bucket_tagging(state, &bucket).await,
         Endpoint::PutBucketTagging { bucket } => bucket::handle_put_bucket_tagging(state, ctx, &bucket, body).await,
         Endpoint::DeleteBucketTagging { bucket } => bucket::handle_delete_bucket_tagging(state, &bucket).await,

@@ -236,6 +236,91 @@ pub async fn handle_list_parts(
     xml_response(xml::to_xml("ListPartsResult", &doc)?)
 }
 
+/// ListMultipartUploads: the uploads in progress in a bucket, asked of every live storage
+/// node (an upload lives on its key's replicas), merged and de-duplicated, in (key, upload
+/// id) order, paged by key-marker / upload-id-marker / max-uploads. Within one key S3 orders
+/// by initiation time; here by upload id. A delimiter is not implemented yet.
+pub async fn handle_list_multipart_uploads(state: &AppState, ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
+    let b = existing_bucket(state, bucket)?;
+    if ctx.query.get("delimiter").is_some_and(|d| !d.is_empty()) {
+        return Err(S3Error::NotImplemented("ListMultipartUploads with a delimiter".into()));
+    }
+    if ctx.query.get("encoding-type").is_some_and(|e| !e.is_empty()) {
+        return Err(S3Error::NotImplemented("ListMultipartUploads with encoding-type".into()));
+    }
+    let prefix = ctx.query.get("prefix").unwrap_or("").to_string();
+    let key_marker = ctx.query.get("key-marker").unwrap_or("").to_string();
+    // S3 ignores upload-id-marker without key-marker.
+    let upload_id_marker =
+        if key_marker.is_empty() { String::new() } else { ctx.query.get("upload-id-marker").unwrap_or("").to_string() };
+    let max_uploads = match ctx.query.get("max-uploads") {
+        None => 1000,
+        Some(v) => v.parse::<usize>().map_err(|_| {
+            S3Error::InvalidArgument("Provided max-uploads not an integer or within integer range".into())
+        })?,
+    }
+    .min(1000);
+    let snap = state.store.catalog.snapshot();
+    let nodes: Vec<_> = state.store.live_nodes(&snap).into_iter().filter(|n| n.alive).collect();
+    let req = pb::ListUploadsRequest {
+        bucket: bucket.to_string(),
+        prefix: prefix.clone(),
+        key_marker: key_marker.clone(),
+        upload_id_marker: upload_id_marker.clone(),
+        limit: max_uploads as u32 + 1,
+    };
+    let (answers, errs) = state
+        .store
+        .unary_quorum(&nodes, nodes.len(), |mut c| {
+            let req = req.clone();
+            async move { c.list_uploads(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    if answers.is_empty() && !nodes.is_empty() {
+        for e in &errs {
+            tracing::warn!(code = ?e.code(), message = e.message(), "list uploads failed");
+        }
+        return Err(S3Error::ServiceUnavailable);
+    }
+    // Each node answered its first `max_uploads + 1` after the marker, so the merged first
+    // `max_uploads + 1` are the cluster's.
+    let mut merged: std::collections::BTreeMap<(String, String), i64> = std::collections::BTreeMap::new();
+    for u in answers.into_iter().flat_map(|a| a.uploads) {
+        let t = merged.entry((u.key, u.upload_id)).or_insert(u.initiated_ms);
+        *t = (*t).min(u.initiated_ms);
+    }
+    let truncated = merged.len() > max_uploads;
+    let page: Vec<_> = merged.into_iter().take(max_uploads).collect();
+    let owner = || xml::Owner { id: b.entry.owner.clone(), display_name: b.entry.owner.clone() };
+    let (next_key_marker, next_upload_id_marker) = match page.last() {
+        Some(((k, id), _)) if truncated => (Some(k.clone()), Some(id.clone())),
+        _ => (None, None),
+    };
+    let doc = xml::ListMultipartUploadsResult {
+        xmlns: xml::S3_NS,
+        bucket: bucket.to_string(),
+        key_marker,
+        upload_id_marker,
+        next_key_marker,
+        next_upload_id_marker,
+        prefix,
+        max_uploads,
+        is_truncated: truncated,
+        uploads: page
+            .into_iter()
+            .map(|((key, upload_id), initiated)| xml::UploadXml {
+                key,
+                upload_id,
+                initiator: owner(),
+                owner: owner(),
+                storage_class: "STANDARD",
+                initiated: super::iso8601_ms(initiated),
+            })
+            .collect(),
+    };
+    xml_response(xml::to_xml("ListMultipartUploadsResult", &doc)?)
+}
+
 /// An ETag as clients send it back: quotes optional.
 fn bare_etag(etag: &str) -> &str {
     etag.trim().trim_matches('"')
