@@ -38,6 +38,13 @@ pub struct Owner {
     pub display_name: String,
 }
 
+impl Owner {
+    /// An owner named by its access key id (ID and DisplayName alike).
+    pub fn of(access_key: &str) -> Self {
+        Self { id: access_key.to_string(), display_name: access_key.to_string() }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct BucketXml {
     #[serde(rename = "Name")]
@@ -152,18 +159,9 @@ pub struct CompleteMultipartUploadResult {
     pub etag: String,
 }
 
+/// CopyObject's `CopyObjectResult` and UploadPartCopy's `CopyPartResult` (same fields).
 #[derive(Debug, Serialize)]
-pub struct CopyObjectResult {
-    #[serde(rename = "@xmlns")]
-    pub xmlns: &'static str,
-    #[serde(rename = "LastModified")]
-    pub last_modified: String,
-    #[serde(rename = "ETag")]
-    pub etag: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CopyPartResult {
+pub struct CopyResult {
     #[serde(rename = "@xmlns")]
     pub xmlns: &'static str,
     #[serde(rename = "LastModified")]
@@ -334,11 +332,6 @@ pub struct TagXml {
     pub value: String,
 }
 
-pub fn parse_tagging(body: &[u8]) -> Result<Tagging, S3Error> {
-    let text = std::str::from_utf8(body).map_err(|_| S3Error::MalformedXML)?;
-    quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXML)
-}
-
 #[derive(Debug, Serialize)]
 pub struct ListMultipartUploadsResult {
     #[serde(rename = "@xmlns")]
@@ -396,10 +389,6 @@ pub struct ObjectIdentifierXml {
     pub version_id: Option<String>,
 }
 
-pub fn parse_delete(body: &[u8]) -> Result<Delete, S3Error> {
-    quick_xml::de::from_reader(body).map_err(|_| S3Error::MalformedXML)
-}
-
 #[derive(Debug, Serialize)]
 pub struct DeleteResult {
     #[serde(rename = "@xmlns")]
@@ -452,7 +441,9 @@ pub struct CreateBucketConfiguration {
     pub location_constraint: Option<String>,
 }
 
-pub fn parse_complete(body: &[u8]) -> Result<CompleteMultipartUpload, S3Error> {
+/// A request document (CompleteMultipartUpload, Delete, Tagging, …); anything that is not
+/// UTF-8 XML of that shape is `MalformedXML`.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, S3Error> {
     let text = std::str::from_utf8(body).map_err(|_| S3Error::MalformedXML)?;
     quick_xml::de::from_str(text).map_err(|_| S3Error::MalformedXML)
 }
@@ -544,12 +535,15 @@ mod tests {
   <Part><ETag>"aa"</ETag><PartNumber>1</PartNumber><ChecksumCRC32>x</ChecksumCRC32></Part>
   <Part><PartNumber>2</PartNumber><ETag>bb</ETag></Part>
 </CompleteMultipartUpload>"#;
-        let c = parse_complete(body).unwrap();
+        let c: CompleteMultipartUpload = parse(body).unwrap();
         assert_eq!(c.parts.len(), 2);
         assert_eq!(c.parts[0], CompletedPartXml { part_number: 1, etag: "\"aa\"".into() });
         assert_eq!(c.parts[1].part_number, 2);
-        assert!(matches!(parse_complete(b"<CompleteMultipartUpload><Part>"), Err(S3Error::MalformedXML)));
-        assert!(matches!(parse_complete(b"not xml"), Err(S3Error::MalformedXML)));
+        assert!(matches!(
+            parse::<CompleteMultipartUpload>(b"<CompleteMultipartUpload><Part>"),
+            Err(S3Error::MalformedXML)
+        ));
+        assert!(matches!(parse::<CompleteMultipartUpload>(b"not xml"), Err(S3Error::MalformedXML)));
         let cfg = parse_create_bucket(b"<CreateBucketConfiguration><LocationConstraint>eu-west-1</LocationConstraint></CreateBucketConfiguration>").unwrap();
         assert_eq!(cfg.location_constraint.as_deref(), Some("eu-west-1"));
         assert!(parse_create_bucket(b"").unwrap().location_constraint.is_none());

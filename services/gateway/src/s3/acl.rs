@@ -28,11 +28,7 @@ pub fn check_canned_acl(headers: &HeaderMap) -> Result<(), S3Error> {
 async fn owner_of(state: &AppState, bucket: &str, key: Option<&str>) -> Result<String, S3Error> {
     let b = existing_bucket(state, bucket)?;
     if let Some(key) = key {
-        let replicas = state.store.replica_set(bucket, key)?;
-        match state.store.read_newest(&replicas, bucket, key, false).await? {
-            Some(read) if !read.meta.tombstone => {}
-            _ => return Err(S3Error::NoSuchKey),
-        }
+        super::newest_live(state, bucket, key, false).await?;
     }
     Ok(b.entry.owner)
 }
@@ -41,7 +37,7 @@ pub async fn handle_get_acl(state: &AppState, bucket: &str, key: Option<&str>) -
     let owner = owner_of(state, bucket, key).await?;
     let doc = xml::AccessControlPolicy {
         xmlns: xml::S3_NS,
-        owner: xml::Owner { id: owner.clone(), display_name: owner.clone() },
+        owner: xml::Owner::of(&owner),
         acl: xml::AccessControlList {
             grants: vec![xml::Grant {
                 grantee: xml::Grantee {

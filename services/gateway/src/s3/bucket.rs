@@ -52,7 +52,7 @@ pub async fn handle_list_buckets(state: &AppState, ctx: &Ctx) -> Result<Response
         .collect();
     let doc = xml::ListAllMyBucketsResult {
         xmlns: xml::S3_NS,
-        owner: xml::Owner { id: ctx.access_key.clone(), display_name: ctx.access_key.clone() },
+        owner: xml::Owner::of(&ctx.access_key),
         buckets: xml::Buckets { bucket },
     };
     xml_response(xml::to_xml("ListAllMyBucketsResult", &doc)?)
@@ -292,7 +292,7 @@ pub async fn handle_put_bucket_tagging(
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
     let body = super::read_checked_body(ctx, body, 64 << 10).await?;
-    let doc = xml::parse_tagging(&body)?;
+    let doc: xml::Tagging = xml::parse(&body)?;
     let tags = validate_tags(doc.tag_set.tags, MAX_BUCKET_TAGS)?;
     update_entry(state, bucket, |e| e.tags = tags.clone()).await?;
     empty_response(StatusCode::NO_CONTENT)

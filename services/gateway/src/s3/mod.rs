@@ -167,6 +167,33 @@ pub async fn read_checked_body(ctx: &Ctx, body: ReqBody, limit: usize) -> Result
     Ok(body)
 }
 
+/// An integer query parameter (`max-keys`, `max-parts`, `part-number-marker`, …): absent
+/// or empty is `None`, anything else that does not parse is S3's `InvalidArgument`.
+pub fn query_number<T: std::str::FromStr>(ctx: &Ctx, name: &str) -> Result<Option<T>, S3Error> {
+    match ctx.query.get(name) {
+        None | Some("") => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| S3Error::InvalidArgument(format!("Provided {name} not an integer or within integer range"))),
+    }
+}
+
+/// The newest live version of a key (a quorum read; `with_body` keeps a holder's Get
+/// stream open): `NoSuchKey` when there is none or it is a tombstone.
+pub async fn newest_live(
+    state: &AppState,
+    bucket: &str,
+    key: &str,
+    with_body: bool,
+) -> Result<crate::replicas::NewestRead, S3Error> {
+    let replicas = state.store.replica_set(bucket, key)?;
+    match state.store.read_newest(&replicas, bucket, key, with_body).await? {
+        Some(read) if !read.meta.tombstone => Ok(read),
+        _ => Err(S3Error::NoSuchKey),
+    }
+}
+
 /// A header's value as text, if present and visible ASCII.
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())

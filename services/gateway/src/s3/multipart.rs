@@ -11,13 +11,13 @@ use http::StatusCode;
 use md5::Digest as _;
 
 use super::object::{
-    CopySource, body_checks, copy_body, meta_from_headers, open_copy_source, parse_copy_source, quoted_etag,
+    body_checks, copy_body, copy_source_of, etag_md5, meta_from_headers, open_copy_source, quoted_etag,
 };
 use super::{
     AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, now_ms, read_small_body, xml_response,
 };
 use crate::error::S3Error;
-use crate::replicas::{BodyChecks, PutTarget};
+use crate::replicas::{BodyChecks, NewestRead, PutTarget};
 use crate::xml;
 
 /// Every part but the last must be at least this large.
@@ -107,11 +107,9 @@ pub async fn handle_upload_part_copy(
     part_number: u32,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let source = super::header_str(&ctx.headers, "x-amz-copy-source")
-        .ok_or_else(|| S3Error::InvalidArgument("Invalid copy source".into()))?;
-    let (src_bucket, src_key) = parse_copy_source(source)?;
+    let (src_bucket, src_key) = copy_source_of(ctx)?;
     let range_header = super::header_str(&ctx.headers, "x-amz-copy-source-range");
-    let CopySource { meta: src, holders, stream } =
+    let NewestRead { meta: src, holders, stream } =
         open_copy_source(state, ctx, &src_bucket, &src_key, range_header.is_none()).await?;
     let range = range_header.map(|r| parse_copy_range(r, src.size)).transpose()?;
     let len = range.map_or(src.size, |(a, b)| b - a + 1);
@@ -120,12 +118,10 @@ pub async fn handle_upload_part_copy(
             "The specified copy range is larger than the maximum part size: {MAX_PART_SIZE}"
         )));
     }
-    let mut source_md5 = [0u8; 16];
-    let whole_md5 = range.is_none() && hex::decode_to_slice(&src.etag, &mut source_md5).is_ok();
     let checks = BodyChecks {
         declared_len: Some(len),
         max_len: MAX_PART_SIZE,
-        content_md5: whole_md5.then_some(source_md5),
+        content_md5: range.is_none().then(|| etag_md5(&src.etag)).flatten(),
         ..Default::default()
     };
     let body = copy_body(state, &holders, &src, stream, range).await?;
@@ -138,7 +134,7 @@ pub async fn handle_upload_part_copy(
     let replicas = state.store.replica_set(bucket, key)?;
     let outcome = state.store.put_stream(&replicas, PutTarget::Part(header), body, checks).await?;
     metrics::counter!("gateway_bytes_copied_total").increment(outcome.size);
-    let doc = xml::CopyPartResult {
+    let doc = xml::CopyResult {
         xmlns: xml::S3_NS,
         last_modified: super::iso8601_ms(now_ms()),
         etag: quoted_etag(&hex::encode(outcome.md5)),
@@ -186,19 +182,8 @@ pub async fn handle_list_parts(
     upload_id: &str,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let max_parts = match ctx.query.get("max-parts") {
-        None => 1000,
-        Some(v) => v.parse::<usize>().map_err(|_| {
-            S3Error::InvalidArgument("Provided max-parts not an integer or within integer range".into())
-        })?,
-    }
-    .min(1000);
-    let marker = match ctx.query.get("part-number-marker") {
-        None | Some("") => 0,
-        Some(v) => v.parse::<u32>().map_err(|_| {
-            S3Error::InvalidArgument("Provided part-number-marker not an integer or within integer range".into())
-        })?,
-    };
+    let max_parts = super::query_number::<usize>(ctx, "max-parts")?.unwrap_or(1000).min(1000);
+    let marker = super::query_number::<u32>(ctx, "part-number-marker")?.unwrap_or(0);
     let replicas = state.store.replica_set(bucket, key)?;
     let uploads = upload_on_replicas(state, &replicas, bucket, key, upload_id).await?;
     let mut parts: std::collections::BTreeMap<u32, pb::UploadPart> = std::collections::BTreeMap::new();
@@ -210,7 +195,7 @@ pub async fn handle_list_parts(
     let after: Vec<&pb::UploadPart> = parts.range(marker.saturating_add(1)..).map(|(_, p)| p).collect();
     let page = &after[..after.len().min(max_parts)];
     let truncated = after.len() > page.len();
-    let owner = || xml::Owner { id: ctx.access_key.clone(), display_name: ctx.access_key.clone() };
+    let owner = || xml::Owner::of(&ctx.access_key);
     let doc = xml::ListPartsResult {
         xmlns: xml::S3_NS,
         bucket: bucket.to_string(),
@@ -253,13 +238,7 @@ pub async fn handle_list_multipart_uploads(state: &AppState, ctx: &Ctx, bucket: 
     // S3 ignores upload-id-marker without key-marker.
     let upload_id_marker =
         if key_marker.is_empty() { String::new() } else { ctx.query.get("upload-id-marker").unwrap_or("").to_string() };
-    let max_uploads = match ctx.query.get("max-uploads") {
-        None => 1000,
-        Some(v) => v.parse::<usize>().map_err(|_| {
-            S3Error::InvalidArgument("Provided max-uploads not an integer or within integer range".into())
-        })?,
-    }
-    .min(1000);
+    let max_uploads = super::query_number::<usize>(ctx, "max-uploads")?.unwrap_or(1000).min(1000);
     let snap = state.store.catalog.snapshot();
     let nodes: Vec<_> = state.store.live_nodes(&snap).into_iter().filter(|n| n.alive).collect();
     let req = pb::ListUploadsRequest {
@@ -291,7 +270,7 @@ pub async fn handle_list_multipart_uploads(state: &AppState, ctx: &Ctx, bucket: 
     }
     let truncated = merged.len() > max_uploads;
     let page: Vec<_> = merged.into_iter().take(max_uploads).collect();
-    let owner = || xml::Owner { id: b.entry.owner.clone(), display_name: b.entry.owner.clone() };
+    let owner = || xml::Owner::of(&b.entry.owner);
     let (next_key_marker, next_upload_id_marker) = match page.last() {
         Some(((k, id), _)) if truncated => (Some(k.clone()), Some(id.clone())),
         _ => (None, None),
@@ -362,7 +341,7 @@ pub async fn handle_complete_multipart_upload(
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
     let body = read_small_body(body, 4 << 20).await?;
-    let doc = xml::parse_complete(&body)?;
+    let doc: xml::CompleteMultipartUpload = xml::parse(&body)?;
     let replicas = state.store.replica_set(bucket, key)?;
     // A part counts if any replica holds it.
     let uploads = upload_on_replicas(state, &replicas, bucket, key, upload_id).await?;

@@ -171,32 +171,32 @@ fn check_copy_conditions(headers: &HeaderMap, meta: &pb::ObjectMeta) -> Result<(
     })
 }
 
-/// The newest version of a copy source, checked against the `x-amz-copy-source-if-*`
-/// conditions; `stream` is an open body when `with_body` was asked.
-pub struct CopySource {
-    pub meta: pb::ObjectMeta,
-    pub holders: Vec<crate::replicas::Replica>,
-    pub stream: Option<tonic::Streaming<pb::GetResponse>>,
+/// The `x-amz-copy-source` of a CopyObject / UploadPartCopy, parsed.
+pub fn copy_source_of(ctx: &Ctx) -> Result<(String, String), S3Error> {
+    let source = header_str(&ctx.headers, "x-amz-copy-source")
+        .ok_or_else(|| S3Error::InvalidArgument("Invalid copy source".into()))?;
+    parse_copy_source(source)
 }
 
+/// The newest version of a copy source, checked against the `x-amz-copy-source-if-*`
+/// conditions (`stream` is an open body when `with_body` was asked).
 pub async fn open_copy_source(
     state: &AppState,
     ctx: &Ctx,
     bucket: &str,
     key: &str,
     with_body: bool,
-) -> Result<CopySource, S3Error> {
+) -> Result<NewestRead, S3Error> {
     existing_bucket(state, bucket)?;
-    let replicas = state.store.replica_set(bucket, key)?;
-    let Some(read) = state.store.read_newest(&replicas, bucket, key, with_body).await? else {
-        return Err(S3Error::NoSuchKey);
-    };
-    let NewestRead { meta, holders, stream } = read;
-    if meta.tombstone {
-        return Err(S3Error::NoSuchKey);
-    }
-    check_copy_conditions(&ctx.headers, &meta)?;
-    Ok(CopySource { meta, holders, stream })
+    let read = super::newest_live(state, bucket, key, with_body).await?;
+    check_copy_conditions(&ctx.headers, &read.meta)?;
+    Ok(read)
+}
+
+/// The binary MD5 an ETag stands for, when it is a single-part object's (hex, no `-N`).
+pub fn etag_md5(etag: &str) -> Option<[u8; 16]> {
+    let mut md5 = [0u8; 16];
+    hex::decode_to_slice(etag, &mut md5).ok().map(|()| md5)
 }
 
 /// A copy source's bytes (`range` inclusive), from the open stream when it is the whole
@@ -229,9 +229,7 @@ pub async fn copy_body(
 /// serves bad bytes fails the copy instead of storing them.
 pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let source = header_str(&ctx.headers, "x-amz-copy-source")
-        .ok_or_else(|| S3Error::InvalidArgument("Invalid copy source".into()))?;
-    let (src_bucket, src_key) = parse_copy_source(source)?;
+    let (src_bucket, src_key) = copy_source_of(ctx)?;
     let replace = match header_str(&ctx.headers, "x-amz-metadata-directive") {
         None => false,
         Some(d) if d.eq_ignore_ascii_case("COPY") => false,
@@ -247,7 +245,7 @@ pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: 
     }
     // The destination's metadata is checked before anything is read.
     let mut meta = if replace { meta_from_headers(&ctx.headers, bucket, key)? } else { pb::ObjectMeta::default() };
-    let CopySource { meta: src, holders, stream } = open_copy_source(state, ctx, &src_bucket, &src_key, true).await?;
+    let NewestRead { meta: src, holders, stream } = open_copy_source(state, ctx, &src_bucket, &src_key, true).await?;
     if src.size > MAX_COPY_SIZE {
         return Err(S3Error::InvalidRequest(format!(
             "The specified copy source is larger than the maximum allowable size for a copy source: {MAX_COPY_SIZE}"
@@ -274,18 +272,17 @@ pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: 
         src.checksums.iter().filter(|(_, v)| !v.contains('-')).map(|(a, v)| (a.clone(), v.clone())).collect();
     meta.version = Some(state.store.new_version());
     let last_modified_ms = meta.last_modified_ms;
-    let mut source_md5 = [0u8; 16];
     let checks = BodyChecks {
         declared_len: Some(src.size),
         max_len: MAX_COPY_SIZE,
-        content_md5: hex::decode_to_slice(&src.etag, &mut source_md5).is_ok().then_some(source_md5),
+        content_md5: etag_md5(&src.etag),
         ..Default::default()
     };
     let body = copy_body(state, &holders, &src, stream, None).await?;
     let replicas = state.store.replica_set(bucket, key)?;
     let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), body, checks).await?;
     metrics::counter!("gateway_bytes_copied_total").increment(outcome.size);
-    let result = crate::xml::CopyObjectResult {
+    let result = crate::xml::CopyResult {
         xmlns: crate::xml::S3_NS,
         last_modified: super::iso8601_ms(last_modified_ms),
         etag: quoted_etag(&hex::encode(outcome.md5)),
@@ -369,7 +366,6 @@ pub async fn handle_get_object(
     head: bool,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let replicas = state.store.replica_set(bucket, key)?;
     let range_header = header_str(&ctx.headers, "range");
     let part_number = ctx.query.get("partNumber").map(crate::endpoint::parse_part_number).transpose()?;
     if part_number.is_some() && range_header.is_some() {
@@ -378,13 +374,7 @@ pub async fn handle_get_object(
     // Without a range the first replica is asked with Get, and serves the body if it
     // holds the newest version.
     let with_body = !head && range_header.is_none() && part_number.is_none();
-    let Some(read) = state.store.read_newest(&replicas, bucket, key, with_body).await? else {
-        return Err(S3Error::NoSuchKey);
-    };
-    let NewestRead { meta, holders, stream } = read;
-    if meta.tombstone {
-        return Err(S3Error::NoSuchKey);
-    }
+    let NewestRead { meta, holders, stream } = super::newest_live(state, bucket, key, with_body).await?;
     check_conditions(&ctx.headers, &meta)?;
     let range = match part_number {
         Some(n) => part_range(&meta, n)?,
@@ -484,14 +474,7 @@ pub async fn handle_get_object_attributes(
     let max_parts = number("x-amz-max-parts", 1000)?.min(1000) as usize;
     let marker = u32::try_from(number("x-amz-part-number-marker", 0)?)
         .map_err(|_| S3Error::InvalidArgument("Invalid x-amz-part-number-marker header".into()))?;
-    let replicas = state.store.replica_set(bucket, key)?;
-    let Some(read) = state.store.read_newest(&replicas, bucket, key, false).await? else {
-        return Err(S3Error::NoSuchKey);
-    };
-    let meta = read.meta;
-    if meta.tombstone {
-        return Err(S3Error::NoSuchKey);
-    }
+    let meta = super::newest_live(state, bucket, key, false).await?.meta;
     let want = |n: &str| wanted.iter().any(|w| w == n);
     let checksum = (want("Checksum") && !meta.checksums.is_empty()).then(|| {
         let get = |alg: &str| meta.checksums.get(alg).cloned();
@@ -593,7 +576,7 @@ pub async fn handle_delete_objects(
     existing_bucket(state, bucket)?;
     // 1000 keys of up to 1024 bytes each, XML-escaped, fit in 8 MiB.
     let body = super::read_checked_body(ctx, body, 8 << 20).await?;
-    let doc = crate::xml::parse_delete(&body)?;
+    let doc: crate::xml::Delete = crate::xml::parse(&body)?;
     if doc.objects.is_empty() || doc.objects.len() > MAX_DELETE_KEYS || doc.objects.iter().any(|o| o.key.is_empty()) {
         return Err(S3Error::MalformedXML);
     }
