@@ -46,6 +46,7 @@ fn bucket_json() -> Vec<u8> {
         owner: "failover-test".into(),
         state: BucketState::Active,
         tags: Default::default(),
+        cors: Vec::new(),
     };
     serde_json::to_vec(&e).expect("bucket entry")
 }

@@ -5,6 +5,7 @@
 mod bad_input;
 mod catalog_failover;
 mod cluster;
+mod cors;
 mod listing;
 mod multipart;
 mod objects;

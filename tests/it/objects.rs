@@ -511,3 +511,122 @@ async fn bucket_tagging_put_get_delete_and_rules() -> anyhow::Result<()> {
     s3.delete_bucket().bucket("tagged").send().await?;
     Ok(())
 }
+
+fn tag_pairs(tags: &[aws_sdk_s3::types::Tag]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = tags.iter().map(|t| (t.key().to_string(), t.value().to_string())).collect();
+    v.sort();
+    v
+}
+
+fn tagging(pairs: &[(&str, &str)]) -> anyhow::Result<aws_sdk_s3::types::Tagging> {
+    let mut b = aws_sdk_s3::types::Tagging::builder();
+    for (k, v) in pairs {
+        b = b.tag_set(aws_sdk_s3::types::Tag::builder().key(*k).value(*v).build()?);
+    }
+    Ok(b.build()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn object_tagging_on_write_and_by_itself() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let (s3a, s3b) = (c.s3(0), c.s3(1));
+    s3a.create_bucket().bucket("tags").send().await?;
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+
+    // x-amz-tagging on PutObject; GetObject counts them, GetObjectTagging lists them.
+    let put = s3a
+        .put_object()
+        .bucket("tags")
+        .key("doc")
+        .tagging("project=blue%20sky&team=storage")
+        .body(bs(b"tagged body"))
+        .send()
+        .await?;
+    let got = s3b.get_object().bucket("tags").key("doc").send().await?;
+    assert_eq!(got.tag_count(), Some(2));
+    let t = s3b.get_object_tagging().bucket("tags").key("doc").send().await?;
+    assert_eq!(tag_pairs(t.tag_set()), vec![pair("project", "blue sky"), pair("team", "storage")]);
+
+    // PutObjectTagging through the other gateway replaces the set; body and ETag stay.
+    s3b.put_object_tagging()
+        .bucket("tags")
+        .key("doc")
+        .tagging(tagging(&[("a", "1"), ("b", ""), ("c", "3")])?)
+        .send()
+        .await?;
+    let t = s3a.get_object_tagging().bucket("tags").key("doc").send().await?;
+    assert_eq!(tag_pairs(t.tag_set()), vec![pair("a", "1"), pair("b", ""), pair("c", "3")]);
+    let got = s3a.get_object().bucket("tags").key("doc").send().await?;
+    assert_eq!(got.e_tag(), put.e_tag());
+    assert_eq!(got.tag_count(), Some(3));
+    assert_eq!(body_bytes(got).await, b"tagged body");
+
+    // S3's rules, and nothing changes when they are broken.
+    let eleven: Vec<(String, String)> = (0..11).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    let eleven: Vec<(&str, &str)> = eleven.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for bad in [tagging(&eleven)?, tagging(&[("aws:x", "1")])?, tagging(&[("k", "1"), ("k", "2")])?] {
+        let r = s3a.put_object_tagging().bucket("tags").key("doc").tagging(bad).send().await;
+        assert_eq!(err_code(r), "InvalidTag");
+    }
+    let r = s3a.put_object().bucket("tags").key("bad").tagging("aws:secret=1").body(bs(b"x")).send().await;
+    assert_eq!(err_code(r), "InvalidTag");
+    assert_eq!(err_code(s3a.head_object().bucket("tags").key("bad").send().await), "NotFound");
+    let t = s3a.get_object_tagging().bucket("tags").key("doc").send().await?;
+    assert_eq!(t.tag_set().len(), 3);
+    assert_eq!(err_code(s3a.get_object_tagging().bucket("tags").key("missing").send().await), "NoSuchKey");
+    assert_eq!(err_code(s3a.delete_object_tagging().bucket("tags").key("missing").send().await), "NoSuchKey");
+    let r = s3a.put_object_tagging().bucket("tags").key("missing").tagging(tagging(&[("a", "1")])?).send().await;
+    assert_eq!(err_code(r), "NoSuchKey");
+
+    // CopyObject copies the tags unless told to replace them.
+    s3a.copy_object().bucket("tags").key("copy").copy_source("tags/doc").send().await?;
+    let t = s3b.get_object_tagging().bucket("tags").key("copy").send().await?;
+    assert_eq!(t.tag_set().len(), 3);
+    s3a.copy_object()
+        .bucket("tags")
+        .key("copy2")
+        .copy_source("tags/doc")
+        .tagging_directive(aws_sdk_s3::types::TaggingDirective::Replace)
+        .tagging("only=this")
+        .send()
+        .await?;
+    let t = s3b.get_object_tagging().bucket("tags").key("copy2").send().await?;
+    assert_eq!(tag_pairs(t.tag_set()), vec![pair("only", "this")]);
+
+    // A multipart upload carries the tags given at its creation.
+    let up = s3a.create_multipart_upload().bucket("tags").key("mp").tagging("mp=yes").send().await?;
+    let upload_id = up.upload_id().unwrap_or_default().to_string();
+    let part = s3a
+        .upload_part()
+        .bucket("tags")
+        .key("mp")
+        .upload_id(&upload_id)
+        .part_number(1)
+        .body(bs(b"one part"))
+        .send()
+        .await?;
+    let done = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+        .parts(
+            aws_sdk_s3::types::CompletedPart::builder().part_number(1).e_tag(part.e_tag().unwrap_or_default()).build(),
+        )
+        .build();
+    s3a.complete_multipart_upload()
+        .bucket("tags")
+        .key("mp")
+        .upload_id(&upload_id)
+        .multipart_upload(done)
+        .send()
+        .await?;
+    let t = s3b.get_object_tagging().bucket("tags").key("mp").send().await?;
+    assert_eq!(tag_pairs(t.tag_set()), vec![pair("mp", "yes")]);
+
+    // DeleteObjectTagging empties the set; an overwrite without tags has none.
+    s3b.delete_object_tagging().bucket("tags").key("doc").send().await?;
+    let t = s3a.get_object_tagging().bucket("tags").key("doc").send().await?;
+    assert!(t.tag_set().is_empty());
+    assert_eq!(s3a.get_object().bucket("tags").key("doc").send().await?.tag_count(), None);
+    s3a.put_object().bucket("tags").key("copy").body(bs(b"new")).send().await?;
+    let t = s3a.get_object_tagging().bucket("tags").key("copy").send().await?;
+    assert!(t.tag_set().is_empty());
+    Ok(())
+}

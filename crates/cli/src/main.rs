@@ -62,6 +62,9 @@ struct ServerArgs {
     /// gRPC address of the embedded blobd (port 0: any free port).
     #[arg(long, env = "AETHER_BLOBD_LISTEN", default_value = "127.0.0.1:0")]
     blobd_listen: SocketAddr,
+    /// Abort multipart uploads idle this many seconds (unset: never).
+    #[arg(long, env = "AETHER_MPU_REAP_AGE")]
+    mpu_reap_age: Option<u64>,
     #[command(flatten)]
     gw: GatewayFlags,
 }
@@ -121,6 +124,9 @@ struct BlobdArgs {
     zone: Option<String>,
     #[arg(long, env = "AETHER_WEIGHT")]
     weight: Option<u32>,
+    /// Abort multipart uploads idle this many seconds (unset: never).
+    #[arg(long, env = "AETHER_MPU_REAP_AGE")]
+    mpu_reap_age: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -250,6 +256,9 @@ fn main() -> anyhow::Result<()> {
                 if let Some(v) = a.weight {
                     cfg.weight = v;
                 }
+                if a.mpu_reap_age.is_some() {
+                    cfg.mpu_reap_age_secs = a.mpu_reap_age;
+                }
                 let listeners = BlobdListeners {
                     grpc: bind(a.listen, "gRPC").await?,
                     admin: Some(bind(a.admin_listen, "admin").await?),
@@ -303,6 +312,9 @@ async fn server(file: FileConfig, a: ServerArgs, shutdown: Shutdown) -> anyhow::
     let mut blobd = file.blobd;
     blobd.data_dir = a.data_dir.join("blobd");
     blobd.metad_endpoints = vec![metad_addr.clone()];
+    if a.mpu_reap_age.is_some() {
+        blobd.mpu_reap_age_secs = a.mpu_reap_age;
+    }
     let mut gateway = file.gateway;
     gateway.metad_endpoints = vec![metad_addr.clone()];
     a.gw.apply(&mut gateway);

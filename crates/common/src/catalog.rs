@@ -73,6 +73,26 @@ pub struct BucketEntry {
     /// The bucket's tag set (PutBucketTagging), in key order.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The bucket's CORS rules (PutBucketCors), in the order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors: Vec<CorsRule>,
+}
+
+/// One CORS rule of a bucket, as S3 takes it: who (origins) may do what (methods) with
+/// which request headers, what response headers the browser may expose, and how long a
+/// preflight answer may be cached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct CorsRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub allowed_methods: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -131,6 +151,7 @@ mod tests {
             owner: "o".into(),
             state: BucketState::Deleting,
             tags: Default::default(),
+            cors: Vec::new(),
         };
         assert_eq!(serde_json::to_string(&b).unwrap(), r#"{"created":"t","owner":"o","state":"deleting"}"#);
     }

@@ -139,6 +139,49 @@ impl Index {
         .await
     }
 
+    /// Replace the tags of the stored version `ver` of a key (one transaction). `Ok(true)`:
+    /// the key holds a newer version, nothing changed; `NotFound`: this index holds neither
+    /// that version nor a newer one (or it is a tombstone). A change older (`tags_hlc`)
+    /// than the stored tags' is a no-op, so retries and races settle on the newest.
+    pub async fn set_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        ver: &Ver,
+        tags: std::collections::HashMap<String, String>,
+        tags_hlc: u64,
+    ) -> Result<bool> {
+        let span = tracing::debug_span!("index.commit", op = "set_tags");
+        async {
+            let mut tx = self.write.begin().await?;
+            let row = sqlx::query(SELECT_OBJECT).bind(bucket).bind(key.as_bytes()).fetch_optional(&mut *tx).await?;
+            let Some(row) = row.as_ref().map(row_to_obj).transpose()? else {
+                return Err(BlobdError::NotFound);
+            };
+            if row.ver > *ver {
+                return Ok(true);
+            }
+            if row.ver < *ver || row.tombstone {
+                return Err(BlobdError::NotFound);
+            }
+            if row.meta.tags_hlc < tags_hlc {
+                let mut meta = row.meta;
+                meta.tags = tags;
+                meta.tags_hlc = tags_hlc;
+                sqlx::query("UPDATE objects SET meta = ?3 WHERE bucket = ?1 AND key = ?2")
+                    .bind(bucket)
+                    .bind(key.as_bytes())
+                    .bind(encode_meta(&meta))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok(false)
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Up to `limit` rows of `bucket` with `lower <= key < upper`, in key order:
     /// (key, tombstone, meta).
     pub async fn scan(
@@ -268,6 +311,39 @@ impl Index {
                 })
             })
             .collect()
+    }
+
+    /// Uploads idle since before `cutoff_ms` (initiated then, and no part uploaded since),
+    /// after `after` in upload id order, at most `limit`: (bucket, key, upload id).
+    pub async fn stale_uploads(
+        &self,
+        cutoff_ms: i64,
+        after: &str,
+        limit: u32,
+    ) -> Result<(Vec<(String, String, String)>, Option<String>)> {
+        let rows = sqlx::query(
+            "SELECT u.upload_id, u.bucket, u.key, u.meta,              (SELECT MAX(p.last_modified_ms) FROM parts p WHERE p.upload_id = u.upload_id) AS last_part_ms              FROM uploads u WHERE u.upload_id > ?1 ORDER BY u.upload_id LIMIT ?2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await?;
+        let next = if rows.len() as u64 == u64::from(limit) {
+            rows.last().map(|r| r.try_get::<String, _>("upload_id")).transpose()?
+        } else {
+            None
+        };
+        let mut stale = Vec::new();
+        for r in &rows {
+            let meta: Vec<u8> = r.try_get("meta")?;
+            let last_part: Option<i64> = r.try_get("last_part_ms")?;
+            let active = decode_meta(&meta)?.last_modified_ms.max(last_part.unwrap_or(0));
+            if active < cutoff_ms {
+                let key: Vec<u8> = r.try_get("key")?;
+                stale.push((r.try_get("bucket")?, String::from_utf8_lossy(&key).into_owned(), r.try_get("upload_id")?));
+            }
+        }
+        Ok((stale, next))
     }
 
     /// Check the upload exists (for a part header, before streaming the body).

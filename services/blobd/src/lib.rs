@@ -6,6 +6,7 @@ mod convert;
 mod error;
 mod files;
 mod index;
+mod reap;
 mod register;
 mod service;
 
@@ -41,6 +42,9 @@ pub struct BlobdConfig {
     pub lease_ttl_secs: i64,
     /// Write this node's layout entry (`nodes/<id>`) when absent.
     pub auto_join: bool,
+    /// Abort multipart uploads idle this long (initiated and no part uploaded since),
+    /// freeing their parts; `None`: never (S3 keeps them until a lifecycle rule says).
+    pub mpu_reap_age_secs: Option<u64>,
 }
 
 impl Default for BlobdConfig {
@@ -55,6 +59,7 @@ impl Default for BlobdConfig {
             catalog_prefix: aether_common::catalog::DEFAULT_PREFIX.to_string(),
             lease_ttl_secs: 10,
             auto_join: true,
+            mpu_reap_age_secs: None,
         }
     }
 }
@@ -145,6 +150,10 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
     };
     let registration = tokio::spawn(register::run(reg, registered.clone(), stop.clone()));
 
+    let reaper = cfg
+        .mpu_reap_age_secs
+        .map(|age| tokio::spawn(reap::run(Arc::clone(&store), Duration::from_secs(age), stop.clone())));
+
     let svc = BlobServiceServer::new(service::BlobSvc::new(store))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -161,6 +170,9 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
     stop.trigger();
     forward.abort();
     index_ready.set(false);
+    if let Some(r) = reaper {
+        let _ = r.await;
+    }
     if tokio::time::timeout(Duration::from_secs(5), registration).await.is_err() {
         tracing::warn!("registration did not stop in time");
     }

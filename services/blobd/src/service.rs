@@ -10,8 +10,8 @@ use aether_proto::blob::v1::{
     AbortUploadRequest, AbortUploadResponse, BucketStatsRequest, BucketStatsResponse, CompleteUploadRequest,
     CreateUploadRequest, CreateUploadResponse, DeleteRequest, GetRequest, GetResponse, GetUploadRequest,
     GetUploadResponse, HeadRequest, ListEntry, ListRequest, ListResponse, ListUploadsRequest, ListUploadsResponse,
-    ObjectMeta, PutCommit, PutPartRequest, PutPartResponse, PutRequest, WriteResponse, get_response, put_part_request,
-    put_request,
+    ObjectMeta, PutCommit, PutPartRequest, PutPartResponse, PutRequest, SetTagsRequest, SetTagsResponse, WriteResponse,
+    get_response, put_part_request, put_request,
 };
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -534,6 +534,22 @@ impl BlobService for BlobSvc {
                 self.store.index.list_uploads(&r.bucket, &r.prefix, &r.key_marker, &r.upload_id_marker, limit).await?;
             Ok::<_, BlobdError>(ListUploadsResponse { uploads })
         }
+        .instrument(span)
+        .await
+        .map(Response::new)
+        .map_err(Into::into)
+    }
+
+    async fn set_tags(&self, request: Request<SetTagsRequest>) -> Result<Response<SetTagsResponse>, Status> {
+        let span = new_span("blob.set_tags", request.metadata(), &request.get_ref().bucket, &request.get_ref().key);
+        let req = request.into_inner();
+        let store = self.store.clone();
+        detached(async move {
+            validate_target(&req.bucket, &req.key)?;
+            let ver = Ver::from_wire(req.version.as_ref())?;
+            let superseded = store.index.set_tags(&req.bucket, &req.key, &ver, req.tags, req.tags_hlc).await?;
+            Ok(SetTagsResponse { superseded })
+        })
         .instrument(span)
         .await
         .map(Response::new)

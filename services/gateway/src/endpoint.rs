@@ -83,6 +83,31 @@ pub enum Endpoint {
         key: String,
     },
     /// `?tagging` on a bucket.
+    GetObjectTagging {
+        bucket: String,
+        key: String,
+    },
+    PutObjectTagging {
+        bucket: String,
+        key: String,
+    },
+    DeleteObjectTagging {
+        bucket: String,
+        key: String,
+    },
+    GetBucketCors {
+        bucket: String,
+    },
+    PutBucketCors {
+        bucket: String,
+    },
+    DeleteBucketCors {
+        bucket: String,
+    },
+    /// A CORS preflight (`OPTIONS`), on the bucket or one of its keys.
+    CorsPreflight {
+        bucket: String,
+    },
     GetBucketTagging {
         bucket: String,
     },
@@ -182,6 +207,13 @@ impl Endpoint {
             Endpoint::GetObjectAttributes { .. } => "GetObjectAttributes",
             Endpoint::GetBucketVersioning { .. } => "GetBucketVersioning",
             Endpoint::ListMultipartUploads { .. } => "ListMultipartUploads",
+            Endpoint::GetObjectTagging { .. } => "GetObjectTagging",
+            Endpoint::PutObjectTagging { .. } => "PutObjectTagging",
+            Endpoint::DeleteObjectTagging { .. } => "DeleteObjectTagging",
+            Endpoint::GetBucketCors { .. } => "GetBucketCors",
+            Endpoint::PutBucketCors { .. } => "PutBucketCors",
+            Endpoint::DeleteBucketCors { .. } => "DeleteBucketCors",
+            Endpoint::CorsPreflight { .. } => "PreflightRequest",
             Endpoint::GetBucketTagging { .. } => "GetBucketTagging",
             Endpoint::PutBucketTagging { .. } => "PutBucketTagging",
             Endpoint::DeleteBucketTagging { .. } => "DeleteBucketTagging",
@@ -216,6 +248,13 @@ impl Endpoint {
             | Endpoint::GetObjectAttributes { bucket, .. }
             | Endpoint::GetBucketVersioning { bucket }
             | Endpoint::ListMultipartUploads { bucket }
+            | Endpoint::GetObjectTagging { bucket, .. }
+            | Endpoint::PutObjectTagging { bucket, .. }
+            | Endpoint::DeleteObjectTagging { bucket, .. }
+            | Endpoint::GetBucketCors { bucket }
+            | Endpoint::PutBucketCors { bucket }
+            | Endpoint::DeleteBucketCors { bucket }
+            | Endpoint::CorsPreflight { bucket }
             | Endpoint::GetBucketTagging { bucket }
             | Endpoint::PutBucketTagging { bucket }
             | Endpoint::DeleteBucketTagging { bucket }
@@ -239,6 +278,9 @@ impl Endpoint {
             | Endpoint::UploadPartCopy { key, .. }
             | Endpoint::ListParts { key, .. }
             | Endpoint::GetObjectAttributes { key, .. }
+            | Endpoint::GetObjectTagging { key, .. }
+            | Endpoint::PutObjectTagging { key, .. }
+            | Endpoint::DeleteObjectTagging { key, .. }
             | Endpoint::CreateMultipartUpload { key, .. }
             | Endpoint::UploadPart { key, .. }
             | Endpoint::CompleteMultipartUpload { key, .. }
@@ -307,7 +349,6 @@ const BUCKET_SUBRESOURCES: &[(&str, &str, &str, &str)] = &[
     ("acl", "GetBucketAcl", "PutBucketAcl", "DeleteBucketAcl"),
     ("policy", "GetBucketPolicy", "PutBucketPolicy", "DeleteBucketPolicy"),
     ("policyStatus", "GetBucketPolicyStatus", "PutBucketPolicyStatus", "DeleteBucketPolicyStatus"),
-    ("cors", "GetBucketCors", "PutBucketCors", "DeleteBucketCors"),
     ("lifecycle", "GetBucketLifecycleConfiguration", "PutBucketLifecycleConfiguration", "DeleteBucketLifecycle"),
     ("tagging", "GetBucketTagging", "PutBucketTagging", "DeleteBucketTagging"),
     ("versioning", "GetBucketVersioning", "PutBucketVersioning", "DeleteBucketVersioning"),
@@ -359,6 +400,10 @@ fn bucket_endpoint(method: &Method, query: &Query, bucket: String) -> Result<End
         Ok(Endpoint::NotImplemented { bucket: Some(bucket), key: None, operation })
     };
     match *method {
+        Method::OPTIONS => return Ok(Endpoint::CorsPreflight { bucket }),
+        Method::GET if query.has("cors") => return Ok(Endpoint::GetBucketCors { bucket }),
+        Method::PUT if query.has("cors") => return Ok(Endpoint::PutBucketCors { bucket }),
+        Method::DELETE if query.has("cors") => return Ok(Endpoint::DeleteBucketCors { bucket }),
         Method::GET if query.has("versioning") => return Ok(Endpoint::GetBucketVersioning { bucket }),
         Method::GET if query.has("uploads") => return Ok(Endpoint::ListMultipartUploads { bucket }),
         Method::GET if query.has("tagging") => return Ok(Endpoint::GetBucketTagging { bucket }),
@@ -400,10 +445,12 @@ fn object_endpoint(
     let ni = |operation: &'static str| {
         Ok(Endpoint::NotImplemented { bucket: Some(bucket.clone()), key: Some(key.clone()), operation })
     };
+    if *method == Method::OPTIONS {
+        return Ok(Endpoint::CorsPreflight { bucket });
+    }
     let copy = headers.contains_key("x-amz-copy-source");
     const SUB: &[(&str, &str, &str, &str)] = &[
         ("acl", "GetObjectAcl", "PutObjectAcl", "DeleteObjectAcl"),
-        ("tagging", "GetObjectTagging", "PutObjectTagging", "DeleteObjectTagging"),
         ("retention", "GetObjectRetention", "PutObjectRetention", "DeleteObjectRetention"),
         ("legal-hold", "GetObjectLegalHold", "PutObjectLegalHold", "DeleteObjectLegalHold"),
         ("attributes", "GetObjectAttributes", "PutObjectAttributes", "DeleteObjectAttributes"),
@@ -411,6 +458,14 @@ fn object_endpoint(
     ];
     if query.has("attributes") && *method == Method::GET {
         return Ok(Endpoint::GetObjectAttributes { bucket, key });
+    }
+    if query.has("tagging") {
+        match *method {
+            Method::GET => return Ok(Endpoint::GetObjectTagging { bucket, key }),
+            Method::PUT => return Ok(Endpoint::PutObjectTagging { bucket, key }),
+            Method::DELETE => return Ok(Endpoint::DeleteObjectTagging { bucket, key }),
+            _ => return Err(S3Error::MethodNotAllowed),
+        }
     }
     if query.has("acl") {
         match *method {

@@ -42,6 +42,15 @@ pub enum S3Error {
     InvalidTag(String),
     #[error("The TagSet does not exist")]
     NoSuchTagSet,
+    #[error("The CORS configuration does not exist")]
+    NoSuchCORSConfiguration,
+    /// A CORS preflight no rule of the bucket allows.
+    #[error(
+        "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec."
+    )]
+    CorsForbidden,
+    #[error("{0}")]
+    BadRequest(String),
     #[error("The Content-MD5 you specified did not match what we received.")]
     BadDigest,
     /// A checksum (x-amz-checksum-*) did not match; the message names the algorithm.
@@ -111,6 +120,9 @@ impl S3Error {
             InvalidPartNumber => "InvalidPartNumber",
             InvalidTag(_) => "InvalidTag",
             NoSuchTagSet => "NoSuchTagSet",
+            NoSuchCORSConfiguration => "NoSuchCORSConfiguration",
+            CorsForbidden => "AccessForbidden",
+            BadRequest(_) => "BadRequest",
             BadDigest | BadChecksum(_) => "BadDigest",
             InvalidDigest => "InvalidDigest",
             XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
@@ -138,9 +150,9 @@ impl S3Error {
     pub fn status(&self) -> StatusCode {
         use S3Error::*;
         match self {
-            NoSuchBucket | NoSuchKey | NoSuchUpload | NoSuchTagSet => StatusCode::NOT_FOUND,
+            NoSuchBucket | NoSuchKey | NoSuchUpload | NoSuchTagSet | NoSuchCORSConfiguration => StatusCode::NOT_FOUND,
             BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty => StatusCode::CONFLICT,
-            SignatureDoesNotMatch | InvalidAccessKeyId | AccessDenied(_) | RequestTimeTooSkewed => {
+            SignatureDoesNotMatch | InvalidAccessKeyId | AccessDenied(_) | RequestTimeTooSkewed | CorsForbidden => {
                 StatusCode::FORBIDDEN
             }
             InvalidRange { .. } | InvalidPartNumber => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -166,6 +178,7 @@ impl S3Error {
             | InvalidRequest(_)
             | KeyTooLongError
             | InvalidTag(_)
+            | BadRequest(_)
             | AuthorizationHeaderMalformed(_)
             | AuthorizationQueryParametersError(_) => StatusCode::BAD_REQUEST,
         }

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use axum::serve::ListenerExt as _;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
@@ -118,8 +118,18 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         }
     }
     let resource = parts.uri.path().to_string();
+    // A cross-origin request's answer carries the bucket's CORS headers (see below).
+    let method = parts.method.clone();
+    let cors = match (parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()), &parsed) {
+        (Some(origin), Ok(e)) if method != Method::OPTIONS => e.bucket().map(|b| (origin.to_string(), b.to_string())),
+        _ => None,
+    };
     let result = async {
         let endpoint = parsed?;
+        if let Endpoint::CorsPreflight { bucket } = &endpoint {
+            // Browsers send preflights without credentials.
+            return crate::s3::cors::handle_preflight(&state, bucket, &parts.headers);
+        }
         let auth = authenticate(&state, &parts)?;
         let ctx = Ctx {
             request_id: request_id.clone(),
@@ -139,6 +149,9 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
             error_response(&e, &resource, &request_id)
         }
     };
+    if let Some((origin, bucket)) = &cors {
+        crate::s3::cors::decorate(&state, bucket, origin, &method, &mut resp);
+    }
     let status = resp.status();
     span.record("status", status.as_u16());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -249,9 +262,9 @@ mod tests {
             assert!(r.starts_with("HTTP/1.1 404"), "{r}");
             assert!(r.contains("<Code>NoSuchBucket</Code>"), "{r}");
             assert!(r.to_ascii_lowercase().contains("x-amz-request-id:"), "{r}");
-            let r = http(addr, "GET /b?cors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+            let r = http(addr, "GET /b?website HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
             assert!(r.starts_with("HTTP/1.1 501"), "{r}");
-            assert!(r.contains("GetBucketCors"), "{r}");
+            assert!(r.contains("GetBucketWebsite"), "{r}");
             let r = http(addr, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
             assert!(r.starts_with("HTTP/1.1 200"), "{r}");
             assert!(r.contains("<ListAllMyBucketsResult"), "{r}");

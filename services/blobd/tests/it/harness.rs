@@ -33,10 +33,16 @@ pub async fn start(dir: &Path) -> Node {
 }
 
 pub async fn start_with(dir: &Path, metad_endpoints: Vec<String>) -> Node {
+    start_cfg(dir, metad_endpoints, |_| {}).await
+}
+
+/// Start with the default test config changed by `change`.
+pub async fn start_cfg(dir: &Path, metad_endpoints: Vec<String>, change: impl FnOnce(&mut BlobdConfig)) -> Node {
     let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, admin_addr) = (grpc.local_addr().unwrap(), admin.local_addr().unwrap());
-    let cfg = BlobdConfig { data_dir: dir.to_path_buf(), metad_endpoints, lease_ttl_secs: 2, ..Default::default() };
+    let mut cfg = BlobdConfig { data_dir: dir.to_path_buf(), metad_endpoints, lease_ttl_secs: 2, ..Default::default() };
+    change(&mut cfg);
     let shutdown = Shutdown::new();
     let handle = tokio::spawn(aether_blobd::run(cfg, BlobdListeners { grpc, admin: Some(admin) }, shutdown.clone()));
     Node { grpc: grpc_addr, admin: admin_addr, dir: dir.to_path_buf(), shutdown, handle }

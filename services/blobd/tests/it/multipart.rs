@@ -1,3 +1,5 @@
+use std::time::{Duration, Instant};
+
 use aether_proto::blob::v1::{
     AbortUploadRequest, BucketStatsRequest, CompleteUploadRequest, CompletedPart, CreateUploadRequest, GetRequest,
     GetUploadRequest, PartHeader, PutCommit, PutPartRequest, put_part_request,
@@ -149,5 +151,59 @@ async fn multipart_create_parts_complete_abort() {
     assert_eq!(r.current, Some(ver(11, "gw")));
     assert_eq!(node.blob_files(), 1);
     assert!(get(&mut c, get_req("b", "mp/obj")).await.unwrap().1 == b"small");
+    node.stop().await;
+}
+
+/// Reaping (`mpu_reap_age_secs`): an upload idle longer than the age (initiated before it,
+/// no part since) is aborted and its parts' blobs unlinked; a part upload keeps it alive.
+#[tokio::test]
+async fn abandoned_uploads_are_reaped_after_the_age() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = format!("127.0.0.1:{}", dead_port().await);
+    let node = start_cfg(tmp.path(), vec![dead], |c| c.mpu_reap_age_secs = Some(10)).await;
+    let mut c = node.client().await;
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let exists = |c: &mut Client, key: &'static str, id: &'static str| {
+        let mut c = c.clone();
+        async move {
+            match c.get_upload(GetUploadRequest { bucket: "b".into(), key: key.into(), upload_id: id.into() }).await {
+                Ok(_) => true,
+                Err(s) if s.code() == Code::NotFound => false,
+                Err(s) => panic!("get_upload: {s}"),
+            }
+        }
+    };
+    // Initiated long ago (`meta` dates it 2023), nothing since.
+    create(&mut c, "idle", "u-idle").await;
+    // Initiated long ago, but a part arrives now.
+    create(&mut c, "busy", "u-busy").await;
+    put_part(&mut c, "busy", "u-busy", 1, &body(1000, 1)).await.unwrap();
+    // Initiated now, with a part.
+    let mut fresh = meta("b", "fresh", ver(0, ""));
+    fresh.last_modified_ms = now_ms;
+    c.create_upload(CreateUploadRequest { upload_id: "u-fresh".into(), meta: Some(fresh) }).await.unwrap();
+    put_part(&mut c, "fresh", "u-fresh", 1, &body(1000, 2)).await.unwrap();
+    assert_eq!(node.blob_files(), 2);
+
+    // The first sweep (a quarter of the age in) takes only the idle one.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(30);
+    while exists(&mut c, "idle", "u-idle").await {
+        assert!(Instant::now() < deadline, "the idle upload was not reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if started.elapsed() < Duration::from_secs(8) {
+        assert!(exists(&mut c, "busy", "u-busy").await, "a part upload keeps an upload alive");
+        assert!(exists(&mut c, "fresh", "u-fresh").await);
+        assert_eq!(node.blob_files(), 2);
+    }
+    // Once they are idle for the age too, they go, with their parts.
+    while exists(&mut c, "busy", "u-busy").await || exists(&mut c, "fresh", "u-fresh").await {
+        assert!(Instant::now() < deadline, "idle uploads were not reaped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(node.blob_files(), 0, "reaped parts are unlinked");
+    let err = put_part(&mut c, "busy", "u-busy", 2, &body(10, 3)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
     node.stop().await;
 }

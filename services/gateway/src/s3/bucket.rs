@@ -86,8 +86,13 @@ pub async fn handle_create_bucket(
     let created = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|e| S3Error::InternalError(format!("format time: {e}")))?;
-    let entry =
-        BucketEntry { created, owner: ctx.access_key.clone(), state: BucketState::Active, tags: Default::default() };
+    let entry = BucketEntry {
+        created,
+        owner: ctx.access_key.clone(),
+        state: BucketState::Active,
+        tags: Default::default(),
+        cors: Vec::new(),
+    };
     let value = serde_json::to_vec(&entry).map_err(|e| S3Error::InternalError(format!("encode bucket: {e}")))?;
     let mut client = state.store.catalog.client().map_err(metad_error)?;
     let txn = Txn::new()
@@ -239,7 +244,11 @@ async fn current_entry(client: &mut etcd_client::Client, key: &str) -> Result<Op
 
 /// Change a bucket's entry in metad: read, change, compare-and-swap on its revision
 /// (retried a few times when another change lands in between).
-async fn update_entry(state: &AppState, bucket: &str, change: impl Fn(&mut BucketEntry)) -> Result<(), S3Error> {
+pub(super) async fn update_entry(
+    state: &AppState,
+    bucket: &str,
+    change: impl Fn(&mut BucketEntry),
+) -> Result<(), S3Error> {
     existing_bucket(state, bucket)?;
     let key = state.store.catalog.keys().bucket(bucket);
     let mut client = state.store.catalog.client().map_err(metad_error)?;
@@ -265,13 +274,18 @@ async fn update_entry(state: &AppState, bucket: &str, change: impl Fn(&mut Bucke
     Err(S3Error::ServiceUnavailable)
 }
 
-pub async fn handle_get_bucket_tagging(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
+/// A bucket's entry as metad holds it now (not the cache: a change another gateway just
+/// made is seen).
+pub(super) async fn stored_entry(state: &AppState, bucket: &str) -> Result<BucketEntry, S3Error> {
     existing_bucket(state, bucket)?;
     let key = state.store.catalog.keys().bucket(bucket);
     let mut client = state.store.catalog.client().map_err(metad_error)?;
-    let Some((entry, _)) = current_entry(&mut client, &key).await? else {
-        return Err(S3Error::NoSuchBucket);
-    };
+    let (entry, _) = current_entry(&mut client, &key).await?.ok_or(S3Error::NoSuchBucket)?;
+    Ok(entry)
+}
+
+pub async fn handle_get_bucket_tagging(state: &AppState, bucket: &str) -> Result<Response, S3Error> {
+    let entry = stored_entry(state, bucket).await?;
     if entry.tags.is_empty() {
         return Err(S3Error::NoSuchTagSet);
     }

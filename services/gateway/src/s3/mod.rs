@@ -4,9 +4,11 @@
 
 pub mod acl;
 pub mod bucket;
+pub mod cors;
 pub mod list;
 pub mod multipart;
 pub mod object;
+pub mod tagging;
 
 use axum::body::Body;
 use axum::response::Response;
@@ -50,6 +52,17 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
         Endpoint::ListMultipartUploads { bucket } => {
             multipart::handle_list_multipart_uploads(state, ctx, &bucket).await
         }
+        Endpoint::GetObjectTagging { bucket, key } => tagging::handle_get_object_tagging(state, &bucket, &key).await,
+        Endpoint::PutObjectTagging { bucket, key } => {
+            tagging::handle_put_object_tagging(state, ctx, &bucket, &key, body).await
+        }
+        Endpoint::DeleteObjectTagging { bucket, key } => {
+            tagging::handle_delete_object_tagging(state, &bucket, &key).await
+        }
+        Endpoint::GetBucketCors { bucket } => cors::handle_get_bucket_cors(state, &bucket).await,
+        Endpoint::PutBucketCors { bucket } => cors::handle_put_bucket_cors(state, ctx, &bucket, body).await,
+        Endpoint::DeleteBucketCors { bucket } => cors::handle_delete_bucket_cors(state, &bucket).await,
+        Endpoint::CorsPreflight { bucket } => cors::handle_preflight(state, &bucket, &ctx.headers),
         Endpoint::GetBucketTagging { bucket } => bucket::handle_get_bucket_tagging(state, &bucket).await,
         Endpoint::PutBucketTagging { bucket } => bucket::handle_put_bucket_tagging(state, ctx, &bucket, body).await,
         Endpoint::DeleteBucketTagging { bucket } => bucket::handle_delete_bucket_tagging(state, &bucket).await,

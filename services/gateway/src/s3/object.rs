@@ -50,6 +50,7 @@ pub fn meta_from_headers(headers: &HeaderMap, bucket: &str, key: &str) -> Result
         cache_control: get("cache-control"),
         expires: get("expires"),
         user_metadata,
+        tags: super::tagging::tags_from_header(headers)?,
         last_modified_ms: now_ms(),
         ..Default::default()
     })
@@ -266,6 +267,11 @@ pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: 
             ..Default::default()
         };
     }
+    meta.tags = match header_str(&ctx.headers, "x-amz-tagging-directive") {
+        None | Some("COPY") => src.tags.clone(),
+        Some("REPLACE") => super::tagging::tags_from_header(&ctx.headers)?,
+        Some(other) => return Err(S3Error::InvalidArgument(format!("Unknown tagging directive: {other}"))),
+    };
     // Whole-object checksums describe the same bytes; a multipart source's composite ones
     // ("…-N") do not describe a single-part copy.
     meta.checksums =
@@ -381,6 +387,9 @@ pub async fn handle_get_object(
         None => parse_range(range_header, meta.size)?,
     };
     let mut headers = object_headers(&meta);
+    if !head {
+        super::tagging::tagging_count_header(&meta, &mut headers);
+    }
     if part_number.is_some() && !meta.part_sizes.is_empty() {
         insert(&mut headers, "x-amz-mp-parts-count", &meta.part_sizes.len().to_string());
     }
