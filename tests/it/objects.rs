@@ -630,3 +630,58 @@ async fn object_tagging_on_write_and_by_itself() -> anyhow::Result<()> {
     assert!(t.tag_set().is_empty());
     Ok(())
 }
+
+/// A PUT that passed every gateway check before DeleteBucket started and commits after it
+/// succeeded is refused by blobd's fence: no object written after a successful DeleteBucket
+/// survives. The re-created bucket (a new incarnation) takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_racing_delete_bucket_does_not_survive_it() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let c = Cluster::start(ClusterOptions { require_auth: false, ..ClusterOptions::default() }).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("doomed").send().await?;
+    let addr = c.gateways[1].s3_addr.clone();
+    let s3b = c.s3(1);
+    aether_tests::wait_for("bucket on gateway 2", std::time::Duration::from_secs(10), || {
+        let s3b = s3b.clone();
+        async move { s3b.head_bucket().bucket("doomed").send().await.ok() }
+    })
+    .await?;
+
+    // Half a body through gateway 2; the write is under way on the replicas.
+    let body = pattern(4 << 20, 9);
+    let mut sock = tokio::net::TcpStream::connect(&addr).await?;
+    let head = format!(
+        "PUT /doomed/late HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nx-amz-content-sha256: UNSIGNED-PAYLOAD\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await?;
+    sock.write_all(&body[..body.len() / 2]).await?;
+    sock.flush().await?;
+    aether_tests::wait_for("the put to reach the replicas", std::time::Duration::from_secs(10), || {
+        let n = c.staging_leftovers();
+        async move { (n > 0).then_some(()) }
+    })
+    .await?;
+
+    // Nothing is committed yet: the bucket is empty, and deleted.
+    s3.delete_bucket().bucket("doomed").send().await?;
+    sock.write_all(&body[body.len() / 2..]).await?;
+    let r = aether_tests::http1::read_response(sock).await?;
+    assert_eq!(r.status, 404, "the late write must not be acknowledged: {}", r.body_text());
+    assert!(r.body_text().contains("<Code>NoSuchBucket</Code>"), "{}", r.body_text());
+    for i in 0..c.blobds.len() {
+        let mut b = c.blob_client(i).await?;
+        let req = aether_proto::blob::v1::BucketStatsRequest { bucket: "doomed".into(), ..Default::default() };
+        let s = b.bucket_stats(req).await?.into_inner();
+        assert_eq!((s.objects, s.uploads), (0, 0), "blobd {i} holds the late write");
+    }
+
+    // The name re-created is a new bucket: writes go in, the old write is not there.
+    s3.create_bucket().bucket("doomed").send().await?;
+    s3.put_object().bucket("doomed").key("fresh").body(bs(b"new life")).send().await?;
+    let listed = s3.list_objects_v2().bucket("doomed").send().await?;
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys, ["fresh"]);
+    Ok(())
+}

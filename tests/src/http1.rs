@@ -57,7 +57,7 @@ pub async fn truncated_put(addr: &str, path: &str, declared: usize, sent: &[u8])
     Ok(read_response(s).await.ok())
 }
 
-async fn read_response(mut s: TcpStream) -> anyhow::Result<Response> {
+pub async fn read_response(mut s: TcpStream) -> anyhow::Result<Response> {
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let split = buf.windows(4).position(|w| w == b"\r\n\r\n").context("no header end in response")?;

@@ -3,6 +3,9 @@
 //! ACKs) and HTTP/2 keep-alive.
 
 use std::collections::HashMap;
+
+/// Metadata key of a blobd error's machine-readable code (`bucket_deleted`, …).
+pub const ERROR_CODE_KEY: &str = "x-aether-code";
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

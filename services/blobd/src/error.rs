@@ -5,7 +5,7 @@
 use tonic::{Code, Status};
 
 /// Metadata key carrying the machine-readable error code.
-pub const CODE_KEY: &str = "x-aether-code";
+pub const CODE_KEY: &str = aether_common::grpc::ERROR_CODE_KEY;
 /// Metadata key carrying "true" when the caller may retry the same call.
 pub const RETRYABLE_KEY: &str = "x-aether-retryable";
 
@@ -23,6 +23,8 @@ pub enum BlobdError {
     SizeMismatch(String),
     #[error("stored version differs from the expected one")]
     VersionMismatch,
+    #[error("the bucket is being deleted or was deleted")]
+    BucketDeleted,
     #[error("invalid part: {0}")]
     InvalidPart(String),
     #[error("range not satisfiable")]
@@ -53,6 +55,7 @@ impl BlobdError {
             Self::BadDigest(_) => (Code::InvalidArgument, "bad_digest", false),
             Self::SizeMismatch(_) => (Code::InvalidArgument, "size_mismatch", false),
             Self::VersionMismatch => (Code::FailedPrecondition, "version_mismatch", true),
+            Self::BucketDeleted => (Code::FailedPrecondition, "bucket_deleted", false),
             Self::InvalidPart(_) => (Code::FailedPrecondition, "invalid_part", false),
             Self::OutOfRange => (Code::OutOfRange, "out_of_range", false),
             Self::ClientStream(_) => (Code::Cancelled, "client_stream", true),

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use aether_proto::blob::v1::{CompletedPart, ObjectMeta, UploadPart};
+use aether_proto::blob::v1::{CompletedPart, FenceOp, ObjectMeta, UploadPart};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tracing::Instrument;
@@ -221,6 +221,45 @@ impl Index {
         Ok(row.is_some())
     }
 
+    /// `stats` after applying a fence op for incarnation `rev`, in one
+    /// write transaction: every write committed before it is counted, every later one
+    /// sees the fence.
+    pub async fn fenced_stats(&self, bucket: &str, rev: i64, op: FenceOp) -> Result<(u64, u64)> {
+        const TEMPORARY_MS: i64 = 10 * 60 * 1000;
+        let span = tracing::debug_span!("index.commit", op = "fence");
+        async {
+            let mut tx = self.write.begin().await?;
+            let upsert = "INSERT INTO fences (bucket, bucket_rev, until_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (bucket) DO UPDATE SET bucket_rev = max(bucket_rev, excluded.bucket_rev), \
+                 until_ms = max(until_ms, excluded.until_ms)";
+            match op {
+                FenceOp::FenceNone => {}
+                FenceOp::FenceTemporary | FenceOp::FenceSeal => {
+                    let until = if op == FenceOp::FenceSeal { i64::MAX } else { now_ms() + TEMPORARY_MS };
+                    sqlx::query(upsert).bind(bucket).bind(rev).bind(until).execute(&mut *tx).await?;
+                }
+                FenceOp::FenceLift => {
+                    sqlx::query("DELETE FROM fences WHERE bucket = ?1 AND bucket_rev = ?2")
+                        .bind(bucket)
+                        .bind(rev)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            let count = |sql: &'static str| sqlx::query(sql).bind(bucket);
+            let o: i64 = count("SELECT COUNT(*) AS n FROM objects WHERE bucket = ?1 AND tombstone = 0")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            let u: i64 =
+                count("SELECT COUNT(*) AS n FROM uploads WHERE bucket = ?1").fetch_one(&mut *tx).await?.try_get("n")?;
+            tx.commit().await?;
+            Ok((o as u64, u as u64))
+        }
+        .instrument(span)
+        .await
+    }
+
     pub async fn stats(&self, bucket: &str) -> Result<(u64, u64)> {
         let o = sqlx::query("SELECT COUNT(*) AS n FROM objects WHERE bucket = ?1 AND tombstone = 0")
             .bind(bucket)
@@ -240,17 +279,24 @@ impl Index {
     /// Record an upload (idempotent for the same id).
     pub async fn create_upload(&self, upload_id: &str, meta: &ObjectMeta) -> Result<()> {
         let span = tracing::debug_span!("index.commit", op = "create_upload");
-        sqlx::query(
-            "INSERT INTO uploads (upload_id, bucket, key, meta) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (upload_id) DO NOTHING",
-        )
-        .bind(upload_id)
-        .bind(&meta.bucket)
-        .bind(meta.key.as_bytes())
-        .bind(encode_meta(meta))
-        .execute(&self.write)
+        async {
+            let mut tx = self.write.begin().await?;
+            check_fence(&mut tx, &meta.bucket, meta.bucket_rev).await?;
+            sqlx::query(
+                "INSERT INTO uploads (upload_id, bucket, key, meta) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (upload_id) DO NOTHING",
+            )
+            .bind(upload_id)
+            .bind(&meta.bucket)
+            .bind(meta.key.as_bytes())
+            .bind(encode_meta(meta))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
         .instrument(span)
-        .await?;
-        Ok(())
+        .await
     }
 
     pub async fn get_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(UploadRow, Vec<UploadPart>)> {
@@ -465,12 +511,27 @@ impl Index {
     }
 }
 
+/// Refuse a new object or upload of bucket incarnation `bucket_rev` when a fence covers
+/// it. Inside the write transaction, so a write and a fenced count are ordered.
+async fn check_fence(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, bucket: &str, bucket_rev: i64) -> Result<()> {
+    let fenced = sqlx::query("SELECT 1 FROM fences WHERE bucket = ?1 AND bucket_rev >= ?2 AND until_ms > ?3")
+        .bind(bucket)
+        .bind(bucket_rev)
+        .bind(now_ms())
+        .fetch_optional(&mut **tx)
+        .await?;
+    if fenced.is_some() { Err(BlobdError::BucketDeleted) } else { Ok(()) }
+}
+
 async fn apply_in_tx(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     bucket: &str,
     key: &str,
     new: NewObject,
 ) -> Result<Applied> {
+    if !new.tombstone {
+        check_fence(tx, bucket, new.meta.bucket_rev).await?;
+    }
     let old = sqlx::query(SELECT_OBJECT).bind(bucket).bind(key.as_bytes()).fetch_optional(&mut **tx).await?;
     let old = old.as_ref().map(row_to_obj).transpose()?;
     if let Some(old) = &old

@@ -8,7 +8,7 @@ use aether_common::telemetry::continue_grpc;
 use aether_proto::blob::v1::blob_service_server::BlobService;
 use aether_proto::blob::v1::{
     AbortUploadRequest, AbortUploadResponse, BucketStatsRequest, BucketStatsResponse, CompleteUploadRequest,
-    CreateUploadRequest, CreateUploadResponse, DeleteRequest, GetRequest, GetResponse, GetUploadRequest,
+    CreateUploadRequest, CreateUploadResponse, DeleteRequest, FenceOp, GetRequest, GetResponse, GetUploadRequest,
     GetUploadResponse, HeadRequest, ListEntry, ListRequest, ListResponse, ListUploadsRequest, ListUploadsResponse,
     ObjectMeta, PutCommit, PutPartRequest, PutPartResponse, PutRequest, SetTagsRequest, SetTagsResponse, WriteResponse,
     get_response, put_part_request, put_request,
@@ -445,7 +445,10 @@ impl BlobService for BlobSvc {
         let span = new_span("blob.bucket_stats", request.metadata(), &request.get_ref().bucket, "");
         let req = request.into_inner();
         async {
-            let (objects, uploads) = self.store.index.stats(&req.bucket).await?;
+            let (objects, uploads) = match req.fence() {
+                FenceOp::FenceNone => self.store.index.stats(&req.bucket).await?,
+                op => self.store.index.fenced_stats(&req.bucket, req.fence_rev, op).await?,
+            };
             Ok::<_, BlobdError>(BucketStatsResponse { objects, uploads })
         }
         .instrument(span)

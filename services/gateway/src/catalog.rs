@@ -20,6 +20,8 @@ use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
 pub struct CachedBucket {
     pub entry: BucketEntry,
     pub mod_revision: i64,
+    /// The key's create revision: which incarnation of the bucket name this is.
+    pub create_revision: i64,
 }
 
 /// One consistent view of the catalog.
@@ -65,7 +67,14 @@ impl Snapshot {
                 } else {
                     match serde_json::from_slice::<BucketEntry>(kv.value()) {
                         Ok(entry) => {
-                            self.buckets.insert(name, CachedBucket { entry, mod_revision: kv.mod_revision() });
+                            self.buckets.insert(
+                                name,
+                                CachedBucket {
+                                    entry,
+                                    mod_revision: kv.mod_revision(),
+                                    create_revision: kv.create_revision(),
+                                },
+                            );
                         }
                         Err(e) => tracing::warn!(bucket = %name, error = %e, "ignoring malformed bucket entry"),
                     }

@@ -221,6 +221,9 @@ impl Store {
             for e in &errs {
                 tracing::warn!(op = what, code = ?e.code(), message = e.message(), "replica write failed");
             }
+            if errs.iter().any(bucket_deleted) {
+                return Err(S3Error::NoSuchBucket);
+            }
             return Err(S3Error::ServiceUnavailable);
         }
         Ok(oks)
@@ -674,6 +677,11 @@ struct Slot {
     handle: Option<JoinHandle<Result<bool, tonic::Status>>>,
 }
 
+/// A replica refused the write because the bucket is being deleted or was deleted.
+fn bucket_deleted(s: &tonic::Status) -> bool {
+    s.metadata().get(aether_common::grpc::ERROR_CODE_KEY).and_then(|v| v.to_str().ok()) == Some("bucket_deleted")
+}
+
 /// Aborts every replica stream that is still running when the write fails, so an
 /// uncommitted write never lands.
 struct SlotGuard(Vec<Slot>, Vec<tonic::Status>);
@@ -681,7 +689,9 @@ struct SlotGuard(Vec<Slot>, Vec<tonic::Status>);
 /// The error for a write that missed its quorum: a replica that does not know the
 /// multipart upload makes it `NoSuchUpload`, anything else is `ServiceUnavailable`.
 pub fn quorum_error(failures: &[tonic::Status]) -> S3Error {
-    if failures.iter().any(|s| s.code() == tonic::Code::NotFound) {
+    if failures.iter().any(bucket_deleted) {
+        S3Error::NoSuchBucket
+    } else if failures.iter().any(|s| s.code() == tonic::Code::NotFound) {
         S3Error::NoSuchUpload
     } else {
         S3Error::ServiceUnavailable

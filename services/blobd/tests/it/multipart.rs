@@ -46,7 +46,7 @@ async fn multipart_create_parts_complete_abort() {
     let p3 = body(7, 3);
     let unused = body(1000, 4);
     create(&mut c, "mp/obj", "u1").await;
-    let s = c.bucket_stats(BucketStatsRequest { bucket: "b".into() }).await.unwrap().into_inner();
+    let s = c.bucket_stats(BucketStatsRequest { bucket: "b".into(), ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(s.uploads, 1);
     put_part(&mut c, "mp/obj", "u1", 1, &unused).await.unwrap();
     put_part(&mut c, "mp/obj", "u1", 1, &p1).await.unwrap(); // replaces part 1
@@ -119,7 +119,7 @@ async fn multipart_create_parts_complete_abort() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let s = c.bucket_stats(BucketStatsRequest { bucket: "b".into() }).await.unwrap().into_inner();
+    let s = c.bucket_stats(BucketStatsRequest { bucket: "b".into(), ..Default::default() }).await.unwrap().into_inner();
     assert_eq!((s.objects, s.uploads), (1, 0));
 
     // A plain put replacing a multipart object unlinks all its parts.

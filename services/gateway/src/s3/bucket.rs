@@ -102,7 +102,10 @@ pub async fn handle_create_bucket(
     let resp = client.txn(txn).await.map_err(metad_error)?;
     if resp.succeeded() {
         let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
-        state.store.catalog.apply_local_bucket(bucket, Some(CachedBucket { entry, mod_revision: rev }));
+        state
+            .store
+            .catalog
+            .apply_local_bucket(bucket, Some(CachedBucket { entry, mod_revision: rev, create_revision: rev }));
         tracing::info!(bucket, "bucket created");
         return Response::builder()
             .status(StatusCode::OK)
@@ -132,6 +135,8 @@ pub async fn handle_delete_bucket(state: &AppState, _ctx: &Ctx, bucket: &str) ->
     };
     let mut entry: BucketEntry =
         serde_json::from_slice(kv.value()).map_err(|e| S3Error::InternalError(format!("bucket entry: {e}")))?;
+    // This incarnation of the name: blobd fences it, a re-created bucket is another.
+    let incarnation = kv.create_revision();
     entry.state = BucketState::Deleting;
     let deleting = serde_json::to_vec(&entry).map_err(|e| S3Error::InternalError(format!("encode bucket: {e}")))?;
     let txn = Txn::new()
@@ -170,37 +175,59 @@ pub async fn handle_delete_bucket(state: &AppState, _ctx: &Ctx, bucket: &str) ->
         tracing::warn!(bucket, "a storage node without a live lease cannot confirm the bucket is empty");
         return revert(S3Error::ServiceUnavailable).await;
     }
-    let bucket_name = bucket.to_string();
-    let (oks, errs) = state
-        .store
-        .unary_quorum(&nodes, nodes.len(), |mut c| {
-            let req = pb::BucketStatsRequest { bucket: bucket_name.clone() };
-            async move { c.bucket_stats(req).await.map(|r| r.into_inner()) }
-        })
-        .await;
+    // Every node fences the bucket and counts in one transaction: an object either is
+    // counted or is refused (a gateway with a stale cache may still be writing).
+    let (oks, errs) = fence_all(state, &nodes, bucket, incarnation, pb::FenceOp::FenceTemporary).await;
+    let lift = || fence_all(state, &nodes, bucket, incarnation, pb::FenceOp::FenceLift);
     if oks.len() < nodes.len() {
         for e in &errs {
             tracing::warn!(code = ?e.code(), message = e.message(), "bucket stats failed");
         }
+        lift().await;
         return revert(S3Error::ServiceUnavailable).await;
     }
     for s in &oks {
         total += s.objects + s.uploads;
     }
     if total > 0 {
+        lift().await;
         return revert(S3Error::BucketNotEmpty).await;
     }
     let txn = Txn::new()
         .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, deleting_rev)])
         .and_then([TxnOp::delete(key.as_str(), None)]);
-    let resp = client.txn(txn).await.map_err(metad_error)?;
-    if !resp.succeeded() {
+    let deleted = client.txn(txn).await.map_err(metad_error);
+    if !deleted.as_ref().is_ok_and(|r| r.succeeded()) {
         tracing::info!(bucket, "bucket changed during delete");
-        return Err(S3Error::ServiceUnavailable);
+        lift().await;
+        return Err(deleted.err().unwrap_or(S3Error::ServiceUnavailable));
+    }
+    // For good (best effort: a node that misses it keeps the temporary fence).
+    let (sealed, _) = fence_all(state, &nodes, bucket, incarnation, pb::FenceOp::FenceSeal).await;
+    if sealed.len() < nodes.len() {
+        tracing::warn!(bucket, "not every node sealed the deleted bucket's fence");
     }
     state.store.catalog.apply_local_bucket(bucket, None);
     tracing::info!(bucket, "bucket deleted");
     empty_response(StatusCode::NO_CONTENT)
+}
+
+/// A fence op and a count of the bucket's objects and uploads on every node.
+async fn fence_all(
+    state: &AppState,
+    nodes: &[crate::replicas::Replica],
+    bucket: &str,
+    incarnation: i64,
+    op: pb::FenceOp,
+) -> (Vec<pb::BucketStatsResponse>, Vec<tonic::Status>) {
+    let req = pb::BucketStatsRequest { bucket: bucket.to_string(), fence_rev: incarnation, fence: op as i32 };
+    state
+        .store
+        .unary_quorum(nodes, nodes.len(), |mut c| {
+            let req = req.clone();
+            async move { c.bucket_stats(req).await.map(|r| r.into_inner()) }
+        })
+        .await
 }
 
 pub async fn handle_head_bucket(state: &AppState, bucket: &str) -> Result<Response, S3Error> {

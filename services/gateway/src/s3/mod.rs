@@ -110,6 +110,17 @@ pub fn existing_bucket(state: &AppState, bucket: &str) -> Result<CachedBucket, S
     state.store.catalog.snapshot().buckets.get(bucket).cloned().ok_or(S3Error::NoSuchBucket)
 }
 
+/// A bucket new objects may be written into: it exists, and no DeleteBucket is deciding
+/// about it (`503`: retry; the delete ends in `NoSuchBucket` or the bucket stays).
+/// blobd's fence is what makes this safe against a lagging cache.
+pub fn writable_bucket(state: &AppState, bucket: &str) -> Result<CachedBucket, S3Error> {
+    let b = existing_bucket(state, bucket)?;
+    if b.entry.state == aether_common::catalog::BucketState::Deleting {
+        return Err(S3Error::ServiceUnavailable);
+    }
+    Ok(b)
+}
+
 /// The request body as decoded payload bytes (aws-chunked framing removed and verified).
 pub fn body_stream(body: ReqBody) -> BoxStream<'static, Result<Bytes, S3Error>> {
     let ReqBody { body, payload } = body;

@@ -31,8 +31,9 @@ pub async fn handle_create_multipart_upload(
     bucket: &str,
     key: &str,
 ) -> Result<Response, S3Error> {
-    existing_bucket(state, bucket)?;
-    let meta = meta_from_headers(&ctx.headers, bucket, key)?;
+    let target = super::writable_bucket(state, bucket)?;
+    let mut meta = meta_from_headers(&ctx.headers, bucket, key)?;
+    meta.bucket_rev = target.create_revision;
     let upload_id = uuid::Uuid::new_v4().simple().to_string();
     let replicas = state.store.replica_set(bucket, key)?;
     let req = pb::CreateUploadRequest { upload_id: upload_id.clone(), meta: Some(meta) };

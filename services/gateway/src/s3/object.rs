@@ -109,10 +109,11 @@ pub async fn handle_put_object(
     key: &str,
     body: ReqBody,
 ) -> Result<Response, S3Error> {
-    existing_bucket(state, bucket)?;
+    let target = super::writable_bucket(state, bucket)?;
     let checks = body_checks(ctx, &body.payload, state.cfg.max_object_size)?;
     let mut meta = meta_from_headers(&ctx.headers, bucket, key)?;
     meta.version = Some(state.store.new_version());
+    meta.bucket_rev = target.create_revision;
     for (alg, value) in &checks.checksums {
         meta.checksums.insert(alg.name().to_ascii_lowercase(), value.clone());
     }
@@ -229,7 +230,7 @@ pub async fn copy_body(
 /// The copy is checked against the source's MD5 ETag where it has one, so a replica that
 /// serves bad bytes fails the copy instead of storing them.
 pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: &str) -> Result<Response, S3Error> {
-    existing_bucket(state, bucket)?;
+    let target = super::writable_bucket(state, bucket)?;
     let (src_bucket, src_key) = copy_source_of(ctx)?;
     let replace = match header_str(&ctx.headers, "x-amz-metadata-directive") {
         None => false,
@@ -277,6 +278,7 @@ pub async fn handle_copy_object(state: &AppState, ctx: &Ctx, bucket: &str, key: 
     meta.checksums =
         src.checksums.iter().filter(|(_, v)| !v.contains('-')).map(|(a, v)| (a.clone(), v.clone())).collect();
     meta.version = Some(state.store.new_version());
+    meta.bucket_rev = target.create_revision;
     let last_modified_ms = meta.last_modified_ms;
     let checks = BodyChecks {
         declared_len: Some(src.size),
