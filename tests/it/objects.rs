@@ -685,3 +685,75 @@ async fn a_write_racing_delete_bucket_does_not_survive_it() -> anyhow::Result<()
     assert_eq!(keys, ["fresh"]);
     Ok(())
 }
+
+/// Checksums are stored and returned with `x-amz-checksum-mode: ENABLED` (whole-object
+/// reads only): the one the client sent, or S3's default CRC64NVME computed by the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checksums_are_stored_and_returned_in_checksum_mode() -> anyhow::Result<()> {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ChecksumType};
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("sums").send().await?;
+    let body = pattern(100_000, 3);
+
+    let put = s3
+        .put_object()
+        .bucket("sums")
+        .key("crc32c")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+        .body(bs(&body))
+        .send()
+        .await?;
+    let sent = put.checksum_crc32_c().expect("the put echoes its checksum").to_string();
+    let got = s3.get_object().bucket("sums").key("crc32c").checksum_mode(ChecksumMode::Enabled).send().await?;
+    assert_eq!(got.checksum_crc32_c(), Some(sent.as_str()));
+    assert_eq!(got.checksum_type(), Some(&ChecksumType::FullObject));
+    assert_eq!(body_bytes(got).await, body);
+    let head = s3.head_object().bucket("sums").key("crc32c").checksum_mode(ChecksumMode::Enabled).send().await?;
+    assert_eq!(head.checksum_crc32_c(), Some(sent.as_str()));
+    // Without checksum mode, or for a range, none.
+    let plain = s3.head_object().bucket("sums").key("crc32c").send().await?;
+    assert_eq!(plain.checksum_crc32_c(), None);
+    let ranged = s3
+        .get_object()
+        .bucket("sums")
+        .key("crc32c")
+        .range("bytes=0-9")
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await?;
+    assert_eq!(ranged.checksum_crc32_c(), None);
+
+    // A client that sends no checksum gets S3's default, CRC64NVME, computed by the gateway
+    // over what arrived; the SDK checks it against the body it reads back.
+    let no_sums = aws_sdk_s3::Client::from_conf(
+        s3.config()
+            .to_builder()
+            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+            .build(),
+    );
+    let put = no_sums.put_object().bucket("sums").key("default").body(bs(&body)).send().await?;
+    let computed = put.checksum_crc64_nvme().expect("the default checksum in the answer").to_string();
+    assert_eq!(put.checksum_crc32(), None);
+    let got = s3.get_object().bucket("sums").key("default").checksum_mode(ChecksumMode::Enabled).send().await?;
+    assert_eq!(got.checksum_crc64_nvme(), Some(computed.as_str()));
+    assert_eq!(body_bytes(got).await, body, "validated by the SDK against the stored CRC64NVME");
+
+    // A 304 carries the validators (ETag, Last-Modified), as S3 and RFC 9110 have it.
+    let presigned = s3
+        .get_object()
+        .bucket("sums")
+        .key("default")
+        .presigned(aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(60))?)
+        .await?;
+    let uri = presigned.uri();
+    let path = &uri[uri.find("/sums/").expect("path-style url")..];
+    let etag = put.e_tag().expect("etag");
+    let r = aether_tests::http1::request(&c.gateways[0].s3_addr, "GET", path, &[("If-None-Match", etag)], Vec::new())
+        .await?;
+    assert_eq!(r.status, 304);
+    assert_eq!(r.header("etag"), Some(etag));
+    assert!(r.header("last-modified").is_some());
+    assert!(r.body.is_empty());
+    Ok(())
+}

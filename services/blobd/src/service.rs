@@ -232,6 +232,7 @@ impl BlobSvc {
             meta.size = placed.size;
             meta.etag = placed.md5_hex.clone();
             meta.tombstone = false;
+            meta.checksums.extend(commit.checksums);
             meta.part_sizes.clear();
             let (bucket, key) = (meta.bucket.clone(), meta.key.clone());
             let new = NewObject { ver, tombstone: false, size: placed.size, blobs: vec![placed.id.clone()], meta };

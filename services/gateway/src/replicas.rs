@@ -329,7 +329,11 @@ impl Store {
         }
         let outcome = hashes.finish(&checks, len)?;
 
-        let commit = pb::PutCommit { size: len, md5_hex: hex::encode(outcome.md5) };
+        let commit = pb::PutCommit {
+            size: len,
+            md5_hex: hex::encode(outcome.md5),
+            checksums: outcome.recorded.iter().map(|(a, v)| (a.name().to_ascii_lowercase(), v.clone())).collect(),
+        };
         self.send_all(&mut slots, Frame::Commit(commit), need).await?;
         // Close every stream and wait for the acknowledgements.
         let mut pending = FuturesUnordered::new();
@@ -612,18 +616,25 @@ pub struct BodyChecks {
     pub content_md5: Option<[u8; 16]>,
     /// `x-amz-checksum-*` headers (algorithm, base64 value).
     pub checksums: Vec<(ChecksumAlgorithm, String)>,
+    /// A checksum to compute and store with the object (sent in the commit): an
+    /// aws-chunked trailer's algorithm (the decoder verifies the value), or S3's default
+    /// CRC64NVME when the request names none.
+    pub record: Option<ChecksumAlgorithm>,
 }
 
 #[derive(Debug, Clone)]
 pub struct PutOutcome {
     pub size: u64,
     pub md5: [u8; 16],
+    /// The `record` checksum's value.
+    pub recorded: Option<(ChecksumAlgorithm, String)>,
 }
 
 struct BodyHashes {
     md5: md5::Md5,
     sha256: Option<sha2::Sha256>,
     checksums: Vec<(ChecksumAlgorithm, Hasher)>,
+    record: Option<(ChecksumAlgorithm, Hasher)>,
 }
 
 impl BodyHashes {
@@ -632,6 +643,7 @@ impl BodyHashes {
             md5: md5::Md5::new(),
             sha256: checks.sha256.map(|_| sha2::Sha256::new()),
             checksums: checks.checksums.iter().map(|(a, _)| (*a, Hasher::new(*a))).collect(),
+            record: checks.record.map(|a| (a, Hasher::new(a))),
         }
     }
 
@@ -641,6 +653,9 @@ impl BodyHashes {
             sha2::Digest::update(h, data);
         }
         for (_, h) in self.checksums.iter_mut() {
+            h.update(data);
+        }
+        if let Some((_, h)) = self.record.as_mut() {
             h.update(data);
         }
     }
@@ -661,7 +676,8 @@ impl BodyHashes {
                 return Err(S3Error::BadChecksum(alg.name()));
             }
         }
-        Ok(PutOutcome { size, md5 })
+        let recorded = self.record.map(|(alg, h)| (alg, h.finalize_base64()));
+        Ok(PutOutcome { size, md5, recorded })
     }
 }
 

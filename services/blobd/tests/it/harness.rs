@@ -121,7 +121,11 @@ pub fn put_msgs(bucket: &str, key: &str, v: Version, body: &[u8], chunk: usize) 
         msgs.push(PutRequest { msg: Some(put_request::Msg::Chunk(c.to_vec().into())) });
     }
     msgs.push(PutRequest {
-        msg: Some(put_request::Msg::Commit(PutCommit { size: body.len() as u64, md5_hex: md5_hex(body) })),
+        msg: Some(put_request::Msg::Commit(PutCommit {
+            size: body.len() as u64,
+            md5_hex: md5_hex(body),
+            ..Default::default()
+        })),
     });
     msgs
 }

@@ -58,6 +58,7 @@ async fn measure() {
         msg: Some(put_request::Msg::Commit(PutCommit {
             size: (TOTAL_MIB * MIB) as u64,
             md5_hex: expected_md5.clone(),
+            ..Default::default()
         })),
     };
     let chunk2 = chunk.clone();

@@ -21,7 +21,11 @@ async fn put_part(c: &mut Client, key: &str, upload: &str, n: u32, data: &[u8]) 
         msgs.push(PutPartRequest { msg: Some(put_part_request::Msg::Chunk(ch.to_vec().into())) });
     }
     msgs.push(PutPartRequest {
-        msg: Some(put_part_request::Msg::Commit(PutCommit { size: data.len() as u64, md5_hex: md5_hex(data) })),
+        msg: Some(put_part_request::Msg::Commit(PutCommit {
+            size: data.len() as u64,
+            md5_hex: md5_hex(data),
+            ..Default::default()
+        })),
     });
     c.put_part(tokio_stream::iter(msgs)).await.map(|_| ())
 }

@@ -144,12 +144,18 @@ async fn incomplete_or_bad_puts_store_nothing() {
     let mut msgs = put_msgs("b", "k", ver(1, "a"), &data, 65536);
     let last = msgs.len() - 1;
     msgs[last] = PutRequest {
-        msg: Some(put_request::Msg::Commit(PutCommit { size: data.len() as u64, md5_hex: md5_hex(b"x") })),
+        msg: Some(put_request::Msg::Commit(PutCommit {
+            size: data.len() as u64,
+            md5_hex: md5_hex(b"x"),
+            ..Default::default()
+        })),
     };
     let err = c.put(tokio_stream::iter(msgs.clone())).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(code(&err), "bad_digest");
-    msgs[last] = PutRequest { msg: Some(put_request::Msg::Commit(PutCommit { size: 7, md5_hex: md5_hex(&data) })) };
+    msgs[last] = PutRequest {
+        msg: Some(put_request::Msg::Commit(PutCommit { size: 7, md5_hex: md5_hex(&data), ..Default::default() })),
+    };
     let err = c.put(tokio_stream::iter(msgs)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(node.staging_files(), 0);

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::{AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, header_str, http_date, now_ms};
 use crate::auth::PayloadCheck;
-use crate::auth::checksum::{content_md5, requested_checksums};
+use crate::auth::checksum::{ChecksumAlgorithm, content_md5, requested_checksums};
 use crate::error::S3Error;
 use crate::replicas::{BodyChecks, NewestRead, PutTarget, body_of};
 use futures::StreamExt as _;
@@ -95,6 +95,7 @@ pub fn body_checks(ctx: &Ctx, payload: &PayloadCheck, max: u64) -> Result<BodyCh
         },
         content_md5: content_md5(&ctx.headers)?,
         checksums: requested_checksums(&ctx.headers)?,
+        record: None,
     })
 }
 
@@ -110,19 +111,27 @@ pub async fn handle_put_object(
     body: ReqBody,
 ) -> Result<Response, S3Error> {
     let target = super::writable_bucket(state, bucket)?;
-    let checks = body_checks(ctx, &body.payload, state.cfg.max_object_size)?;
+    let mut checks = body_checks(ctx, &body.payload, state.cfg.max_object_size)?;
+    // A trailer's checksum is stored like a header's; without either, S3's default.
+    checks.record = match &body.payload {
+        PayloadCheck::Chunked(mode) if mode.trailer_checksum().is_some() => mode.trailer_checksum(),
+        _ if checks.checksums.is_empty() => Some(ChecksumAlgorithm::Crc64Nvme),
+        _ => None,
+    };
     let mut meta = meta_from_headers(&ctx.headers, bucket, key)?;
     meta.version = Some(state.store.new_version());
     meta.bucket_rev = target.create_revision;
     for (alg, value) in &checks.checksums {
         meta.checksums.insert(alg.name().to_ascii_lowercase(), value.clone());
     }
-    let echo: Vec<(&'static str, String)> =
+    let mut echo: Vec<(&'static str, String)> =
         checks.checksums.iter().map(|(a, v)| (a.header_name(), v.clone())).collect();
     let replicas = state.store.replica_set(bucket, key)?;
     let stream = body_stream(body);
     let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), stream, checks).await?;
     metrics::counter!("gateway_bytes_in_total").increment(outcome.size);
+    echo.extend(outcome.recorded.iter().map(|(a, v)| (a.header_name(), v.clone())));
+    echo.push(("x-amz-checksum-type", "FULL_OBJECT".into()));
     let mut resp =
         Response::builder().status(StatusCode::OK).header(http::header::ETAG, quoted_etag(&hex::encode(outcome.md5)));
     for (name, value) in echo {
@@ -383,7 +392,21 @@ pub async fn handle_get_object(
     // holds the newest version.
     let with_body = !head && range_header.is_none() && part_number.is_none();
     let NewestRead { meta, holders, stream } = super::newest_live(state, bucket, key, with_body).await?;
-    check_conditions(&ctx.headers, &meta)?;
+    if let Err(e) = check_conditions(&ctx.headers, &meta) {
+        if !matches!(e, S3Error::NotModified) {
+            return Err(e);
+        }
+        // 304 carries the validators and caching headers a 200 would (RFC 9110 15.4.5).
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        let all = object_headers(&meta);
+        for name in ["etag", "last-modified", "cache-control", "expires"] {
+            if let Some(v) = all.get(name) {
+                resp.headers_mut().insert(name, v.clone());
+            }
+        }
+        return Ok(resp);
+    }
     let range = match part_number {
         Some(n) => part_range(&meta, n)?,
         None => parse_range(range_header, meta.size)?,
@@ -394,6 +417,10 @@ pub async fn handle_get_object(
     }
     if part_number.is_some() && !meta.part_sizes.is_empty() {
         insert(&mut headers, "x-amz-mp-parts-count", &meta.part_sizes.len().to_string());
+    }
+    // Stored checksums describe the whole object: only a whole-object answer has them.
+    if range.is_none() && part_number.is_none() && header_str(&ctx.headers, "x-amz-checksum-mode") == Some("ENABLED") {
+        checksum_headers(&meta, &mut headers);
     }
     apply_response_overrides(ctx, &mut headers)?;
     let (status, len) = match range {
@@ -417,6 +444,21 @@ pub async fn handle_get_object(
     *resp.status_mut() = status;
     *resp.headers_mut() = headers;
     Ok(resp)
+}
+
+/// `x-amz-checksum-<alg>` for each stored checksum, and `x-amz-checksum-type`
+/// (`COMPOSITE` for a multipart object's checksum of part checksums, `…-N`).
+fn checksum_headers(meta: &pb::ObjectMeta, headers: &mut HeaderMap) {
+    let mut composite = false;
+    for (name, value) in &meta.checksums {
+        if let Some(alg) = ChecksumAlgorithm::from_name(name) {
+            insert(headers, alg.header_name(), value);
+            composite |= value.contains('-');
+        }
+    }
+    if !meta.checksums.is_empty() {
+        insert(headers, "x-amz-checksum-type", if composite { "COMPOSITE" } else { "FULL_OBJECT" });
+    }
 }
 
 /// The bytes of part `n` (inclusive) of a multipart object; an object uploaded in one

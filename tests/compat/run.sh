@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# boto3 compatibility suite (tests/compat/test_s3.py) against `aether server` with auth on:
+# a second, independent S3 client next to the Rust aws-sdk-s3 tests, with botocore's
+# default checksum behaviour (CRC32 on every upload, response checksum validation).
+# Usage: tests/compat/run.sh [path/to/aether] [extra pytest args, e.g. -k multipart]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+source "$repo/tests/e2e/lib.sh"
+bin=$(realpath "${1:-target/debug/aether}")
+[ "$#" -gt 0 ] && shift
+[ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 1; }
+
+# boto3 + pytest, and awscrt (botocore needs it for CRC32C and CRC64NVME checksums). An
+# installed botocore is kept at its version (aws-cli pins it exactly): boto3 is chosen to
+# match it.
+if ! python3 -c 'import boto3, pytest, awscrt' 2>/dev/null; then
+  pin=()
+  if botocore_version=$(python3 -c 'import botocore; print(botocore.__version__)' 2>/dev/null); then
+    pin=("botocore==$botocore_version")
+  fi
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+    boto3 pytest awscrt ${pin[@]+"${pin[@]}"}
+fi
+
+work=$(mktemp -d)
+s3_port=$(free_port); admin_port=$(free_port); metad_port=$(free_port)
+export AETHER_ACCESS_KEY=AKIACOMPATTESTKEY001 AETHER_SECRET_KEY=compat-secret-key-with-enough-length
+AETHER_LOG_LEVEL=warn NO_COLOR=1 "$bin" server --data-dir "$work/data" --port "$s3_port" \
+  --admin-port "$admin_port" --bind 127.0.0.1 --metad-listen "127.0.0.1:$metad_port" >"$work/server.log" 2>&1 &
+pid=$!
+cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+server_log() { echo "--- server log (tail)"; tail -n 40 "$work/server.log" | sed 's/\x1b\[[0-9;]*m//g'; }
+wait_http "http://127.0.0.1:$admin_port/ready" 60 || { server_log; exit 1; }
+
+export AETHER_COMPAT_ENDPOINT="http://127.0.0.1:$s3_port"
+export AWS_ACCESS_KEY_ID=$AETHER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$AETHER_SECRET_KEY AWS_DEFAULT_REGION=us-east-1
+export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+# Nothing from the caller's environment changes the clients' defaults.
+unset AWS_SESSION_TOKEN AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 \
+  AWS_REQUEST_CHECKSUM_CALCULATION AWS_RESPONSE_CHECKSUM_VALIDATION
+# Nothing written into the source tree (no .pytest_cache, no __pycache__).
+export PYTHONDONTWRITEBYTECODE=1
+rc=0
+(cd "$repo" && timeout 600 python3 -m pytest -q -p no:cacheprovider tests/compat "$@") || rc=$?
+[ "$rc" -eq 0 ] || server_log
+exit "$rc"
