@@ -757,3 +757,90 @@ async fn checksums_are_stored_and_returned_in_checksum_mode() -> anyhow::Result<
     assert!(r.body.is_empty());
     Ok(())
 }
+
+/// Conditional writes: `If-None-Match: *` creates only if absent, `If-Match` replaces only
+/// the named version, and of racing conditional creates through two gateways exactly one
+/// wins (the others get 412 or 409), its bytes the ones stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conditional_writes_are_atomic_across_gateways() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let (s3a, s3b) = (c.s3(0), c.s3(1));
+    s3a.create_bucket().bucket("cond").send().await?;
+    aether_tests::wait_for("bucket on gateway 2", std::time::Duration::from_secs(10), || {
+        let s3b = s3b.clone();
+        async move { s3b.head_bucket().bucket("cond").send().await.ok() }
+    })
+    .await?;
+
+    let first = s3a.put_object().bucket("cond").key("k").if_none_match("*").body(bs(b"one")).send().await?;
+    let r = s3b.put_object().bucket("cond").key("k").if_none_match("*").body(bs(b"two")).send().await;
+    assert_eq!(err_code(r), "PreconditionFailed");
+    let r =
+        s3b.put_object().bucket("cond").key("k").if_match("\"0123456789abcdef0123456789abcdef\"").body(bs(b"x")).send();
+    assert_eq!(err_code(r.await), "PreconditionFailed");
+    let etag = first.e_tag().expect("etag");
+    let second = s3b.put_object().bucket("cond").key("k").if_match(etag).body(bs(b"three")).send().await?;
+    // The old ETag no longer matches.
+    let r = s3a.put_object().bucket("cond").key("k").if_match(etag).body(bs(b"four")).send().await;
+    assert_eq!(err_code(r), "PreconditionFailed");
+    let got = s3a.get_object().bucket("cond").key("k").send().await?;
+    assert_eq!(got.e_tag(), second.e_tag());
+    assert_eq!(body_bytes(got).await, b"three");
+    let r = s3a.put_object().bucket("cond").key("missing").if_match(etag).body(bs(b"x")).send().await;
+    assert_eq!(err_code(r), "NoSuchKey");
+    let r = s3a.put_object().bucket("cond").key("k").if_none_match("\"abc\"").body(bs(b"x")).send().await;
+    assert_eq!(err_code(r), "NotImplemented");
+
+    // CompleteMultipartUpload honours them too.
+    let up = s3a.create_multipart_upload().bucket("cond").key("k").send().await?;
+    let upload_id = up.upload_id().unwrap_or_default().to_string();
+    let part =
+        s3a.upload_part().bucket("cond").key("k").upload_id(&upload_id).part_number(1).body(bs(b"mp")).send().await?;
+    let parts = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+        .parts(
+            aws_sdk_s3::types::CompletedPart::builder().part_number(1).e_tag(part.e_tag().unwrap_or_default()).build(),
+        )
+        .build();
+    let complete = |cond: &str| {
+        s3a.complete_multipart_upload()
+            .bucket("cond")
+            .key("k")
+            .upload_id(&upload_id)
+            .multipart_upload(parts.clone())
+            .if_none_match(cond)
+            .send()
+    };
+    assert_eq!(err_code(complete("*").await), "PreconditionFailed");
+    s3a.delete_object().bucket("cond").key("k").send().await?;
+    complete("*").await?;
+    assert_eq!(body_bytes(s3b.get_object().bucket("cond").key("k").send().await?).await, b"mp");
+
+    // Racing creates of one key, through both gateways: one winner per round.
+    for round in 0..4 {
+        let key = format!("race-{round}");
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let client = if i % 2 == 0 { s3a.clone() } else { s3b.clone() };
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let body = format!("writer {i}");
+                let r =
+                    client.put_object().bucket("cond").key(&key).if_none_match("*").body(bs(body.as_bytes())).send();
+                (body, r.await.map_err(|e| aws_sdk_s3::error::ProvideErrorMetadata::code(&e).map(str::to_string)))
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            let (body, r) = t.await?;
+            match r {
+                Ok(_) => winners.push(body),
+                Err(Some(code)) if code == "PreconditionFailed" || code == "ConditionalRequestConflict" => {}
+                Err(other) => anyhow::bail!("round {round}: unexpected failure {other:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "round {round}: exactly one conditional create wins: {winners:?}");
+        let stored = body_bytes(s3a.get_object().bucket("cond").key(&key).send().await?).await;
+        assert_eq!(stored, winners[0].as_bytes(), "round {round}");
+    }
+    Ok(())
+}

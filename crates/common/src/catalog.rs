@@ -40,6 +40,10 @@ impl Keys {
     pub fn access_key(&self, id: &str) -> String {
         format!("{}keys/{id}", self.prefix)
     }
+    /// The lock a conditional write of `key` in `bucket` holds (gateway, on a lease).
+    pub fn lock(&self, bucket: &str, key: &str) -> String {
+        format!("{}locks/{bucket}/{key}", self.prefix)
+    }
     pub fn nodes(&self) -> String {
         format!("{}nodes/", self.prefix)
     }

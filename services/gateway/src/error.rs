@@ -92,6 +92,8 @@ pub enum S3Error {
     NotImplemented(String),
     #[error("At least one of the pre-conditions you specified did not hold")]
     PreconditionFailed,
+    #[error("A conflicting conditional operation is currently in progress against this resource. Try again.")]
+    ConditionalRequestConflict,
     /// A conditional GET/HEAD whose condition says the client's copy is current (304).
     #[error("Not Modified")]
     NotModified,
@@ -141,6 +143,7 @@ impl S3Error {
             MethodNotAllowed => "MethodNotAllowed",
             NotImplemented(_) => "NotImplemented",
             PreconditionFailed => "PreconditionFailed",
+            ConditionalRequestConflict => "ConditionalRequestConflict",
             NotModified => "NotModified",
             ServiceUnavailable => "ServiceUnavailable",
             InternalError(_) => "InternalError",
@@ -151,7 +154,9 @@ impl S3Error {
         use S3Error::*;
         match self {
             NoSuchBucket | NoSuchKey | NoSuchUpload | NoSuchTagSet | NoSuchCORSConfiguration => StatusCode::NOT_FOUND,
-            BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty => StatusCode::CONFLICT,
+            BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty | ConditionalRequestConflict => {
+                StatusCode::CONFLICT
+            }
             SignatureDoesNotMatch | InvalidAccessKeyId | AccessDenied(_) | RequestTimeTooSkewed | CorsForbidden => {
                 StatusCode::FORBIDDEN
             }

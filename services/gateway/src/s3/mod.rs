@@ -4,6 +4,7 @@
 
 pub mod acl;
 pub mod bucket;
+pub mod conditional;
 pub mod cors;
 pub mod list;
 pub mod multipart;
@@ -96,7 +97,7 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
             multipart::handle_upload_part(state, ctx, &bucket, &key, &upload_id, part_number, body).await
         }
         Endpoint::CompleteMultipartUpload { bucket, key, upload_id } => {
-            multipart::handle_complete_multipart_upload(state, &bucket, &key, &upload_id, body).await
+            multipart::handle_complete_multipart_upload(state, ctx, &bucket, &key, &upload_id, body).await
         }
         Endpoint::AbortMultipartUpload { bucket, key, upload_id } => {
             multipart::handle_abort_multipart_upload(state, &bucket, &key, &upload_id).await

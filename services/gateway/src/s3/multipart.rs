@@ -335,6 +335,7 @@ pub fn check_parts(
 
 pub async fn handle_complete_multipart_upload(
     state: &AppState,
+    ctx: &super::Ctx,
     bucket: &str,
     key: &str,
     upload_id: &str,
@@ -358,6 +359,10 @@ pub async fn handle_complete_multipart_upload(
         }
     }
     let etag = check_parts(&doc.parts, &stored)?;
+    let lock = match super::conditional::write_condition(&ctx.headers)? {
+        Some(cond) => Some(super::conditional::lock_and_check(state, bucket, key, &cond).await?),
+        None => None,
+    };
     let req = pb::CompleteUploadRequest {
         bucket: bucket.to_string(),
         key: key.to_string(),
@@ -378,6 +383,9 @@ pub async fn handle_complete_multipart_upload(
             async move { c.complete_upload(req).await.map(|r| r.into_inner()) }
         })
         .await?;
+    if let Some(l) = lock {
+        l.release().await;
+    }
     let doc = xml::CompleteMultipartUploadResult {
         xmlns: xml::S3_NS,
         location: format!("/{bucket}/{key}"),

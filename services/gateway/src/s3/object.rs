@@ -127,8 +127,20 @@ pub async fn handle_put_object(
     let mut echo: Vec<(&'static str, String)> =
         checks.checksums.iter().map(|(a, v)| (a.header_name(), v.clone())).collect();
     let replicas = state.store.replica_set(bucket, key)?;
+    // A conditional write checks and writes under the key's lock, with a version newer
+    // than the one it checked.
+    let lock = match super::conditional::write_condition(&ctx.headers)? {
+        Some(cond) => Some(super::conditional::lock_and_check(state, bucket, key, &cond).await?),
+        None => None,
+    };
+    if lock.is_some() {
+        meta.version = Some(state.store.new_version());
+    }
     let stream = body_stream(body);
     let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), stream, checks).await?;
+    if let Some(l) = lock {
+        l.release().await;
+    }
     metrics::counter!("gateway_bytes_in_total").increment(outcome.size);
     echo.extend(outcome.recorded.iter().map(|(a, v)| (a.header_name(), v.clone())));
     echo.push(("x-amz-checksum-type", "FULL_OBJECT".into()));
