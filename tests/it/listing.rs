@@ -93,5 +93,15 @@ async fn pagination_over_2500_keys_with_delimiters() -> anyhow::Result<()> {
     let out = s3.list_objects_v2().bucket("lst").start_after("top247").send().await?;
     let after: Vec<&str> = out.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(after, vec!["top249"]);
+
+    // Owners: always in v1, in v2 only with fetch-owner (the bucket owner's key).
+    let out = s3.list_objects_v2().bucket("lst").start_after("top247").send().await?;
+    assert!(out.contents().iter().all(|o| o.owner().is_none()));
+    let out = s3.list_objects_v2().bucket("lst").start_after("top247").fetch_owner(true).send().await?;
+    let owners: Vec<Option<&str>> = out.contents().iter().map(|o| o.owner().and_then(|w| w.id())).collect();
+    assert_eq!(owners, vec![Some(aether_tests::ACCESS_KEY)]);
+    let out = s3.list_objects().bucket("lst").marker("top248").send().await?;
+    let owners: Vec<Option<&str>> = out.contents().iter().map(|o| o.owner().and_then(|w| w.display_name())).collect();
+    assert_eq!(owners, vec![Some(aether_tests::ACCESS_KEY)]);
     Ok(())
 }

@@ -755,6 +755,23 @@ async fn checksums_are_stored_and_returned_in_checksum_mode() -> anyhow::Result<
     assert_eq!(r.header("etag"), Some(etag));
     assert!(r.header("last-modified").is_some());
     assert!(r.body.is_empty());
+
+    // Error documents name the missing key or bucket, as S3's do.
+    for (bucket, key, element) in
+        [("sums", "no such", "<Key>no such</Key>"), ("nobucket", "k", "<BucketName>nobucket</BucketName>")]
+    {
+        let p = s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .presigned(aws_sdk_s3::presigning::PresigningConfig::expires_in(std::time::Duration::from_secs(60))?)
+            .await?;
+        let uri = p.uri();
+        let path = &uri[uri.find(&format!("/{bucket}/")).expect("path-style url")..];
+        let r = aether_tests::http1::request(&c.gateways[0].s3_addr, "GET", path, &[], Vec::new()).await?;
+        assert_eq!(r.status, 404);
+        assert!(r.body_text().contains(element), "{}", r.body_text());
+    }
     Ok(())
 }
 

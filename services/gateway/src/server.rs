@@ -118,6 +118,10 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         }
     }
     let resource = parts.uri.path().to_string();
+    let names = match &parsed {
+        Ok(e) => (e.bucket().map(str::to_string), e.key().map(str::to_string)),
+        Err(_) => (None, None),
+    };
     // A cross-origin request's answer carries the bucket's CORS headers (see below).
     let method = parts.method.clone();
     let cors = match (parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()), &parsed) {
@@ -146,7 +150,7 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => {
             let _enter = span.enter();
-            error_response(&e, &resource, &request_id)
+            error_response_for(&e, &resource, &request_id, names.0.as_deref(), names.1.as_deref())
         }
     };
     if let Some((origin, bucket)) = &cors {
@@ -192,6 +196,17 @@ fn authenticate(state: &AppState, parts: &http::request::Parts) -> Result<AuthCo
 /// (code, message, resource, request id), `x-amz-request-id`. Internal details are
 /// logged, never sent; 5xx logs at warn/error, 4xx at debug.
 pub fn error_response(err: &S3Error, resource: &str, request_id: &str) -> Response {
+    error_response_for(err, resource, request_id, None, None)
+}
+
+/// `error_response` for a request on `bucket` / `key` (named in NoSuchBucket / NoSuchKey).
+pub fn error_response_for(
+    err: &S3Error,
+    resource: &str,
+    request_id: &str,
+    bucket: Option<&str>,
+    key: Option<&str>,
+) -> Response {
     let status = err.status();
     match err {
         S3Error::InternalError(detail) => {
@@ -209,7 +224,18 @@ pub fn error_response(err: &S3Error, resource: &str, request_id: &str) -> Respon
         return resp;
     }
     let message = err.message();
-    let doc = xml::ErrorDoc { code: err.code(), message: &message, resource: Some(resource), request_id };
+    let doc = xml::ErrorDoc {
+        code: err.code(),
+        message: &message,
+        bucket_name: bucket.filter(|_| matches!(err, S3Error::NoSuchBucket)),
+        key: key.filter(|_| matches!(err, S3Error::NoSuchKey)),
+        actual_object_size: match err {
+            S3Error::InvalidRange { size } => Some(*size),
+            _ => None,
+        },
+        resource: Some(resource),
+        request_id,
+    };
     let body = xml::to_xml("Error", &doc).unwrap_or_default();
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;

@@ -24,6 +24,14 @@ pub struct ErrorDoc<'a> {
     pub code: &'a str,
     #[serde(rename = "Message")]
     pub message: &'a str,
+    /// NoSuchBucket names the bucket, NoSuchKey the key, as S3's error documents do.
+    #[serde(rename = "BucketName", skip_serializing_if = "Option::is_none")]
+    pub bucket_name: Option<&'a str>,
+    #[serde(rename = "Key", skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    /// InvalidRange: the object's size.
+    #[serde(rename = "ActualObjectSize", skip_serializing_if = "Option::is_none")]
+    pub actual_object_size: Option<u64>,
     #[serde(rename = "Resource", skip_serializing_if = "Option::is_none")]
     pub resource: Option<&'a str>,
     #[serde(rename = "RequestId")]
@@ -87,6 +95,9 @@ pub struct ContentsXml {
     pub etag: String,
     #[serde(rename = "Size")]
     pub size: u64,
+    /// ListObjects (v1) always, ListObjectsV2 with `fetch-owner=true`.
+    #[serde(rename = "Owner", skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Owner>,
     #[serde(rename = "StorageClass")]
     pub storage_class: &'static str,
 }
@@ -465,13 +476,16 @@ mod tests {
         let doc = ErrorDoc {
             code: "NoSuchKey",
             message: "The specified key does not exist.",
+            bucket_name: None,
+            key: Some("k&x"),
+            actual_object_size: None,
             resource: Some("/b/k&x"),
             request_id: "r1",
         };
         let s = to_xml("Error", &doc).unwrap();
         assert_eq!(
             s,
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Resource>/b/k&amp;x</Resource><RequestId>r1</RequestId></Error>"
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Key>k&amp;x</Key><Resource>/b/k&amp;x</Resource><RequestId>r1</RequestId></Error>"
         );
     }
 
@@ -505,6 +519,7 @@ mod tests {
                 last_modified: "x".into(),
                 etag: "\"e\"".into(),
                 size: 3,
+                owner: None,
                 storage_class: "STANDARD",
             }],
             common_prefixes: vec![CommonPrefixXml { prefix: "p/d/".into() }],

@@ -253,7 +253,9 @@ fn enc(s: &str, url: bool) -> String {
 }
 
 pub async fn handle_list_objects(state: &AppState, ctx: &Ctx, bucket: &str, v2: bool) -> Result<Response, S3Error> {
-    existing_bucket(state, bucket)?;
+    let owner = existing_bucket(state, bucket)?.entry.owner;
+    // Objects belong to the bucket's owner (S3's "bucket owner enforced").
+    let show_owner = !v2 || ctx.query.get("fetch-owner") == Some("true");
     let params = parse_params(ctx, v2)?;
     let snap = state.store.catalog.snapshot();
     let nodes: Vec<_> = state.store.live_nodes(&snap).into_iter().filter(|n| n.alive).collect();
@@ -308,6 +310,7 @@ pub async fn handle_list_objects(state: &AppState, ctx: &Ctx, bucket: &str, v2: 
                 last_modified: iso8601_ms(m.last_modified_ms),
                 etag: format!("\"{}\"", m.etag),
                 size: m.size,
+                owner: show_owner.then(|| xml::Owner::of(&owner)),
                 storage_class: "STANDARD",
             })
             .collect(),
