@@ -33,6 +33,21 @@ async fn auth_errors_presigned_urls_and_digests() -> anyhow::Result<()> {
     // Unsigned requests are refused.
     let r = http1::request(&c.gateways[0].s3_addr, "GET", "/", &[], Vec::new()).await?;
     assert_eq!(r.status, 403, "{}", r.body_text());
+    // Refused before its body was sent (Expect: 100-continue): the answer closes the
+    // connection, so the unsent body can never be read as the next request.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&c.gateways[0].s3_addr).await?;
+        let req = "PUT /sec/k HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n";
+        s.write_all(req.as_bytes()).await?;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+            .await
+            .map_err(|_| anyhow::anyhow!("the connection stayed open after an error answer"))??;
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 403"), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+    }
 
     // A client clock 20 minutes behind. Retries are off: the SDK would otherwise correct
     // its clock from our Date header and retry (which is what a client should do).

@@ -45,6 +45,7 @@ async fn bucket_cors_configuration_preflight_and_response_headers() -> anyhow::R
     .await?;
     assert_eq!(no_rules.status, 403, "{}", no_rules.body_text());
     assert!(no_rules.body_text().contains("<Code>AccessForbidden</Code>"), "{}", no_rules.body_text());
+    assert!(no_rules.body_text().contains("CORS is not enabled for this bucket."), "{}", no_rules.body_text());
 
     // Invalid configurations are refused and change nothing.
     let bad = CorsConfiguration::builder().cors_rules(rule("bad", &["PATCH"], &["*"], &[])).build()?;
@@ -131,7 +132,8 @@ async fn bucket_cors_configuration_preflight_and_response_headers() -> anyhow::R
         &[("Origin", "https://a.example.com"), ("Access-Control-Request-Method", "GET")],
     )
     .await?;
-    assert_eq!(r.status, 404, "{}", r.body_text());
+    assert_eq!(r.status, 403, "{}", r.body_text());
+    assert!(r.body_text().contains("Bucket not found"), "{}", r.body_text());
 
     // The actual cross-origin GET (a presigned URL, as a browser would use) carries the
     // headers of the rule that allows it; without an Origin header it carries none.

@@ -22,19 +22,7 @@ pub fn err_code<T: std::fmt::Debug, E: ProvideErrorMetadata + std::fmt::Debug>(r
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so content mismatches are caught.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+pub use aether_tests::pattern;
 
 pub async fn body_bytes(out: aws_sdk_s3::operation::get_object::GetObjectOutput) -> Vec<u8> {
     out.body.collect().await.expect("reading body").into_bytes().to_vec()

@@ -493,3 +493,152 @@ async fn list_multipart_uploads_prefix_paging_and_lifecycle() -> anyhow::Result<
     assert_eq!(err_code(r), "NotImplemented");
     Ok(())
 }
+
+fn b64(raw: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+fn crc_b64(alg: crc_fast::CrcAlgorithm, data: &[u8]) -> String {
+    let v = crc_fast::checksum(alg, data);
+    if matches!(alg, crc_fast::CrcAlgorithm::Crc64Nvme) {
+        b64(&v.to_be_bytes())
+    } else {
+        b64(&(v as u32).to_be_bytes())
+    }
+}
+
+/// Multipart checksums: COMPOSITE (a CRC32 of the parts' CRC32s, `-N`) and FULL_OBJECT
+/// (the CRC64NVME of the whole body, combined from the parts'), declared at creation,
+/// computed per part, listed by ListParts, checked on completion, returned in checksum mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multipart_checksums_composite_and_full_object() -> anyhow::Result<()> {
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumMode, ChecksumType};
+    use crc_fast::CrcAlgorithm as C;
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("mpsum").send().await?;
+    let (p1, p2) = (pattern(5 << 20, 1), pattern(1000, 2));
+
+    // COMPOSITE CRC32.
+    let up = s3
+        .create_multipart_upload()
+        .bucket("mpsum")
+        .key("comp")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .send()
+        .await?;
+    assert_eq!(up.checksum_algorithm(), Some(&ChecksumAlgorithm::Crc32));
+    assert_eq!(up.checksum_type(), Some(&ChecksumType::Composite));
+    let id = up.upload_id().unwrap_or_default().to_string();
+    let mut done = Vec::new();
+    for (n, body) in [(1, &p1), (2, &p2)] {
+        let r = s3
+            .upload_part()
+            .bucket("mpsum")
+            .key("comp")
+            .upload_id(&id)
+            .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(bs(body))
+            .send()
+            .await?;
+        assert_eq!(r.checksum_crc32(), Some(crc_b64(C::Crc32IsoHdlc, body).as_str()), "part {n}");
+        done.push((n, r.e_tag().unwrap_or_default().to_string(), crc_b64(C::Crc32IsoHdlc, body)));
+    }
+    // A part in another algorithm than the declared one is refused.
+    let r = s3
+        .upload_part()
+        .bucket("mpsum")
+        .key("comp")
+        .upload_id(&id)
+        .part_number(3)
+        .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+        .body(bs(b"x"))
+        .send()
+        .await;
+    assert_eq!(err_code(r), "InvalidRequest");
+    let listed = s3.list_parts().bucket("mpsum").key("comp").upload_id(&id).send().await?;
+    assert_eq!(listed.checksum_algorithm(), Some(&ChecksumAlgorithm::Crc32));
+    let sums: Vec<Option<&str>> = listed.parts().iter().map(|p| p.checksum_crc32()).collect();
+    assert_eq!(sums, vec![Some(done[0].2.as_str()), Some(done[1].2.as_str())]);
+    let parts = |wrong: bool| {
+        let mut b = CompletedMultipartUpload::builder();
+        for (n, etag, sum) in &done {
+            let sum = if wrong && *n == 2 { crc_b64(C::Crc32IsoHdlc, b"other") } else { sum.clone() };
+            b = b.parts(CompletedPart::builder().part_number(*n).e_tag(etag).checksum_crc32(sum).build());
+        }
+        b.build()
+    };
+    let r =
+        s3.complete_multipart_upload().bucket("mpsum").key("comp").upload_id(&id).multipart_upload(parts(true)).send();
+    assert_eq!(err_code(r.await), "InvalidPart");
+    let out = s3
+        .complete_multipart_upload()
+        .bucket("mpsum")
+        .key("comp")
+        .upload_id(&id)
+        .multipart_upload(parts(false))
+        .send()
+        .await?;
+    let raw: Vec<u8> =
+        [&p1, &p2].iter().flat_map(|b| crc_fast::checksum(C::Crc32IsoHdlc, b).to_be_bytes()[4..].to_vec()).collect();
+    let composite = format!("{}-2", crc_b64(C::Crc32IsoHdlc, &raw));
+    assert_eq!(out.checksum_crc32(), Some(composite.as_str()));
+    assert_eq!(out.checksum_type(), Some(&ChecksumType::Composite));
+    let head = s3.head_object().bucket("mpsum").key("comp").checksum_mode(ChecksumMode::Enabled).send().await?;
+    assert_eq!(head.checksum_crc32(), Some(composite.as_str()));
+    assert_eq!(head.checksum_type(), Some(&ChecksumType::Composite));
+
+    // FULL_OBJECT CRC64NVME: the whole body's CRC, which the SDK checks on GET.
+    let up = s3
+        .create_multipart_upload()
+        .bucket("mpsum")
+        .key("full")
+        .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+        .send()
+        .await?;
+    assert_eq!(up.checksum_type(), Some(&ChecksumType::FullObject));
+    let id = up.upload_id().unwrap_or_default().to_string();
+    let mut b = CompletedMultipartUpload::builder();
+    for (n, body) in [(1, &p1), (2, &p2)] {
+        let r = s3
+            .upload_part()
+            .bucket("mpsum")
+            .key("full")
+            .upload_id(&id)
+            .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .body(bs(body))
+            .send()
+            .await?;
+        b = b.parts(CompletedPart::builder().part_number(n).e_tag(r.e_tag().unwrap_or_default()).build());
+    }
+    let out = s3
+        .complete_multipart_upload()
+        .bucket("mpsum")
+        .key("full")
+        .upload_id(&id)
+        .multipart_upload(b.build())
+        .send()
+        .await?;
+    let whole: Vec<u8> = [p1.as_slice(), p2.as_slice()].concat();
+    let full = crc_b64(C::Crc64Nvme, &whole);
+    assert_eq!(out.checksum_crc64_nvme(), Some(full.as_str()));
+    assert_eq!(out.checksum_type(), Some(&ChecksumType::FullObject));
+    let got = s3.get_object().bucket("mpsum").key("full").checksum_mode(ChecksumMode::Enabled).send().await?;
+    assert_eq!(got.checksum_crc64_nvme(), Some(full.as_str()));
+    assert_eq!(body_bytes(got).await, whole);
+
+    // Declarations S3 refuses.
+    let r = s3
+        .create_multipart_upload()
+        .bucket("mpsum")
+        .key("bad")
+        .checksum_algorithm(ChecksumAlgorithm::Sha256)
+        .checksum_type(ChecksumType::FullObject)
+        .send()
+        .await;
+    assert_eq!(err_code(r), "InvalidRequest");
+    Ok(())
+}

@@ -67,6 +67,8 @@ pub struct Completion {
     pub ver: Ver,
     pub last_modified_ms: i64,
     pub etag: String,
+    /// The object's checksums, computed by the gateway from the parts'.
+    pub checksums: std::collections::HashMap<String, String>,
 }
 
 const SELECT_OBJECT: &str =
@@ -302,7 +304,8 @@ impl Index {
     pub async fn get_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(UploadRow, Vec<UploadPart>)> {
         let up = load_upload(&self.read, bucket, key, upload_id).await?;
         let rows = sqlx::query(
-            "SELECT part_number, size, etag, last_modified_ms FROM parts WHERE upload_id = ?1 ORDER BY part_number",
+            "SELECT part_number, size, etag, last_modified_ms, checksum FROM parts WHERE upload_id = ?1 \
+             ORDER BY part_number",
         )
         .bind(upload_id)
         .fetch_all(&self.read)
@@ -317,6 +320,7 @@ impl Index {
                     etag: r.try_get("etag")?,
                     size: size as u64,
                     last_modified_ms: r.try_get("last_modified_ms")?,
+                    checksum: r.try_get("checksum")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -408,6 +412,7 @@ impl Index {
         blob_id: &str,
         size: u64,
         etag: &str,
+        checksum: &str,
     ) -> Result<Option<String>> {
         let span = tracing::debug_span!("index.commit", op = "put_part");
         async {
@@ -421,10 +426,11 @@ impl Index {
                 .map(|r| r.try_get::<String, _>("blob_id"))
                 .transpose()?;
             sqlx::query(
-                "INSERT INTO parts (upload_id, part_number, blob_id, size, etag, last_modified_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                "INSERT INTO parts (upload_id, part_number, blob_id, size, etag, last_modified_ms, checksum) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                  ON CONFLICT (upload_id, part_number) DO UPDATE SET blob_id = excluded.blob_id, \
-                 size = excluded.size, etag = excluded.etag, last_modified_ms = excluded.last_modified_ms",
+                 size = excluded.size, etag = excluded.etag, last_modified_ms = excluded.last_modified_ms, \
+                 checksum = excluded.checksum",
             )
             .bind(upload_id)
             .bind(i64::from(part_number))
@@ -432,6 +438,7 @@ impl Index {
             .bind(size as i64)
             .bind(etag)
             .bind(now_ms())
+            .bind(checksum)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -497,6 +504,7 @@ impl Index {
             meta.tombstone = false;
             meta.last_modified_ms = c.last_modified_ms;
             meta.part_sizes = part_sizes;
+            meta.checksums = c.checksums.clone();
             let new = NewObject { ver: c.ver.clone(), tombstone: false, size, blobs: blobs.clone(), meta };
             let mut applied = apply_in_tx(&mut tx, &c.bucket, &c.key, new).await?;
             delete_upload(&mut tx, &c.upload_id).await?;

@@ -361,7 +361,17 @@ impl BlobSvc {
             let placed = staged.finish(commit.size, &commit.md5_hex).await?;
             let old = store
                 .index
-                .put_part(&h.bucket, &h.key, &h.upload_id, h.part_number, &placed.id, placed.size, &placed.md5_hex)
+                .put_part(
+                    &h.bucket,
+                    &h.key,
+                    &h.upload_id,
+                    h.part_number,
+                    &placed.id,
+                    placed.size,
+                    &placed.md5_hex,
+                    // The gateway sends the upload's declared checksum only.
+                    commit.checksums.values().next().map(String::as_str).unwrap_or(""),
+                )
                 .await?;
             let _ = placed.keep();
             store.dir.unlink(old.into_iter().collect()).await;
@@ -516,6 +526,7 @@ impl BlobService for BlobSvc {
                 ver,
                 last_modified_ms: req.last_modified_ms,
                 etag: req.etag,
+                checksums: req.checksums,
             };
             let applied = store.index.complete_upload(c).await?;
             Ok(store.finish_write(applied).await)

@@ -44,11 +44,9 @@ pub enum S3Error {
     NoSuchTagSet,
     #[error("The CORS configuration does not exist")]
     NoSuchCORSConfiguration,
-    /// A CORS preflight no rule of the bucket allows.
-    #[error(
-        "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, request method / Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec."
-    )]
-    CorsForbidden,
+    /// A CORS preflight refused: the message says why (S3's wording).
+    #[error("CORSResponse: {0}")]
+    CorsForbidden(&'static str),
     #[error("{0}")]
     BadRequest(String),
     #[error("The Content-MD5 you specified did not match what we received.")]
@@ -123,7 +121,7 @@ impl S3Error {
             InvalidTag(_) => "InvalidTag",
             NoSuchTagSet => "NoSuchTagSet",
             NoSuchCORSConfiguration => "NoSuchCORSConfiguration",
-            CorsForbidden => "AccessForbidden",
+            CorsForbidden(_) => "AccessForbidden",
             BadRequest(_) => "BadRequest",
             BadDigest | BadChecksum(_) => "BadDigest",
             InvalidDigest => "InvalidDigest",
@@ -157,7 +155,7 @@ impl S3Error {
             BucketAlreadyExists | BucketAlreadyOwnedByYou | BucketNotEmpty | ConditionalRequestConflict => {
                 StatusCode::CONFLICT
             }
-            SignatureDoesNotMatch | InvalidAccessKeyId | AccessDenied(_) | RequestTimeTooSkewed | CorsForbidden => {
+            SignatureDoesNotMatch | InvalidAccessKeyId | AccessDenied(_) | RequestTimeTooSkewed | CorsForbidden(_) => {
                 StatusCode::FORBIDDEN
             }
             InvalidRange { .. } | InvalidPartNumber => StatusCode::RANGE_NOT_SATISFIABLE,

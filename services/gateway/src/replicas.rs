@@ -477,7 +477,11 @@ impl Store {
         let newest = answers
             .iter()
             .filter_map(|(_, m)| m.as_ref())
-            .max_by(|a, b| version_key(a.version.as_ref()).cmp(&version_key(b.version.as_ref())))
+            // Of one version, the copy with the latest tag change (metadata-only updates keep
+            // the version).
+            .max_by(|a, b| {
+                (version_key(a.version.as_ref()), a.tags_hlc).cmp(&(version_key(b.version.as_ref()), b.tags_hlc))
+            })
             .cloned();
         let Some(newest) = newest else { return Ok(None) };
         self.observe(newest.version.as_ref());

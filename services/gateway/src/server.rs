@@ -124,6 +124,15 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     };
     // A cross-origin request's answer carries the bucket's CORS headers (see below).
     let method = parts.method.clone();
+    // A request with a body answered with an error may not have had its body read (a 404
+    // before the upload, or no `100 Continue` sent): the connection is closed after the
+    // answer, so unread body bytes are never taken for the next request (RFC 9110 10.1.1).
+    let has_body = parts.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
     let cors = match (parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()), &parsed) {
         (Some(origin), Ok(e)) if method != Method::OPTIONS => e.bucket().map(|b| (origin.to_string(), b.to_string())),
         _ => None,
@@ -157,6 +166,9 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         crate::s3::cors::decorate(&state, bucket, origin, &method, &mut resp);
     }
     let status = resp.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     span.record("status", status.as_u16());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-amz-request-id", v);

@@ -168,6 +168,50 @@ pub struct CompleteMultipartUploadResult {
     pub key: String,
     #[serde(rename = "ETag")]
     pub etag: String,
+    #[serde(rename = "ChecksumCRC32", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1", skip_serializing_if = "Option::is_none")]
+    pub checksum_sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
+    pub checksum_sha256: Option<String>,
+    #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<&'static str>,
+}
+
+/// The five checksum fields of a part or object document, in S3's order (`ChecksumCRC32`,
+/// `ChecksumCRC32C`, `ChecksumCRC64NVME`, `ChecksumSHA1`, `ChecksumSHA256`): `value` in
+/// `alg`'s slot.
+pub fn checksum_slots(alg: Option<crate::auth::checksum::ChecksumAlgorithm>, value: &str) -> [Option<String>; 5] {
+    use crate::auth::checksum::ChecksumAlgorithm as A;
+    let mut out: [Option<String>; 5] = Default::default();
+    let i = match alg {
+        Some(A::Crc32) => 0,
+        Some(A::Crc32c) => 1,
+        Some(A::Crc64Nvme) => 2,
+        Some(A::Sha1) => 3,
+        Some(A::Sha256) => 4,
+        None => return out,
+    };
+    out[i] = (!value.is_empty()).then(|| value.to_string());
+    out
+}
+
+impl CompletedPartXml {
+    /// The checksum the client listed for this part in `alg`, if any.
+    pub fn checksum(&self, alg: crate::auth::checksum::ChecksumAlgorithm) -> Option<&str> {
+        use crate::auth::checksum::ChecksumAlgorithm as A;
+        match alg {
+            A::Crc32 => self.checksum_crc32.as_deref(),
+            A::Crc32c => self.checksum_crc32c.as_deref(),
+            A::Crc64Nvme => self.checksum_crc64nvme.as_deref(),
+            A::Sha1 => self.checksum_sha1.as_deref(),
+            A::Sha256 => self.checksum_sha256.as_deref(),
+        }
+    }
 }
 
 /// CopyObject's `CopyObjectResult` and UploadPartCopy's `CopyPartResult` (same fields).
@@ -201,6 +245,10 @@ pub struct ListPartsResult {
     pub is_truncated: bool,
     #[serde(rename = "Part", default)]
     pub parts: Vec<PartXml>,
+    #[serde(rename = "ChecksumAlgorithm", skip_serializing_if = "Option::is_none")]
+    pub checksum_algorithm: Option<&'static str>,
+    #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<&'static str>,
     #[serde(rename = "Initiator")]
     pub initiator: Owner,
     #[serde(rename = "Owner")]
@@ -219,6 +267,16 @@ pub struct PartXml {
     pub etag: String,
     #[serde(rename = "Size")]
     pub size: u64,
+    #[serde(rename = "ChecksumCRC32", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1", skip_serializing_if = "Option::is_none")]
+    pub checksum_sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
+    pub checksum_sha256: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -437,12 +495,22 @@ pub struct CompleteMultipartUpload {
     pub parts: Vec<CompletedPartXml>,
 }
 
-#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Deserialize, PartialEq, Eq, Default, Clone)]
 pub struct CompletedPartXml {
     #[serde(rename = "PartNumber")]
     pub part_number: u32,
     #[serde(rename = "ETag")]
     pub etag: String,
+    #[serde(rename = "ChecksumCRC32", default)]
+    pub checksum_crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C", default)]
+    pub checksum_crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME", default)]
+    pub checksum_crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1", default)]
+    pub checksum_sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256", default)]
+    pub checksum_sha256: Option<String>,
 }
 
 /// The optional CreateBucket request body.
@@ -541,10 +609,19 @@ mod tests {
                 bucket: "b".into(),
                 key: "k".into(),
                 etag: "\"x-2\"".into(),
+                checksum_crc32: Some("AAAAAA==-2".into()),
+                checksum_crc32c: None,
+                checksum_crc64nvme: None,
+                checksum_sha1: None,
+                checksum_sha256: None,
+                checksum_type: Some("COMPOSITE"),
             },
         )
         .unwrap();
-        assert!(s.contains("<Location>/b/k</Location><Bucket>b</Bucket><Key>k</Key><ETag>\"x-2\"</ETag>"), "{s}");
+        assert!(
+            s.contains("<Location>/b/k</Location><Bucket>b</Bucket><Key>k</Key><ETag>\"x-2\"</ETag><ChecksumCRC32>AAAAAA==-2</ChecksumCRC32><ChecksumType>COMPOSITE</ChecksumType>"),
+            "{s}"
+        );
         let body = br#"<?xml version="1.0" encoding="UTF-8"?>
 <CompleteMultipartUpload xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
   <Part><ETag>"aa"</ETag><PartNumber>1</PartNumber><ChecksumCRC32>x</ChecksumCRC32></Part>
@@ -552,7 +629,15 @@ mod tests {
 </CompleteMultipartUpload>"#;
         let c: CompleteMultipartUpload = parse(body).unwrap();
         assert_eq!(c.parts.len(), 2);
-        assert_eq!(c.parts[0], CompletedPartXml { part_number: 1, etag: "\"aa\"".into() });
+        assert_eq!(
+            c.parts[0],
+            CompletedPartXml {
+                part_number: 1,
+                etag: "\"aa\"".into(),
+                checksum_crc32: Some("x".into()),
+                ..Default::default()
+            }
+        );
         assert_eq!(c.parts[1].part_number, 2);
         assert!(matches!(
             parse::<CompleteMultipartUpload>(b"<CompleteMultipartUpload><Part>"),

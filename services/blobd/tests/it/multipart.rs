@@ -90,6 +90,7 @@ async fn multipart_create_parts_complete_abort() {
         version: Some(ver(hlc, "gw")),
         last_modified_ms: 42,
         etag: "abc-3".into(),
+        checksums: Default::default(),
     };
     // A wrong etag names the part.
     let err = c.complete_upload(complete(vec![part(1, &p1), part(2, &p3)], 10)).await.unwrap_err();

@@ -183,6 +183,11 @@ pub fn handle_preflight(state: &AppState, bucket: &str, req: &HeaderMap) -> Resu
     let text = |name: &str| req.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
     let origin = text("origin")
         .ok_or_else(|| S3Error::BadRequest("Insufficient information. Origin request header needed.".into()))?;
+    // As S3: a missing bucket or one without rules is refused before the method is looked at.
+    let entry = existing_bucket(state, bucket).map_err(|_| S3Error::CorsForbidden("Bucket not found"))?.entry;
+    if entry.cors.is_empty() {
+        return Err(S3Error::CorsForbidden("CORS is not enabled for this bucket."));
+    }
     let method = text("access-control-request-method")
         .ok_or_else(|| S3Error::BadRequest("Invalid Access-Control-Request-Method: null".into()))?;
     if !METHODS.contains(&method) {
@@ -191,8 +196,10 @@ pub fn handle_preflight(state: &AppState, bucket: &str, req: &HeaderMap) -> Resu
     let requested: Vec<String> = text("access-control-request-headers")
         .map(|h| h.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect())
         .unwrap_or_default();
-    let entry = existing_bucket(state, bucket)?.entry;
-    let (rule, pattern) = find_rule(&entry.cors, origin, method, &requested).ok_or(S3Error::CorsForbidden)?;
+    let (rule, pattern) = find_rule(&entry.cors, origin, method, &requested).ok_or(S3Error::CorsForbidden(
+        "This CORS request is not allowed. This is usually because the evalution of Origin, request method / \
+         Access-Control-Request-Method or Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.",
+    ))?;
     let mut resp = Response::new(Body::empty());
     let headers = resp.headers_mut();
     allow(headers, rule, pattern, origin);

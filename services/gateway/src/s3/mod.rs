@@ -7,6 +7,7 @@ pub mod bucket;
 pub mod conditional;
 pub mod cors;
 pub mod list;
+pub mod mpu_checksum;
 pub mod multipart;
 pub mod object;
 pub mod tagging;

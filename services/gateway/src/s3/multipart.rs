@@ -14,7 +14,8 @@ use super::object::{
     body_checks, copy_body, copy_source_of, etag_md5, meta_from_headers, open_copy_source, quoted_etag,
 };
 use super::{
-    AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, now_ms, read_small_body, xml_response,
+    AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket, mpu_checksum, now_ms, read_small_body,
+    xml_response,
 };
 use crate::error::S3Error;
 use crate::replicas::{BodyChecks, NewestRead, PutTarget};
@@ -34,7 +35,12 @@ pub async fn handle_create_multipart_upload(
     let target = super::writable_bucket(state, bucket)?;
     let mut meta = meta_from_headers(&ctx.headers, bucket, key)?;
     meta.bucket_rev = target.create_revision;
-    let upload_id = uuid::Uuid::new_v4().simple().to_string();
+    let declared = mpu_checksum::declared_from_headers(&ctx.headers)?;
+    if let Some(d) = declared {
+        meta.checksum_algorithm = d.alg.name().to_ascii_lowercase();
+        meta.checksum_type = d.type_name().to_string();
+    }
+    let upload_id = mpu_checksum::new_upload_id(declared);
     let replicas = state.store.replica_set(bucket, key)?;
     let req = pb::CreateUploadRequest { upload_id: upload_id.clone(), meta: Some(meta) };
     state
@@ -50,7 +56,13 @@ pub async fn handle_create_multipart_upload(
         key: key.to_string(),
         upload_id,
     };
-    xml_response(xml::to_xml("InitiateMultipartUploadResult", &doc)?)
+    let mut resp = xml_response(xml::to_xml("InitiateMultipartUploadResult", &doc)?)?;
+    if let Some(d) = declared {
+        let h = resp.headers_mut();
+        h.insert("x-amz-checksum-algorithm", http::HeaderValue::from_static(d.alg.name()));
+        h.insert("x-amz-checksum-type", http::HeaderValue::from_static(d.type_name()));
+    }
+    Ok(resp)
 }
 
 pub async fn handle_upload_part(
@@ -63,9 +75,17 @@ pub async fn handle_upload_part(
     body: ReqBody,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let checks = body_checks(ctx, &body.payload, MAX_PART_SIZE)?;
-    let echo: Vec<(&'static str, String)> =
+    let mut checks = body_checks(ctx, &body.payload, MAX_PART_SIZE)?;
+    let mut echo: Vec<(&'static str, String)> =
         checks.checksums.iter().map(|(a, v)| (a.header_name(), v.clone())).collect();
+    if let Some(d) = mpu_checksum::declared_of(upload_id) {
+        let trailer = match &body.payload {
+            crate::auth::PayloadCheck::Chunked(mode) => mode.trailer_checksum(),
+            _ => None,
+        };
+        checks.record = Some(mpu_checksum::part_record(d, checks.checksums.iter().map(|(a, _)| *a), trailer)?);
+        echo.clear();
+    }
     let replicas = state.store.replica_set(bucket, key)?;
     let header = pb::PartHeader {
         bucket: bucket.to_string(),
@@ -75,6 +95,7 @@ pub async fn handle_upload_part(
     };
     let outcome = state.store.put_stream(&replicas, PutTarget::Part(header), body_stream(body), checks).await?;
     metrics::counter!("gateway_bytes_in_total").increment(outcome.size);
+    echo.extend(outcome.recorded.iter().map(|(a, v)| (a.header_name(), v.clone())));
     let mut resp =
         Response::builder().status(StatusCode::OK).header(http::header::ETAG, quoted_etag(&hex::encode(outcome.md5)));
     for (name, value) in echo {
@@ -123,6 +144,7 @@ pub async fn handle_upload_part_copy(
         declared_len: Some(len),
         max_len: MAX_PART_SIZE,
         content_md5: range.is_none().then(|| etag_md5(&src.etag)).flatten(),
+        record: mpu_checksum::declared_of(upload_id).map(|d| d.alg),
         ..Default::default()
     };
     let body = copy_body(state, &holders, &src, stream, range).await?;
@@ -197,6 +219,7 @@ pub async fn handle_list_parts(
     let page = &after[..after.len().min(max_parts)];
     let truncated = after.len() > page.len();
     let owner = || xml::Owner::of(&ctx.access_key);
+    let declared = mpu_checksum::declared_of(upload_id);
     let doc = xml::ListPartsResult {
         xmlns: xml::S3_NS,
         bucket: bucket.to_string(),
@@ -208,13 +231,24 @@ pub async fn handle_list_parts(
         is_truncated: truncated,
         parts: page
             .iter()
-            .map(|p| xml::PartXml {
-                part_number: p.part_number,
-                last_modified: super::iso8601_ms(p.last_modified_ms),
-                etag: quoted_etag(&p.etag),
-                size: p.size,
+            .map(|p| {
+                let [checksum_crc32, checksum_crc32c, checksum_crc64nvme, checksum_sha1, checksum_sha256] =
+                    xml::checksum_slots(declared.map(|d| d.alg), &p.checksum);
+                xml::PartXml {
+                    part_number: p.part_number,
+                    last_modified: super::iso8601_ms(p.last_modified_ms),
+                    etag: quoted_etag(&p.etag),
+                    size: p.size,
+                    checksum_crc32,
+                    checksum_crc32c,
+                    checksum_crc64nvme,
+                    checksum_sha1,
+                    checksum_sha256,
+                }
             })
             .collect(),
+        checksum_algorithm: declared.map(|d| d.alg.name()),
+        checksum_type: declared.map(|d| d.type_name()),
         initiator: owner(),
         owner: owner(),
         storage_class: "STANDARD",
@@ -301,6 +335,33 @@ pub async fn handle_list_multipart_uploads(state: &AppState, ctx: &Ctx, bucket: 
     xml_response(xml::to_xml("ListMultipartUploadsResult", &doc)?)
 }
 
+/// The object's checksum for an upload that declared `d`: the listed parts' checksums the
+/// client gave must be the stored ones (`InvalidPart`), and a whole-object checksum header
+/// on the request must match a FULL_OBJECT result (`BadDigest`).
+fn complete_checksum(
+    ctx: &Ctx,
+    d: mpu_checksum::Declared,
+    listed: &[xml::CompletedPartXml],
+    stored: &HashMap<u32, (String, u64, String)>,
+) -> Result<String, S3Error> {
+    let mut parts = Vec::with_capacity(listed.len());
+    for p in listed {
+        let (_, size, checksum) = stored.get(&p.part_number).ok_or(S3Error::InvalidPart)?;
+        if checksum.is_empty() || p.checksum(d.alg).is_some_and(|given| given != checksum) {
+            return Err(S3Error::InvalidPart);
+        }
+        parts.push((checksum.as_str(), *size));
+    }
+    let value = mpu_checksum::object_checksum(d, &parts)?;
+    if let Some(given) = super::header_str(&ctx.headers, d.alg.header_name())
+        && d.full_object
+        && given != value
+    {
+        return Err(S3Error::BadChecksum(d.alg.name()));
+    }
+    Ok(value)
+}
+
 /// An ETag as clients send it back: quotes optional.
 fn bare_etag(etag: &str) -> &str {
     etag.trim().trim_matches('"')
@@ -347,18 +408,24 @@ pub async fn handle_complete_multipart_upload(
     let replicas = state.store.replica_set(bucket, key)?;
     // A part counts if any replica holds it.
     let uploads = upload_on_replicas(state, &replicas, bucket, key, upload_id).await?;
-    let mut stored: HashMap<u32, (String, u64)> = HashMap::new();
+    let mut stored: HashMap<u32, (String, u64, String)> = HashMap::new();
     let wanted: HashMap<u32, &str> = doc.parts.iter().map(|p| (p.part_number, bare_etag(&p.etag))).collect();
     for upload in &uploads {
         for p in &upload.parts {
             // Prefer the copy whose ETag matches the request.
             let matches = wanted.get(&p.part_number).is_some_and(|w| *w == bare_etag(&p.etag));
             if matches || !stored.contains_key(&p.part_number) {
-                stored.insert(p.part_number, (p.etag.clone(), p.size));
+                stored.insert(p.part_number, (p.etag.clone(), p.size, p.checksum.clone()));
             }
         }
     }
-    let etag = check_parts(&doc.parts, &stored)?;
+    let sizes: HashMap<u32, (String, u64)> = stored.iter().map(|(n, (e, s, _))| (*n, (e.clone(), *s))).collect();
+    let etag = check_parts(&doc.parts, &sizes)?;
+    let declared = mpu_checksum::declared_of(upload_id);
+    let object_checksum = match declared {
+        Some(d) => Some(complete_checksum(ctx, d, &doc.parts, &stored)?),
+        None => None,
+    };
     let lock = match super::conditional::write_condition(&ctx.headers)? {
         Some(cond) => Some(super::conditional::lock_and_check(state, bucket, key, &cond).await?),
         None => None,
@@ -375,6 +442,10 @@ pub async fn handle_complete_multipart_upload(
         version: Some(state.store.new_version()),
         last_modified_ms: now_ms(),
         etag: etag.clone(),
+        checksums: match (declared, &object_checksum) {
+            (Some(d), Some(v)) => [(d.alg.name().to_ascii_lowercase(), v.clone())].into(),
+            _ => Default::default(),
+        },
     };
     state
         .store
@@ -386,12 +457,20 @@ pub async fn handle_complete_multipart_upload(
     if let Some(l) = lock {
         l.release().await;
     }
+    let [checksum_crc32, checksum_crc32c, checksum_crc64nvme, checksum_sha1, checksum_sha256] =
+        xml::checksum_slots(declared.map(|d| d.alg), object_checksum.as_deref().unwrap_or(""));
     let doc = xml::CompleteMultipartUploadResult {
         xmlns: xml::S3_NS,
         location: format!("/{bucket}/{key}"),
         bucket: bucket.to_string(),
         key: key.to_string(),
         etag: quoted_etag(&etag),
+        checksum_crc32,
+        checksum_crc32c,
+        checksum_crc64nvme,
+        checksum_sha1,
+        checksum_sha256,
+        checksum_type: declared.map(|d| d.type_name()),
     };
     let mut resp = xml_response(xml::to_xml("CompleteMultipartUploadResult", &doc)?)?;
     if let Ok(v) = http::HeaderValue::from_str(&quoted_etag(&etag)) {
@@ -436,7 +515,7 @@ mod tests {
     use super::*;
 
     fn part(n: u32, etag: &str) -> xml::CompletedPartXml {
-        xml::CompletedPartXml { part_number: n, etag: etag.to_string() }
+        xml::CompletedPartXml { part_number: n, etag: etag.to_string(), ..Default::default() }
     }
 
     #[test]

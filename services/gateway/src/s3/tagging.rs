@@ -31,9 +31,22 @@ pub fn tags_from_header(headers: &HeaderMap) -> Result<HashMap<String, String>, 
             .map_err(|_| S3Error::InvalidArgument("The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates.".into()))
     };
     let mut tags = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        tags.push(xml::TagXml { key: decode(k)?, value: decode(v)? });
+        let key = decode(k)?;
+        if !seen.insert(key.clone()) {
+            return Err(S3Error::InvalidArgument("The header 'x-amz-tagging' shall be encoded as UTF-8 then URLEncoded URL query parameters without tag name duplicates.".into()));
+        }
+        tags.push(xml::TagXml { key, value: decode(v)? });
+    }
+    object_tags(tags)
+}
+
+/// An object's tag set by S3's rules (more than 10 is `BadRequest` for objects).
+fn object_tags(tags: Vec<xml::TagXml>) -> Result<HashMap<String, String>, S3Error> {
+    if tags.len() > MAX_OBJECT_TAGS {
+        return Err(S3Error::BadRequest(format!("Object tags cannot be greater than {MAX_OBJECT_TAGS}")));
     }
     Ok(validate_tags(tags, MAX_OBJECT_TAGS)?.into_iter().collect())
 }
@@ -68,7 +81,7 @@ pub async fn handle_put_object_tagging(
     existing_bucket(state, bucket)?;
     let body = super::read_checked_body(ctx, body, 64 << 10).await?;
     let doc: xml::Tagging = xml::parse(&body)?;
-    let tags = validate_tags(doc.tag_set.tags, MAX_OBJECT_TAGS)?.into_iter().collect();
+    let tags = object_tags(doc.tag_set.tags)?;
     set_tags(state, bucket, key, tags).await?;
     empty_response(StatusCode::OK)
 }
@@ -119,10 +132,10 @@ mod tests {
         assert_eq!(tags["empty"], "");
         assert_eq!(tags["a b"], "c+d");
         h.insert("x-amz-tagging", HeaderValue::from_static("k=1&k=2"));
-        assert!(matches!(tags_from_header(&h), Err(S3Error::InvalidTag(_))));
+        assert!(matches!(tags_from_header(&h), Err(S3Error::InvalidArgument(_))));
         let eleven: Vec<String> = (0..11).map(|i| format!("k{i}=v")).collect();
         h.insert("x-amz-tagging", HeaderValue::from_str(&eleven.join("&")).unwrap());
-        assert!(matches!(tags_from_header(&h), Err(S3Error::InvalidTag(_))));
+        assert!(matches!(tags_from_header(&h), Err(S3Error::BadRequest(_))));
         h.insert("x-amz-tagging", HeaderValue::from_static("aws%3Aname=x"));
         assert!(matches!(tags_from_header(&h), Err(S3Error::InvalidTag(_))));
     }
