@@ -417,12 +417,18 @@ pub struct ListMultipartUploadsResult {
     pub next_upload_id_marker: Option<String>,
     #[serde(rename = "Prefix")]
     pub prefix: String,
+    #[serde(rename = "Delimiter", skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
     #[serde(rename = "MaxUploads")]
     pub max_uploads: usize,
     #[serde(rename = "IsTruncated")]
     pub is_truncated: bool,
     #[serde(rename = "Upload", default)]
     pub uploads: Vec<UploadXml>,
+    #[serde(rename = "CommonPrefixes", default)]
+    pub common_prefixes: Vec<CommonPrefixXml>,
+    #[serde(rename = "EncodingType", skip_serializing_if = "Option::is_none")]
+    pub encoding_type: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]

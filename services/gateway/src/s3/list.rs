@@ -248,7 +248,7 @@ where
 /// the unreserved characters.
 const URL_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
 
-fn enc(s: &str, url: bool) -> String {
+pub fn enc(s: &str, url: bool) -> String {
     if url { utf8_percent_encode(s, URL_ENCODE).to_string() } else { s.to_string() }
 }
 

@@ -10,6 +10,7 @@ use axum::response::Response;
 use http::StatusCode;
 use md5::Digest as _;
 
+use super::list::enc;
 use super::object::{
     body_checks, copy_body, copy_source_of, etag_md5, meta_from_headers, open_copy_source, quoted_etag,
 };
@@ -259,81 +260,139 @@ pub async fn handle_list_parts(
 /// ListMultipartUploads: the uploads in progress in a bucket, asked of every live storage
 /// node (an upload lives on its key's replicas), merged and de-duplicated, in (key, upload
 /// id) order, paged by key-marker / upload-id-marker / max-uploads. Within one key S3 orders
-/// by initiation time; here by upload id. A delimiter is not implemented yet.
+/// by initiation time; here by upload id. With a delimiter, keys that have it after the
+/// prefix roll up into CommonPrefixes (a page may end on one: it is the next key-marker,
+/// and a key-marker that is a common prefix skips its keys). `encoding-type=url` encodes
+/// keys, prefixes and markers.
 pub async fn handle_list_multipart_uploads(state: &AppState, ctx: &Ctx, bucket: &str) -> Result<Response, S3Error> {
     let b = existing_bucket(state, bucket)?;
-    if ctx.query.get("delimiter").is_some_and(|d| !d.is_empty()) {
-        return Err(S3Error::NotImplemented("ListMultipartUploads with a delimiter".into()));
-    }
-    if ctx.query.get("encoding-type").is_some_and(|e| !e.is_empty()) {
-        return Err(S3Error::NotImplemented("ListMultipartUploads with encoding-type".into()));
-    }
+    let url = match ctx.query.get("encoding-type") {
+        None | Some("") => false,
+        Some("url") => true,
+        Some(_) => return Err(S3Error::InvalidArgument("Invalid Encoding Method specified in Request".into())),
+    };
+    let delimiter = ctx.query.get("delimiter").unwrap_or("").to_string();
     let prefix = ctx.query.get("prefix").unwrap_or("").to_string();
     let key_marker = ctx.query.get("key-marker").unwrap_or("").to_string();
     // S3 ignores upload-id-marker without key-marker.
     let upload_id_marker =
         if key_marker.is_empty() { String::new() } else { ctx.query.get("upload-id-marker").unwrap_or("").to_string() };
     let max_uploads = super::query_number::<usize>(ctx, "max-uploads")?.unwrap_or(1000).min(1000);
+    // The common prefix a key rolls up into, if any.
+    let rolled = |key: &str| -> Option<String> {
+        if delimiter.is_empty() {
+            return None;
+        }
+        let rest = key.strip_prefix(prefix.as_str())?;
+        rest.find(delimiter.as_str()).map(|i| format!("{prefix}{}", &rest[..i + delimiter.len()]))
+    };
+    let skip_under = rolled(&key_marker).filter(|cp| *cp == key_marker);
     let snap = state.store.catalog.snapshot();
     let nodes: Vec<_> = state.store.live_nodes(&snap).into_iter().filter(|n| n.alive).collect();
-    let req = pb::ListUploadsRequest {
-        bucket: bucket.to_string(),
-        prefix: prefix.clone(),
-        key_marker: key_marker.clone(),
-        upload_id_marker: upload_id_marker.clone(),
-        limit: max_uploads as u32 + 1,
-    };
-    let (answers, errs) = state
-        .store
-        .unary_quorum(&nodes, nodes.len(), |mut c| {
-            let req = req.clone();
-            async move { c.list_uploads(req).await.map(|r| r.into_inner()) }
-        })
-        .await;
-    if answers.is_empty() && !nodes.is_empty() {
-        for e in &errs {
-            tracing::warn!(code = ?e.code(), message = e.message(), "list uploads failed");
+
+    enum Item {
+        Upload(String, String, i64),
+        Prefix(String),
+    }
+    let mut items: Vec<Item> = Vec::new();
+    let (mut cursor_key, mut cursor_id) = (key_marker.clone(), upload_id_marker.clone());
+    // Pages of raw uploads until the page (plus one, to know it is truncated) is full or
+    // every node is exhausted; bounded.
+    'pages: for _ in 0..MAX_UPLOAD_PAGES {
+        let limit = (max_uploads + 1).max(100);
+        let req = pb::ListUploadsRequest {
+            bucket: bucket.to_string(),
+            prefix: prefix.clone(),
+            key_marker: cursor_key.clone(),
+            upload_id_marker: cursor_id.clone(),
+            limit: limit as u32,
+        };
+        let (answers, errs) = state
+            .store
+            .unary_quorum(&nodes, nodes.len(), |mut c| {
+                let req = req.clone();
+                async move { c.list_uploads(req).await.map(|r| r.into_inner()) }
+            })
+            .await;
+        if answers.is_empty() && !nodes.is_empty() {
+            for e in &errs {
+                tracing::warn!(code = ?e.code(), message = e.message(), "list uploads failed");
+            }
+            return Err(S3Error::ServiceUnavailable);
         }
-        return Err(S3Error::ServiceUnavailable);
+        // Each node answered its first `limit` after the cursor, so the merged first
+        // `limit` are the cluster's.
+        let mut merged: std::collections::BTreeMap<(String, String), i64> = std::collections::BTreeMap::new();
+        for u in answers.into_iter().flat_map(|a| a.uploads) {
+            let t = merged.entry((u.key, u.upload_id)).or_insert(u.initiated_ms);
+            *t = (*t).min(u.initiated_ms);
+        }
+        let exhausted = merged.len() < limit;
+        for ((key, upload_id), initiated) in merged.into_iter().take(limit) {
+            (cursor_key, cursor_id) = (key.clone(), upload_id.clone());
+            if skip_under.as_ref().is_some_and(|cp| key.starts_with(cp.as_str())) {
+                continue;
+            }
+            match rolled(&key) {
+                Some(cp) => {
+                    if !matches!(items.last(), Some(Item::Prefix(p)) if *p == cp) {
+                        items.push(Item::Prefix(cp));
+                    }
+                }
+                None => items.push(Item::Upload(key, upload_id, initiated)),
+            }
+            if items.len() > max_uploads {
+                break 'pages;
+            }
+        }
+        if exhausted {
+            break;
+        }
     }
-    // Each node answered its first `max_uploads + 1` after the marker, so the merged first
-    // `max_uploads + 1` are the cluster's.
-    let mut merged: std::collections::BTreeMap<(String, String), i64> = std::collections::BTreeMap::new();
-    for u in answers.into_iter().flat_map(|a| a.uploads) {
-        let t = merged.entry((u.key, u.upload_id)).or_insert(u.initiated_ms);
-        *t = (*t).min(u.initiated_ms);
-    }
-    let truncated = merged.len() > max_uploads;
-    let page: Vec<_> = merged.into_iter().take(max_uploads).collect();
-    let owner = || xml::Owner::of(&b.entry.owner);
-    let (next_key_marker, next_upload_id_marker) = match page.last() {
-        Some(((k, id), _)) if truncated => (Some(k.clone()), Some(id.clone())),
+    let truncated = items.len() > max_uploads;
+    items.truncate(max_uploads);
+    let (next_key_marker, next_upload_id_marker) = match items.last() {
+        Some(Item::Upload(k, id, _)) if truncated => (Some(enc(k, url)), Some(id.clone())),
+        Some(Item::Prefix(p)) if truncated => (Some(enc(p, url)), None),
         _ => (None, None),
     };
-    let doc = xml::ListMultipartUploadsResult {
-        xmlns: xml::S3_NS,
-        bucket: bucket.to_string(),
-        key_marker,
-        upload_id_marker,
-        next_key_marker,
-        next_upload_id_marker,
-        prefix,
-        max_uploads,
-        is_truncated: truncated,
-        uploads: page
-            .into_iter()
-            .map(|((key, upload_id), initiated)| xml::UploadXml {
-                key,
+    let owner = || xml::Owner::of(&b.entry.owner);
+    let mut uploads = Vec::new();
+    let mut common_prefixes = Vec::new();
+    for item in items {
+        match item {
+            Item::Upload(key, upload_id, initiated) => uploads.push(xml::UploadXml {
+                key: enc(&key, url),
                 upload_id,
                 initiator: owner(),
                 owner: owner(),
                 storage_class: "STANDARD",
                 initiated: super::iso8601_ms(initiated),
-            })
-            .collect(),
+            }),
+            Item::Prefix(p) => common_prefixes.push(xml::CommonPrefixXml { prefix: enc(&p, url) }),
+        }
+    }
+    let doc = xml::ListMultipartUploadsResult {
+        xmlns: xml::S3_NS,
+        bucket: bucket.to_string(),
+        key_marker: enc(&key_marker, url),
+        upload_id_marker,
+        next_key_marker,
+        next_upload_id_marker,
+        prefix: enc(&prefix, url),
+        delimiter: (!delimiter.is_empty()).then(|| enc(&delimiter, url)),
+        max_uploads,
+        is_truncated: truncated,
+        uploads,
+        common_prefixes,
+        encoding_type: url.then_some("url"),
     };
     xml_response(xml::to_xml("ListMultipartUploadsResult", &doc)?)
 }
+
+/// Raw pages ListMultipartUploads reads at most for one answer (many uploads rolled up
+/// under few common prefixes cost pages).
+const MAX_UPLOAD_PAGES: usize = 100;
 
 /// The object's checksum for an upload that declared `d`: the listed parts' checksums the
 /// client gave must be the stored ones (`InvalidPart`), and a whole-object checksum header
