@@ -9,6 +9,7 @@ mod cors;
 mod listing;
 mod multipart;
 mod objects;
+mod post_object;
 mod trace;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;

@@ -108,6 +108,10 @@ pub enum Endpoint {
     CorsPreflight {
         bucket: String,
     },
+    /// A browser upload (`POST` of a form with a signed policy).
+    PostObject {
+        bucket: String,
+    },
     GetBucketTagging {
         bucket: String,
     },
@@ -214,6 +218,7 @@ impl Endpoint {
             Endpoint::PutBucketCors { .. } => "PutBucketCors",
             Endpoint::DeleteBucketCors { .. } => "DeleteBucketCors",
             Endpoint::CorsPreflight { .. } => "PreflightRequest",
+            Endpoint::PostObject { .. } => "PostObject",
             Endpoint::GetBucketTagging { .. } => "GetBucketTagging",
             Endpoint::PutBucketTagging { .. } => "PutBucketTagging",
             Endpoint::DeleteBucketTagging { .. } => "DeleteBucketTagging",
@@ -255,6 +260,7 @@ impl Endpoint {
             | Endpoint::PutBucketCors { bucket }
             | Endpoint::DeleteBucketCors { bucket }
             | Endpoint::CorsPreflight { bucket }
+            | Endpoint::PostObject { bucket }
             | Endpoint::GetBucketTagging { bucket }
             | Endpoint::PutBucketTagging { bucket }
             | Endpoint::DeleteBucketTagging { bucket }
@@ -430,7 +436,7 @@ fn bucket_endpoint(method: &Method, query: &Query, bucket: String) -> Result<End
         Method::PUT => Ok(Endpoint::CreateBucket { bucket }),
         Method::DELETE => Ok(Endpoint::DeleteBucket { bucket }),
         Method::POST if query.has("delete") => Ok(Endpoint::DeleteObjects { bucket }),
-        Method::POST => ni("PostObject", bucket),
+        Method::POST => Ok(Endpoint::PostObject { bucket }),
         _ => Err(S3Error::MethodNotAllowed),
     }
 }

@@ -143,6 +143,10 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
             // Browsers send preflights without credentials.
             return crate::s3::cors::handle_preflight(&state, bucket, &parts.headers);
         }
+        if let Endpoint::PostObject { bucket } = &endpoint {
+            // Authenticated by the signed policy inside the form.
+            return crate::s3::post_object::handle_post_object(&state, bucket, &parts.headers, body).await;
+        }
         let auth = authenticate(&state, &parts)?;
         let ctx = Ctx {
             request_id: request_id.clone(),
@@ -186,14 +190,7 @@ fn authenticate(state: &AppState, parts: &http::request::Parts) -> Result<AuthCo
         let payload = auth::sigv4::payload_check_without_auth(&parts.headers)?;
         return Ok(AuthContext { access_key: state.cfg.access_key.clone(), payload });
     }
-    let snap = state.store.catalog.snapshot();
-    let lookup = |access_key: &str| -> Option<SecretKey> {
-        if access_key == state.cfg.access_key {
-            Some(SecretKey::new(state.cfg.secret_key.clone()))
-        } else {
-            snap.keys.get(access_key).map(|k| SecretKey::new(k.secret.clone()))
-        }
-    };
+    let lookup = |access_key: &str| -> Option<SecretKey> { crate::s3::secret_for(state, access_key) };
     auth::authenticate(
         &parts.method,
         &parts.uri,

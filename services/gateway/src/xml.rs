@@ -214,6 +214,19 @@ impl CompletedPartXml {
     }
 }
 
+/// The answer to a browser POST upload with `success_action_status=201`.
+#[derive(Debug, Serialize)]
+pub struct PostResponse {
+    #[serde(rename = "Location")]
+    pub location: String,
+    #[serde(rename = "Bucket")]
+    pub bucket: String,
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "ETag")]
+    pub etag: String,
+}
+
 /// CopyObject's `CopyObjectResult` and UploadPartCopy's `CopyPartResult` (same fields).
 #[derive(Debug, Serialize)]
 pub struct CopyResult {

@@ -10,6 +10,7 @@ pub mod list;
 pub mod mpu_checksum;
 pub mod multipart;
 pub mod object;
+pub mod post_object;
 pub mod tagging;
 
 use axum::body::Body;
@@ -65,6 +66,9 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
         Endpoint::PutBucketCors { bucket } => cors::handle_put_bucket_cors(state, ctx, &bucket, body).await,
         Endpoint::DeleteBucketCors { bucket } => cors::handle_delete_bucket_cors(state, &bucket).await,
         Endpoint::CorsPreflight { bucket } => cors::handle_preflight(state, &bucket, &ctx.headers),
+        Endpoint::PostObject { bucket } => {
+            post_object::handle_post_object(state, &bucket, &ctx.headers, body.body).await
+        }
         Endpoint::GetBucketTagging { bucket } => bucket::handle_get_bucket_tagging(state, &bucket).await,
         Endpoint::PutBucketTagging { bucket } => bucket::handle_put_bucket_tagging(state, ctx, &bucket, body).await,
         Endpoint::DeleteBucketTagging { bucket } => bucket::handle_delete_bucket_tagging(state, &bucket).await,
@@ -110,6 +114,14 @@ pub async fn dispatch(state: &AppState, ctx: &Ctx, endpoint: Endpoint, body: Req
 /// The bucket from the cached catalog, or `NoSuchBucket`.
 pub fn existing_bucket(state: &AppState, bucket: &str) -> Result<CachedBucket, S3Error> {
     state.store.catalog.snapshot().buckets.get(bucket).cloned().ok_or(S3Error::NoSuchBucket)
+}
+
+/// The secret of an access key: the configured pair, or one from the catalog.
+pub fn secret_for(state: &AppState, access_key: &str) -> Option<crate::auth::SecretKey> {
+    if access_key == state.cfg.access_key {
+        return Some(crate::auth::SecretKey::new(state.cfg.secret_key.clone()));
+    }
+    state.store.catalog.snapshot().keys.get(access_key).map(|k| crate::auth::SecretKey::new(k.secret.clone()))
 }
 
 /// A bucket new objects may be written into: it exists, and no DeleteBucket is deciding
