@@ -521,6 +521,11 @@ async fn list_multipart_uploads_prefix_paging_and_lifecycle() -> anyhow::Result<
         um = r.next_upload_id_marker().map(str::to_string);
     }
     assert_eq!(seen, ["prefix b/", "prefix d/", "upload e", "prefix f g/"]);
+    // A key-marker inside a rolled-up prefix skips the rest of it.
+    let r = s3.list_multipart_uploads().bucket("lmu").delimiter("/").key_marker("d/x/1").send().await?;
+    let keys: Vec<&str> = r.uploads().iter().filter_map(|u| u.key()).collect();
+    let prefixes: Vec<&str> = r.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+    assert_eq!((keys, prefixes), (vec!["e"], vec!["f g/"]));
     let r = s3.list_multipart_uploads().bucket("lmu").prefix("d/").delimiter("/").send().await?;
     let keys: Vec<&str> = r.uploads().iter().filter_map(|u| u.key()).collect();
     let prefixes: Vec<&str> = r.common_prefixes().iter().filter_map(|p| p.prefix()).collect();

@@ -286,7 +286,9 @@ pub async fn handle_list_multipart_uploads(state: &AppState, ctx: &Ctx, bucket: 
         let rest = key.strip_prefix(prefix.as_str())?;
         rest.find(delimiter.as_str()).map(|i| format!("{prefix}{}", &rest[..i + delimiter.len()]))
     };
-    let skip_under = rolled(&key_marker).filter(|cp| *cp == key_marker);
+    // A key-marker that is, or lies under, a common prefix: that prefix was answered
+    // already, so its keys are skipped (as S3 does).
+    let skip_under = rolled(&key_marker);
     let snap = state.store.catalog.snapshot();
     let nodes: Vec<_> = state.store.live_nodes(&snap).into_iter().filter(|n| n.alive).collect();
 
