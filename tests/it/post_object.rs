@@ -85,6 +85,9 @@ async fn browser_post_uploads_with_signed_policies() -> anyhow::Result<()> {
     let r = post(&addr, "forms", &fields, &file).await?;
     assert_eq!(r.status, 201, "{}", r.body_text());
     assert!(r.body_text().contains("<Key>uploads/photo 1.png</Key>"), "{}", r.body_text());
+    let location = format!("http://{addr}/forms/uploads%2Fphoto%201.png");
+    assert!(r.body_text().contains(&format!("<Location>{location}</Location>")), "{}", r.body_text());
+    assert_eq!(r.header("location"), Some(location.as_str()));
     let got = s3.get_object().bucket("forms").key("uploads/photo 1.png").send().await?;
     assert_eq!(got.content_type(), Some("image/png"));
     assert_eq!(got.e_tag(), r.header("etag"));

@@ -332,8 +332,7 @@ pub async fn handle_put_bucket_tagging(
     body: ReqBody,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let body = super::read_checked_body(ctx, body, 64 << 10).await?;
-    let doc: xml::Tagging = xml::parse(&body)?;
+    let doc: xml::Tagging = super::read_checked_document(ctx, body, 64 << 10).await?;
     let tags = validate_tags(doc.tag_set.tags, MAX_BUCKET_TAGS)?;
     update_entry(state, bucket, |e| e.tags = tags.clone()).await?;
     empty_response(StatusCode::NO_CONTENT)

@@ -74,8 +74,7 @@ pub async fn handle_put_bucket_cors(
     body: ReqBody,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let body = super::read_checked_body(ctx, body, 64 << 10).await?;
-    let doc: CorsConfiguration = xml::parse(&body)?;
+    let doc: CorsConfiguration = super::read_checked_document(ctx, body, 64 << 10).await?;
     let rules = validate(doc.rules)?;
     update_entry(state, bucket, |e| e.cors = rules.clone()).await?;
     empty_response(StatusCode::OK)

@@ -175,6 +175,16 @@ pub async fn read_small_body(body: ReqBody, limit: usize) -> Result<Bytes, S3Err
     Ok(buf.freeze())
 }
 
+/// A request document (Tagging, CORSConfiguration, Delete, …) read with
+/// `read_checked_body` and parsed (`MalformedXML` if it is not that document).
+pub async fn read_checked_document<T: serde::de::DeserializeOwned>(
+    ctx: &Ctx,
+    body: ReqBody,
+    limit: usize,
+) -> Result<T, S3Error> {
+    crate::xml::parse(&read_checked_body(ctx, body, limit).await?)
+}
+
 /// Read a small body that S3 requires an integrity check for (DeleteObjects,
 /// PutBucketTagging, …): Content-MD5 or an `x-amz-checksum-*` header or trailer must be
 /// present (`InvalidRequest`), and the headers are verified against the bytes (`BadDigest`)

@@ -640,8 +640,7 @@ pub async fn handle_delete_objects(
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
     // 1000 keys of up to 1024 bytes each, XML-escaped, fit in 8 MiB.
-    let body = super::read_checked_body(ctx, body, 8 << 20).await?;
-    let doc: crate::xml::Delete = crate::xml::parse(&body)?;
+    let doc: crate::xml::Delete = super::read_checked_document(ctx, body, 8 << 20).await?;
     if doc.objects.is_empty() || doc.objects.len() > MAX_DELETE_KEYS || doc.objects.iter().any(|o| o.key.is_empty()) {
         return Err(S3Error::MalformedXML);
     }

@@ -22,6 +22,10 @@ use crate::error::S3Error;
 use crate::replicas::{BodyChecks, PutTarget};
 use crate::xml;
 
+/// URI encoding as AWS does it: everything but the unreserved characters.
+const URI_ENCODE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 /// Bytes of form fields before the file, at most.
 const MAX_FIELDS: usize = 1 << 20;
 
@@ -337,7 +341,7 @@ pub async fn handle_post_object(
     let etag = quoted_etag(&hex::encode(outcome.md5));
 
     if let Some(url) = fields.get("success_action_redirect").filter(|u| u.starts_with("http")) {
-        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, URI_ENCODE).to_string();
         let sep = if url.contains('?') { '&' } else { '?' };
         let location = format!("{url}{sep}bucket={}&key={}&etag={}", enc(bucket), enc(&key), enc(&etag));
         return Response::builder()
@@ -347,16 +351,30 @@ pub async fn handle_post_object(
             .body(Body::empty())
             .map_err(|e| S3Error::InternalError(format!("response: {e}")));
     }
-    let location = format!("/{bucket}/{key}");
+    // An absolute URL, as S3 gives (the key URL-encoded; the scheme a proxy in front says).
+    let location = {
+        let host = super::header_str(headers, "host").unwrap_or("localhost");
+        let scheme = super::header_str(headers, "x-forwarded-proto").unwrap_or("http");
+        let key = percent_encoding::utf8_percent_encode(&key, URI_ENCODE);
+        format!("{scheme}://{host}/{bucket}/{key}")
+    };
     match fields.get("success_action_status").map(String::as_str) {
         Some("201") => {
-            let doc = xml::PostResponse { location, bucket: bucket.to_string(), key: key.clone(), etag: etag.clone() };
+            let doc = xml::PostResponse {
+                location: location.clone(),
+                bucket: bucket.to_string(),
+                key: key.clone(),
+                etag: etag.clone(),
+            };
             let mut resp = Response::new(Body::from(xml::to_xml("PostResponse", &doc)?));
             *resp.status_mut() = StatusCode::CREATED;
             let h = resp.headers_mut();
             h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/xml"));
             if let Ok(v) = HeaderValue::from_str(&etag) {
                 h.insert(http::header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                h.insert(http::header::LOCATION, v);
             }
             Ok(resp)
         }

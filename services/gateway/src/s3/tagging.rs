@@ -79,8 +79,7 @@ pub async fn handle_put_object_tagging(
     body: ReqBody,
 ) -> Result<Response, S3Error> {
     existing_bucket(state, bucket)?;
-    let body = super::read_checked_body(ctx, body, 64 << 10).await?;
-    let doc: xml::Tagging = xml::parse(&body)?;
+    let doc: xml::Tagging = super::read_checked_document(ctx, body, 64 << 10).await?;
     let tags = object_tags(doc.tag_set.tags)?;
     set_tags(state, bucket, key, tags).await?;
     empty_response(StatusCode::OK)
