@@ -162,3 +162,59 @@ async fn truncated_and_mismatched_bodies_store_nothing() -> anyhow::Result<()> {
     assert_eq!(c.staging_leftovers(), 0);
     Ok(())
 }
+
+/// Virtual-hosted-style addressing (`<bucket>.<root domain>` in Host) works next to
+/// path-style, signed by the SDK for that host (presigned, sent to the gateway's socket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn virtual_hosted_style_requests() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions { blobds: 1, gateways: 1, ..ClusterOptions::default() }).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("vhost").send().await?;
+    let addr = c.gateways[0].s3_addr.clone();
+    let port = addr.rsplit(':').next().unwrap_or_default();
+    let root = format!("{}:{port}", aether_tests::ROOT_DOMAIN);
+    let creds = aws_sdk_s3::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "t");
+    let virtual_client = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(aether_tests::REGION))
+            .endpoint_url(format!("http://{root}"))
+            .credentials_provider(creds)
+            .force_path_style(false)
+            .build(),
+    );
+    let split = |uri: &str| -> (String, String) {
+        let rest = uri.split_once("://").map(|(_, r)| r).unwrap_or(uri);
+        let i = rest.find('/').unwrap_or(rest.len());
+        (rest[..i].to_string(), rest[i..].to_string())
+    };
+    let put = virtual_client
+        .put_object()
+        .bucket("vhost")
+        .key("dir/a b.txt")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60))?)
+        .await?;
+    let (host, path) = split(put.uri());
+    assert_eq!(host, format!("vhost.{root}"));
+    assert!(path.starts_with("/dir/a%20b.txt?"), "{path}");
+    let r = http1::request(&addr, "PUT", &path, &[("Host", host.as_str())], b"virtually".to_vec()).await?;
+    assert_eq!(r.status, 200, "{}", r.body_text());
+    let get = virtual_client
+        .get_object()
+        .bucket("vhost")
+        .key("dir/a b.txt")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60))?)
+        .await?;
+    let (host, path) = split(get.uri());
+    let r = http1::request(&addr, "GET", &path, &[("Host", host.as_str())], Vec::new()).await?;
+    assert_eq!((r.status, r.body.as_slice()), (200, b"virtually".as_slice()));
+    // The same object path-style.
+    let got = s3.get_object().bucket("vhost").key("dir/a b.txt").send().await?;
+    assert_eq!(body_bytes(got).await, b"virtually");
+    // A host under the root domain naming no bucket.
+    let (_, path) = split(get.uri());
+    let other = format!("nosuchbucket.{root}");
+    let r = http1::request(&addr, "GET", &path, &[("Host", other.as_str())], Vec::new()).await?;
+    assert_eq!(r.status, 403, "signed for another host: {}", r.body_text());
+    Ok(())
+}

@@ -30,7 +30,11 @@ pub async fn request(
     body: Vec<u8>,
 ) -> anyhow::Result<Response> {
     let has_len = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
-    let mut req = format!("{method} {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!("{method} {path_and_query} HTTP/1.1\r\nConnection: close\r\n");
+    // A Host among `headers` replaces the socket address (virtual-hosted-style requests).
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

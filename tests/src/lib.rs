@@ -25,6 +25,8 @@ use tokio::task::JoinHandle;
 pub const ACCESS_KEY: &str = "AKIATESTCLUSTER00001";
 pub const SECRET_KEY: &str = "test-secret-key-for-the-cluster-harness";
 pub const REGION: &str = "us-east-1";
+/// The gateways' root domain for virtual-hosted-style requests (`<bucket>.<ROOT_DOMAIN>`).
+pub const ROOT_DOMAIN: &str = "s3.aether.test";
 
 /// Wait until `check` returns `Some`, polling every 20 ms, for at most `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
@@ -363,6 +365,7 @@ impl Cluster {
             replication_factor: self.opts.replication_factor,
             write_quorum: self.opts.write_quorum,
             read_quorum: self.opts.read_quorum,
+            root_domain: Some(ROOT_DOMAIN.into()),
             ..GatewayConfig::default()
         };
         let shutdown = Shutdown::new();
