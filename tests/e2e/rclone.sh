@@ -32,9 +32,20 @@ rc() { rclone --retries 1 --low-level-retries 1 --s3-upload-cutoff 10M --s3-chun
 
 echo "--- rclone $(rclone version | head -n 1)"
 mkdir -p "$work/tree/sub/deeper" "$work/back"
-for i in $(seq 1 20); do head -c $((i * 997)) /dev/urandom >"$work/tree/f$i.bin"; done
+# 1,000 small files in a few directories, three large ones (multipart), an empty one.
+python3 - "$work/tree" <<'PY'
+import os, sys
+root = sys.argv[1]
+for i in range(1000):
+    d = os.path.join(root, "small", f"d{i % 10}")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, f"f{i}.bin"), "wb") as f:
+        f.write(os.urandom(1 + (i * 37) % 5000))
+PY
 for i in 1 2 3; do echo "deep $i" >"$work/tree/sub/deeper/d $i.txt"; done
 head -c $((23 * 1024 * 1024 + 11)) /dev/urandom >"$work/tree/sub/big.bin"
+head -c $((12 * 1024 * 1024)) /dev/urandom >"$work/tree/sub/big2.bin"
+head -c $((10 * 1024 * 1024)) /dev/urandom >"$work/tree/big3.bin"
 : >"$work/tree/empty.txt"
 
 echo "--- mkdir, sync up, check (hashes), sync back"
@@ -43,18 +54,23 @@ rc sync "$work/tree" ae:rclone-e2e/tree
 rc check "$work/tree" ae:rclone-e2e/tree
 rc sync ae:rclone-e2e/tree "$work/back"
 diff -r "$work/tree" "$work/back"
-[ "$(rc lsf -R --files-only ae:rclone-e2e/tree | wc -l)" -eq 25 ]
+[ "$(rc lsf -R --files-only ae:rclone-e2e/tree | wc -l)" -eq 1007 ]
 
 echo "--- server-side copy (CopyObject / UploadPartCopy), check"
 rc copy ae:rclone-e2e/tree ae:rclone-e2e/copy
 rc check "$work/tree" ae:rclone-e2e/copy
 
 echo "--- delete locally, sync again: the remote follows"
-rm "$work/tree/f3.bin" "$work/tree/sub/deeper/d 2.txt"
-echo changed >"$work/tree/f4.bin"
+rm "$work/tree/small/d3/f3.bin" "$work/tree/sub/deeper/d 2.txt"
+echo changed >"$work/tree/small/d4/f4.bin"
 rc sync "$work/tree" ae:rclone-e2e/tree
 rc check "$work/tree" ae:rclone-e2e/tree
-[ "$(rc lsf -R --files-only ae:rclone-e2e/tree | wc -l)" -eq 23 ]
+[ "$(rc lsf -R --files-only ae:rclone-e2e/tree | wc -l)" -eq 1005 ]
+
+echo "--- delete by filter (DeleteObjects), lsf"
+rc delete --include "/small/d5/**" ae:rclone-e2e/tree
+[ "$(rc lsf -R --files-only ae:rclone-e2e/tree/small/d5 2>/dev/null | wc -l)" -eq 0 ]
+[ "$(rc lsf -R --files-only ae:rclone-e2e/tree | wc -l)" -eq 905 ]
 
 echo "--- cleanup (lists and aborts unfinished multipart uploads), purge"
 rc cleanup ae:rclone-e2e
