@@ -78,6 +78,11 @@ async fn objects_round_trip_with_metadata_ranges_and_odd_keys() -> anyhow::Resul
     assert_eq!(got.content_length(), Some(100_000));
     assert_eq!(body_bytes(got).await, data);
 
+    // User metadata is limited to 2 KiB (names and values), as S3 limits it.
+    let r = s3.put_object().bucket("objs").key("meta").metadata("big", "x".repeat(2100)).body(bs(b"x")).send().await;
+    assert_eq!(err_code(r), "MetadataTooLarge");
+    s3.put_object().bucket("objs").key("meta").metadata("fits", "x".repeat(2000)).body(bs(b"x")).send().await?;
+
     let head = s3.head_object().bucket("objs").key("dir/file.bin").send().await?;
     assert_eq!(head.content_length(), Some(100_000));
     assert_eq!(head.e_tag(), Some(format!("\"{md5}\"").as_str()));

@@ -78,6 +78,8 @@ pub enum S3Error {
     InvalidRequest(String),
     #[error("Your key is too long")]
     KeyTooLongError,
+    #[error("Your metadata headers exceed the maximum allowed metadata size.")]
+    MetadataTooLarge,
     #[error("You must provide the Content-Length HTTP header.")]
     MissingContentLength,
     #[error("{0}")]
@@ -135,6 +137,7 @@ impl S3Error {
             InvalidArgument(_) => "InvalidArgument",
             InvalidRequest(_) => "InvalidRequest",
             KeyTooLongError => "KeyTooLongError",
+            MetadataTooLarge => "MetadataTooLarge",
             MissingContentLength => "MissingContentLength",
             AuthorizationHeaderMalformed(_) => "AuthorizationHeaderMalformed",
             AuthorizationQueryParametersError(_) => "AuthorizationQueryParametersError",
@@ -180,6 +183,7 @@ impl S3Error {
             | InvalidArgument(_)
             | InvalidRequest(_)
             | KeyTooLongError
+            | MetadataTooLarge
             | InvalidTag(_)
             | BadRequest(_)
             | AuthorizationHeaderMalformed(_)

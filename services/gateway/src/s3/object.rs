@@ -37,7 +37,7 @@ pub fn meta_from_headers(headers: &HeaderMap, bucket: &str, key: &str) -> Result
         }
     }
     if meta_bytes > 2048 {
-        return Err(S3Error::InvalidArgument("Your metadata headers exceed the maximum allowed metadata size".into()));
+        return Err(S3Error::MetadataTooLarge);
     }
     let content_type = header_str(headers, "content-type").filter(|s| !s.is_empty()).unwrap_or("binary/octet-stream");
     Ok(pb::ObjectMeta {
