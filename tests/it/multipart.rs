@@ -213,6 +213,24 @@ async fn upload_part_copy_ranges_whole_objects_and_errors() -> anyhow::Result<()
     assert_eq!(err_code(copy(&id).copy_source("pcsrc/nope").send().await), "NoSuchKey");
     let r = copy(&id).copy_source(source).copy_source_if_match("\"0123\"").send().await;
     assert_eq!(err_code(r), "PreconditionFailed");
+
+    // Copied parts obey the part-size rule too: a 1 KiB copied range as a non-final part.
+    let id = s3.create_multipart_upload().bucket("pcdst").key("small").send().await?.upload_id().unwrap().to_string();
+    let mut etags = Vec::new();
+    for n in 1..=2 {
+        let r = s3
+            .upload_part_copy()
+            .bucket("pcdst")
+            .key("small")
+            .upload_id(&id)
+            .part_number(n)
+            .copy_source(source)
+            .copy_source_range("bytes=0-1023")
+            .send()
+            .await?;
+        etags.push(r.copy_part_result().and_then(|p| p.e_tag()).unwrap().to_string());
+    }
+    assert_eq!(err_code(complete("small", id, etags).await), "EntityTooSmall");
     Ok(())
 }
 

@@ -90,8 +90,9 @@ pub enum S3Error {
     MethodNotAllowed,
     #[error("{0} is not implemented by aether.")]
     NotImplemented(String),
+    /// The condition that failed, as S3 names it in `<Condition>` (`If-Match`, …).
     #[error("At least one of the pre-conditions you specified did not hold")]
-    PreconditionFailed,
+    PreconditionFailed(&'static str),
     #[error("A conflicting conditional operation is currently in progress against this resource. Try again.")]
     ConditionalRequestConflict,
     /// A conditional GET/HEAD whose condition says the client's copy is current (304).
@@ -143,7 +144,7 @@ impl S3Error {
             AuthorizationQueryParametersError(_) => "AuthorizationQueryParametersError",
             MethodNotAllowed => "MethodNotAllowed",
             NotImplemented(_) => "NotImplemented",
-            PreconditionFailed => "PreconditionFailed",
+            PreconditionFailed(_) => "PreconditionFailed",
             ConditionalRequestConflict => "ConditionalRequestConflict",
             NotModified => "NotModified",
             ServiceUnavailable => "ServiceUnavailable",
@@ -165,7 +166,7 @@ impl S3Error {
             MissingContentLength => StatusCode::LENGTH_REQUIRED,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             NotModified => StatusCode::NOT_MODIFIED,
             ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             InternalError(_) => StatusCode::INTERNAL_SERVER_ERROR,

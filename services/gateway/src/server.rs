@@ -242,6 +242,10 @@ pub fn error_response_for(
             S3Error::InvalidRange { size } => Some(*size),
             _ => None,
         },
+        condition: match err {
+            S3Error::PreconditionFailed(c) => Some(*c),
+            _ => None,
+        },
         resource: Some(resource),
         request_id,
     };
@@ -329,5 +333,11 @@ mod tests {
         let s = String::from_utf8(body.to_vec()).unwrap();
         assert!(!s.contains("secret detail"), "{s}");
         assert!(s.contains("<Code>InternalError</Code>"), "{s}");
+
+        let resp = error_response(&S3Error::PreconditionFailed("If-None-Match"), "/b/k", "REQ3");
+        assert_eq!(resp.status(), StatusCode::PRECONDITION_FAILED);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let s = String::from_utf8(body.to_vec()).unwrap();
+        assert!(s.contains("<Condition>If-None-Match</Condition>"), "{s}");
     }
 }

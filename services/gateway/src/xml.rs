@@ -32,6 +32,9 @@ pub struct ErrorDoc<'a> {
     /// InvalidRange: the object's size.
     #[serde(rename = "ActualObjectSize", skip_serializing_if = "Option::is_none")]
     pub actual_object_size: Option<u64>,
+    /// PreconditionFailed: the condition that did not hold.
+    #[serde(rename = "Condition", skip_serializing_if = "Option::is_none")]
+    pub condition: Option<&'a str>,
     #[serde(rename = "Resource", skip_serializing_if = "Option::is_none")]
     pub resource: Option<&'a str>,
     #[serde(rename = "RequestId")]
@@ -566,6 +569,7 @@ mod tests {
             bucket_name: None,
             key: Some("k&x"),
             actual_object_size: None,
+            condition: None,
             resource: Some("/b/k&x"),
             request_id: "r1",
         };

@@ -121,9 +121,9 @@ pub async fn lock_and_check(
         Ok(read) => {
             state.store.observe(read.meta.version.as_ref());
             match cond {
-                WriteCondition::Absent => Err(S3Error::PreconditionFailed),
+                WriteCondition::Absent => Err(S3Error::PreconditionFailed("If-None-Match")),
                 WriteCondition::Matches(etag) if etag == "*" || *etag == read.meta.etag => Ok(held),
-                WriteCondition::Matches(_) => Err(S3Error::PreconditionFailed),
+                WriteCondition::Matches(_) => Err(S3Error::PreconditionFailed("If-Match")),
             }
         }
         Err(S3Error::NoSuchKey) => match cond {

@@ -189,7 +189,12 @@ fn check_copy_conditions(headers: &HeaderMap, meta: &pb::ObjectMeta) -> Result<(
         }
     }
     check_conditions(&plain, meta).map_err(|e| match e {
-        S3Error::NotModified => S3Error::PreconditionFailed,
+        S3Error::NotModified if plain.contains_key("if-none-match") => {
+            S3Error::PreconditionFailed("x-amz-copy-source-If-None-Match")
+        }
+        S3Error::NotModified => S3Error::PreconditionFailed("x-amz-copy-source-If-Modified-Since"),
+        S3Error::PreconditionFailed("If-Match") => S3Error::PreconditionFailed("x-amz-copy-source-If-Match"),
+        S3Error::PreconditionFailed(_) => S3Error::PreconditionFailed("x-amz-copy-source-If-Unmodified-Since"),
         e => e,
     })
 }
@@ -593,11 +598,11 @@ pub fn check_conditions(headers: &HeaderMap, meta: &pb::ObjectMeta) -> Result<()
             .and_then(|v| time::PrimitiveDateTime::parse(v, HTTP_DATE).ok().map(|t| t.assume_utc().unix_timestamp()))
     };
     match header_str(headers, "if-match") {
-        Some(list) if !etag_in(list) => return Err(S3Error::PreconditionFailed),
+        Some(list) if !etag_in(list) => return Err(S3Error::PreconditionFailed("If-Match")),
         Some(_) => {}
         None => {
             if date("if-unmodified-since").is_some_and(|t| modified_s > t) {
-                return Err(S3Error::PreconditionFailed);
+                return Err(S3Error::PreconditionFailed("If-Unmodified-Since"));
             }
         }
     }
@@ -740,7 +745,10 @@ mod tests {
         };
         assert!(check_conditions(&h(&[]), &meta).is_ok());
         assert!(check_conditions(&h(&[("if-match", "\"abc\"")]), &meta).is_ok());
-        assert!(matches!(check_conditions(&h(&[("if-match", "\"x\"")]), &meta), Err(S3Error::PreconditionFailed)));
+        assert!(matches!(
+            check_conditions(&h(&[("if-match", "\"x\"")]), &meta),
+            Err(S3Error::PreconditionFailed("If-Match"))
+        ));
         assert!(matches!(check_conditions(&h(&[("if-none-match", "\"abc\"")]), &meta), Err(S3Error::NotModified)));
         assert!(check_conditions(&h(&[("if-none-match", "\"x\"")]), &meta).is_ok());
         let later = "Tue, 13 Oct 2009 00:00:00 GMT";
@@ -749,7 +757,7 @@ mod tests {
         assert!(check_conditions(&h(&[("if-modified-since", earlier)]), &meta).is_ok());
         assert!(matches!(
             check_conditions(&h(&[("if-unmodified-since", earlier)]), &meta),
-            Err(S3Error::PreconditionFailed)
+            Err(S3Error::PreconditionFailed("If-Unmodified-Since"))
         ));
         // If-Match wins over If-Unmodified-Since.
         assert!(check_conditions(&h(&[("if-match", "abc"), ("if-unmodified-since", earlier)]), &meta).is_ok());
