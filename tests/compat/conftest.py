@@ -60,6 +60,16 @@ def make_client(**overrides):
     return boto3.session.Session().client("s3", **kwargs)
 
 
+def poll(check, timeout_s):
+    """Call `check` until it returns true or `timeout_s` has passed; its last answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok = check()
+        if ok or time.monotonic() > deadline:
+            return ok
+        time.sleep(0.05)
+
+
 def _wait_until_writable(client, deadline_s=30):
     """The server reports ready once its catalog is loaded; poll (bounded) until a bucket
     and an object can be written, so the first test does not race blobd's registration."""
@@ -70,16 +80,19 @@ def _wait_until_writable(client, deadline_s=30):
         lambda: client.delete_object(Bucket=name, Key="probe"),
         lambda: client.delete_bucket(Bucket=name),
     ]
-    deadline = time.monotonic() + deadline_s
+    errors = []
+
+    def attempt(step):
+        try:
+            step()
+            return True
+        except (ClientError, EndpointConnectionError) as e:
+            errors.append(e)
+            return False
+
     for step in steps:
-        while True:
-            try:
-                step()
-                break
-            except (ClientError, EndpointConnectionError) as e:
-                if time.monotonic() > deadline:
-                    pytest.exit(f"aether did not accept writes within {deadline_s}s: {e}", returncode=2)
-                time.sleep(0.2)
+        if not poll(lambda: attempt(step), deadline_s):
+            pytest.exit(f"aether did not accept writes within {deadline_s}s: {errors[-1]}", returncode=2)
 
 
 @pytest.fixture(scope="session")

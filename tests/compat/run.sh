@@ -23,16 +23,9 @@ if ! python3 -c 'import boto3, pytest, awscrt' 2>/dev/null; then
     boto3 pytest awscrt ${pin[@]+"${pin[@]}"}
 fi
 
-work=$(mktemp -d)
-s3_port=$(free_port); admin_port=$(free_port); metad_port=$(free_port)
 export AETHER_ACCESS_KEY=AKIACOMPATTESTKEY001 AETHER_SECRET_KEY=compat-secret-key-with-enough-length
-AETHER_LOG_LEVEL=warn NO_COLOR=1 "$bin" server --data-dir "$work/data" --port "$s3_port" \
-  --admin-port "$admin_port" --bind 127.0.0.1 --metad-listen "127.0.0.1:$metad_port" >"$work/server.log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-server_log() { echo "--- server log (tail)"; tail -n 40 "$work/server.log" | sed 's/\x1b\[[0-9;]*m//g'; }
-wait_http "http://127.0.0.1:$admin_port/ready" 60 || { server_log; exit 1; }
+AETHER_LOG_LEVEL=warn start_server "$bin"
+trap - ERR
 
 export AETHER_COMPAT_ENDPOINT="http://127.0.0.1:$s3_port"
 export AWS_ACCESS_KEY_ID=$AETHER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$AETHER_SECRET_KEY AWS_DEFAULT_REGION=us-east-1

@@ -14,7 +14,6 @@ import io
 import json
 import random
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,7 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum, StreamingChecksumBody
 
-from conftest import empty_and_delete, endpoint, force_trailer, make_client, unique_name
+from conftest import empty_and_delete, endpoint, force_trailer, make_client, poll, unique_name
 
 MiB = 1024 * 1024
 
@@ -1784,12 +1783,14 @@ def cors_headers(hdrs):
 def wait_for_preflight(bucket, want_status, **kw):
     """The server answers preflights from its catalog cache, which follows a watch: poll
     (bounded) until a configuration change shows."""
-    for _ in range(50):
-        answer = preflight(bucket, "k", **kw)
-        if answer[0] == want_status:
-            return answer
-        time.sleep(0.1)
-    return answer
+    last = []
+
+    def check():
+        last[:] = [preflight(bucket, "k", **kw)]
+        return last[0][0] == want_status
+
+    poll(check, 5)
+    return last[0]
 
 
 def test_bucket_cors_configuration(s3, bucket):

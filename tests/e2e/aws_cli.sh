@@ -6,16 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 bin=$(realpath "${1:-target/debug/aether}")
-work=$(mktemp -d)
-s3_port=$(free_port); admin_port=$(free_port); metad_port=$(free_port)
 export AETHER_ACCESS_KEY=AKIAE2ETESTKEY000001 AETHER_SECRET_KEY=e2e-secret-key-with-enough-length
-"$bin" server --data-dir "$work/data" --port "$s3_port" --admin-port "$admin_port" --bind 127.0.0.1 \
-  --metad-listen "127.0.0.1:$metad_port" >"$work/server.log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-trap 'echo "--- server log (tail)"; tail -n 40 "$work/server.log"' ERR
-wait_http "http://127.0.0.1:$admin_port/ready" 60
+start_server "$bin"
 
 export AWS_ACCESS_KEY_ID=$AETHER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$AETHER_SECRET_KEY AWS_DEFAULT_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null

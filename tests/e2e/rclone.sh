@@ -8,16 +8,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 bin=$(realpath "${1:-target/debug/aether}")
 command -v rclone >/dev/null || { echo "rclone is not installed (apt-get install rclone)" >&2; exit 1; }
-work=$(mktemp -d)
-s3_port=$(free_port); admin_port=$(free_port); metad_port=$(free_port)
 export AETHER_ACCESS_KEY=AKIARCLONETESTKEY001 AETHER_SECRET_KEY=rclone-secret-key-with-enough-length
-"$bin" server --data-dir "$work/data" --port "$s3_port" --admin-port "$admin_port" --bind 127.0.0.1 \
-  --metad-listen "127.0.0.1:$metad_port" >"$work/server.log" 2>&1 &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-trap 'echo "--- server log (tail)"; tail -n 40 "$work/server.log"' ERR
-wait_http "http://127.0.0.1:$admin_port/ready" 60
+start_server "$bin"
 
 # The remote `ae`, from the environment only (no config file is read or written).
 unset AWS_CA_BUNDLE AWS_PROFILE

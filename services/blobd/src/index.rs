@@ -248,32 +248,16 @@ impl Index {
                         .await?;
                 }
             }
-            let count = |sql: &'static str| sqlx::query(sql).bind(bucket);
-            let o: i64 = count("SELECT COUNT(*) AS n FROM objects WHERE bucket = ?1 AND tombstone = 0")
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-            let u: i64 =
-                count("SELECT COUNT(*) AS n FROM uploads WHERE bucket = ?1").fetch_one(&mut *tx).await?.try_get("n")?;
+            let counts = bucket_counts(&mut *tx, bucket).await?;
             tx.commit().await?;
-            Ok((o as u64, u as u64))
+            Ok(counts)
         }
         .instrument(span)
         .await
     }
 
     pub async fn stats(&self, bucket: &str) -> Result<(u64, u64)> {
-        let o = sqlx::query("SELECT COUNT(*) AS n FROM objects WHERE bucket = ?1 AND tombstone = 0")
-            .bind(bucket)
-            .fetch_one(&self.read)
-            .await?;
-        let u = sqlx::query("SELECT COUNT(*) AS n FROM uploads WHERE bucket = ?1")
-            .bind(bucket)
-            .fetch_one(&self.read)
-            .await?;
-        let o: i64 = o.try_get("n")?;
-        let u: i64 = u.try_get("n")?;
-        Ok((o as u64, u as u64))
+        bucket_counts(&self.read, bucket).await
     }
 
     // ---- multipart ----
@@ -519,6 +503,22 @@ impl Index {
     }
 }
 
+/// A bucket's live objects and uploads in progress, in one statement.
+async fn bucket_counts<'e, E>(exec: E, bucket: &str) -> Result<(u64, u64)>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM objects WHERE bucket = ?1 AND tombstone = 0) AS o, \
+         (SELECT COUNT(*) FROM uploads WHERE bucket = ?1) AS u",
+    )
+    .bind(bucket)
+    .fetch_one(exec)
+    .await?;
+    let (o, u): (i64, i64) = (row.try_get("o")?, row.try_get("u")?);
+    Ok((o as u64, u as u64))
+}
+
 /// Refuse a new object or upload of bucket incarnation `bucket_rev` when a fence covers
 /// it. Inside the write transaction, so a write and a fenced count are ordered.
 async fn check_fence(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, bucket: &str, bucket_rev: i64) -> Result<()> {
@@ -608,6 +608,6 @@ async fn delete_upload(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, upload_id: 
 }
 
 /// The wall clock in Unix milliseconds (a part's LastModified).
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

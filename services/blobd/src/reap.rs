@@ -35,9 +35,7 @@ pub async fn run(store: Arc<Store>, age: Duration, stop: Shutdown) {
 
 /// One pass over the uploads; how many were aborted.
 async fn sweep(store: &Store, age: Duration) -> Result<usize> {
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
-    let cutoff = now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+    let cutoff = crate::index::now_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
     let mut after = String::new();
     let mut reaped = 0;
     for _ in 0..MAX_PAGES {

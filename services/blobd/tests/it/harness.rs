@@ -93,6 +93,18 @@ pub async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `wait_for` with an async condition and an absolute deadline.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Instant, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn ver(hlc: u64, writer: &str) -> Version {
     Version { hlc, writer: writer.to_string() }
 }

@@ -193,20 +193,22 @@ async fn abandoned_uploads_are_reaped_after_the_age() {
     // The first sweep (a quarter of the age in) takes only the idle one.
     let started = Instant::now();
     let deadline = started + Duration::from_secs(30);
-    while exists(&mut c, "idle", "u-idle").await {
-        assert!(Instant::now() < deadline, "the idle upload was not reaped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the idle upload to be reaped", deadline, || {
+        let mut c = c.clone();
+        async move { !exists(&mut c, "idle", "u-idle").await }
+    })
+    .await;
     if started.elapsed() < Duration::from_secs(8) {
         assert!(exists(&mut c, "busy", "u-busy").await, "a part upload keeps an upload alive");
         assert!(exists(&mut c, "fresh", "u-fresh").await);
         assert_eq!(node.blob_files(), 2);
     }
     // Once they are idle for the age too, they go, with their parts.
-    while exists(&mut c, "busy", "u-busy").await || exists(&mut c, "fresh", "u-fresh").await {
-        assert!(Instant::now() < deadline, "idle uploads were not reaped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the other uploads to be reaped once idle", deadline, || {
+        let mut c = c.clone();
+        async move { !exists(&mut c, "busy", "u-busy").await && !exists(&mut c, "fresh", "u-fresh").await }
+    })
+    .await;
     assert_eq!(node.blob_files(), 0, "reaped parts are unlinked");
     let err = put_part(&mut c, "busy", "u-busy", 2, &body(10, 3)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);

@@ -37,7 +37,7 @@ pub fn validate_bucket_name(name: &str) -> Result<(), S3Error> {
     if valid { Ok(()) } else { Err(S3Error::InvalidBucketName) }
 }
 
-fn metad_error(e: impl std::fmt::Display) -> S3Error {
+pub(super) fn metad_error(e: impl std::fmt::Display) -> S3Error {
     tracing::warn!(error = %e, "metad request failed");
     S3Error::ServiceUnavailable
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use http::HeaderMap;
 
+use super::bucket::metad_error;
 use super::{AppState, header_str, newest_live};
 use crate::error::S3Error;
 
@@ -44,11 +45,6 @@ pub struct KeyLock {
     lease: i64,
     keep_alive: tokio::task::JoinHandle<()>,
     released: bool,
-}
-
-fn metad_error(e: impl std::fmt::Display) -> S3Error {
-    tracing::warn!(error = %e, "metad request failed (key lock)");
-    S3Error::ServiceUnavailable
 }
 
 impl KeyLock {

@@ -403,15 +403,15 @@ fn complete_checksum(
     ctx: &Ctx,
     d: mpu_checksum::Declared,
     listed: &[xml::CompletedPartXml],
-    stored: &HashMap<u32, (String, u64, String)>,
+    stored: &HashMap<u32, pb::UploadPart>,
 ) -> Result<String, S3Error> {
     let mut parts = Vec::with_capacity(listed.len());
     for p in listed {
-        let (_, size, checksum) = stored.get(&p.part_number).ok_or(S3Error::InvalidPart)?;
-        if checksum.is_empty() || p.checksum(d.alg).is_some_and(|given| given != checksum) {
+        let part = stored.get(&p.part_number).ok_or(S3Error::InvalidPart)?;
+        if part.checksum.is_empty() || p.checksum(d.alg).is_some_and(|given| given != part.checksum) {
             return Err(S3Error::InvalidPart);
         }
-        parts.push((checksum.as_str(), *size));
+        parts.push((part.checksum.as_str(), part.size));
     }
     let value = mpu_checksum::object_checksum(d, &parts)?;
     if let Some(given) = super::header_str(&ctx.headers, d.alg.header_name())
@@ -432,7 +432,7 @@ fn bare_etag(etag: &str) -> &str {
 /// (`hex(md5(concat of binary part md5s))-N`).
 pub fn check_parts(
     requested: &[xml::CompletedPartXml],
-    stored: &HashMap<u32, (String, u64)>,
+    stored: &HashMap<u32, pb::UploadPart>,
 ) -> Result<String, S3Error> {
     if requested.is_empty() {
         return Err(S3Error::MalformedXML);
@@ -442,14 +442,14 @@ pub fn check_parts(
     }
     let mut md5 = md5::Md5::new();
     for (i, part) in requested.iter().enumerate() {
-        let Some((etag, size)) = stored.get(&part.part_number) else { return Err(S3Error::InvalidPart) };
-        if bare_etag(etag) != bare_etag(&part.etag) {
+        let Some(stored) = stored.get(&part.part_number) else { return Err(S3Error::InvalidPart) };
+        if bare_etag(&stored.etag) != bare_etag(&part.etag) {
             return Err(S3Error::InvalidPart);
         }
-        if i + 1 < requested.len() && *size < MIN_PART_SIZE {
+        if i + 1 < requested.len() && stored.size < MIN_PART_SIZE {
             return Err(S3Error::EntityTooSmall);
         }
-        let raw = hex::decode(bare_etag(etag)).map_err(|_| S3Error::InvalidPart)?;
+        let raw = hex::decode(bare_etag(&stored.etag)).map_err(|_| S3Error::InvalidPart)?;
         md5.update(&raw);
     }
     Ok(format!("{}-{}", hex::encode(md5.finalize()), requested.len()))
@@ -469,19 +469,18 @@ pub async fn handle_complete_multipart_upload(
     let replicas = state.store.replica_set(bucket, key)?;
     // A part counts if any replica holds it.
     let uploads = upload_on_replicas(state, &replicas, bucket, key, upload_id).await?;
-    let mut stored: HashMap<u32, (String, u64, String)> = HashMap::new();
+    let mut stored: HashMap<u32, pb::UploadPart> = HashMap::new();
     let wanted: HashMap<u32, &str> = doc.parts.iter().map(|p| (p.part_number, bare_etag(&p.etag))).collect();
     for upload in &uploads {
         for p in &upload.parts {
             // Prefer the copy whose ETag matches the request.
             let matches = wanted.get(&p.part_number).is_some_and(|w| *w == bare_etag(&p.etag));
             if matches || !stored.contains_key(&p.part_number) {
-                stored.insert(p.part_number, (p.etag.clone(), p.size, p.checksum.clone()));
+                stored.insert(p.part_number, p.clone());
             }
         }
     }
-    let sizes: HashMap<u32, (String, u64)> = stored.iter().map(|(n, (e, s, _))| (*n, (e.clone(), *s))).collect();
-    let etag = check_parts(&doc.parts, &sizes)?;
+    let etag = check_parts(&doc.parts, &stored)?;
     let declared = mpu_checksum::declared_of(upload_id);
     let object_checksum = match declared {
         Some(d) => Some(complete_checksum(ctx, d, &doc.parts, &stored)?),
@@ -583,9 +582,10 @@ mod tests {
     fn parts_are_checked_and_etag_computed() {
         let a = hex::encode(md5::Md5::digest(b"a"));
         let b = hex::encode(md5::Md5::digest(b"b"));
+        let stored_part = |etag: &str, size: u64| pb::UploadPart { etag: etag.to_string(), size, ..Default::default() };
         let mut stored = HashMap::new();
-        stored.insert(1, (a.clone(), MIN_PART_SIZE));
-        stored.insert(2, (b.clone(), 1));
+        stored.insert(1, stored_part(&a, MIN_PART_SIZE));
+        stored.insert(2, stored_part(&b, 1));
         let etag = check_parts(&[part(1, &format!("\"{a}\"")), part(2, &b)], &stored).unwrap();
         let mut m = md5::Md5::new();
         m.update(hex::decode(&a).unwrap());
@@ -601,7 +601,7 @@ mod tests {
         assert!(matches!(
             check_parts(&[part(2, &b), part(3, &a)], &{
                 let mut s = stored.clone();
-                s.insert(3, (a.clone(), 1));
+                s.insert(3, stored_part(&a, 1));
                 s
             }),
             Err(S3Error::EntityTooSmall)

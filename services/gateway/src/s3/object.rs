@@ -119,7 +119,6 @@ pub async fn handle_put_object(
         _ => None,
     };
     let mut meta = meta_from_headers(&ctx.headers, bucket, key)?;
-    meta.version = Some(state.store.new_version());
     meta.bucket_rev = target.create_revision;
     for (alg, value) in &checks.checksums {
         meta.checksums.insert(alg.name().to_ascii_lowercase(), value.clone());
@@ -127,15 +126,13 @@ pub async fn handle_put_object(
     let mut echo: Vec<(&'static str, String)> =
         checks.checksums.iter().map(|(a, v)| (a.header_name(), v.clone())).collect();
     let replicas = state.store.replica_set(bucket, key)?;
-    // A conditional write checks and writes under the key's lock, with a version newer
-    // than the one it checked.
+    // A conditional write checks and writes under the key's lock; the version is taken
+    // after the check, so it is newer than the one checked.
     let lock = match super::conditional::write_condition(&ctx.headers)? {
         Some(cond) => Some(super::conditional::lock_and_check(state, bucket, key, &cond).await?),
         None => None,
     };
-    if lock.is_some() {
-        meta.version = Some(state.store.new_version());
-    }
+    meta.version = Some(state.store.new_version());
     let stream = body_stream(body);
     let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), stream, checks).await?;
     if let Some(l) = lock {

@@ -103,44 +103,64 @@ fn disposition(headers: &str) -> Option<(String, Option<String>)> {
     Some((param("name")?, param("filename")))
 }
 
-/// The file's bytes: everything up to the closing boundary, checked against the policy's
-/// content-length-range as it streams.
-fn file_stream(mut r: Reader, delimiter: Vec<u8>, min: u64, max: u64) -> BoxStream<'static, Result<Bytes, S3Error>> {
-    let keep = delimiter.len() - 1;
-    futures::stream::unfold((r.buf.split().freeze(), Some(r), 0u64), move |(pending, reader, sent)| {
-        let delimiter = delimiter.clone();
-        async move {
-            let mut reader = reader?;
-            let mut buf = BytesMut::from(&pending[..]);
-            loop {
-                if let Some(i) = find(&buf, &delimiter) {
-                    let out = buf.split_to(i).freeze();
-                    let total = sent + out.len() as u64;
-                    if total < min {
-                        return Some((Err(S3Error::EntityTooSmall), (Bytes::new(), None, total)));
-                    }
-                    if total > max {
-                        return Some((Err(S3Error::EntityTooLarge), (Bytes::new(), None, total)));
-                    }
-                    return Some((Ok(out), (Bytes::new(), None, total)));
-                }
-                if buf.len() > keep + (64 << 10) {
-                    let out = buf.split_to(buf.len() - keep).freeze();
-                    let total = sent + out.len() as u64;
-                    if total > max {
-                        return Some((Err(S3Error::EntityTooLarge), (Bytes::new(), None, total)));
-                    }
-                    return Some((Ok(out), (buf.freeze(), Some(reader), total)));
-                }
-                match reader.body.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => return Some((Err(e), (Bytes::new(), None, sent))),
-                    None => return Some((Err(S3Error::IncompleteBody), (Bytes::new(), None, sent))),
-                }
+/// The file part: its bytes up to the closing boundary, read through the form's reader
+/// (whose buffer holds what arrived past the part's headers), checked against the
+/// policy's content-length-range as they stream.
+struct FilePart {
+    r: Reader,
+    delimiter: Vec<u8>,
+    sent: u64,
+    min: u64,
+    max: u64,
+    done: bool,
+}
+
+impl FilePart {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, S3Error>> {
+        if self.done {
+            return None;
+        }
+        // Bytes that could begin the delimiter stay buffered until more arrive.
+        let keep = self.delimiter.len() - 1;
+        loop {
+            if let Some(i) = find(&self.r.buf, &self.delimiter) {
+                self.done = true;
+                let out = self.r.buf.split_to(i).freeze();
+                return Some(self.count(out, true));
+            }
+            if self.r.buf.len() > keep + (64 << 10) {
+                let out = self.r.buf.split_to(self.r.buf.len() - keep).freeze();
+                return Some(self.count(out, false));
+            }
+            match self.r.fill().await {
+                Ok(true) => {}
+                Ok(false) => return self.fail(S3Error::IncompleteBody),
+                Err(e) => return self.fail(e),
             }
         }
-    })
-    .boxed()
+    }
+
+    fn count(&mut self, out: Bytes, last: bool) -> Result<Bytes, S3Error> {
+        self.sent += out.len() as u64;
+        if self.sent > self.max {
+            self.done = true;
+            return Err(S3Error::EntityTooLarge);
+        }
+        if last && self.sent < self.min {
+            return Err(S3Error::EntityTooSmall);
+        }
+        Ok(out)
+    }
+
+    fn fail(&mut self, e: S3Error) -> Option<Result<Bytes, S3Error>> {
+        self.done = true;
+        Some(Err(e))
+    }
+}
+
+fn file_stream(r: Reader, delimiter: Vec<u8>, min: u64, max: u64) -> BoxStream<'static, Result<Bytes, S3Error>> {
+    let part = FilePart { r, delimiter, sent: 0, min, max, done: false };
+    futures::stream::unfold(part, |mut part| async move { part.next_chunk().await.map(|c| (c, part)) }).boxed()
 }
 
 /// A policy condition's target field value (`$key`, `$Content-Type`, …; names compare
