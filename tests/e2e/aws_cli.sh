@@ -35,8 +35,8 @@ echo "$listing"
 s3 s3 sync --no-progress s3://e2e-bucket/tree "$work/tree-back"
 diff -r "$work/tree" "$work/tree-back"
 top=$(s3 s3 ls s3://e2e-bucket/)
-echo "$top" | grep -q "PRE dir/"
-echo "$top" | grep -q "small.bin"
+grep -q "PRE dir/" <<<"$top"
+grep -q "small.bin" <<<"$top"
 
 echo "--- s3api delete-objects (two keys and one that never existed)"
 s3 s3api delete-objects --bucket e2e-bucket \
@@ -60,9 +60,9 @@ cmp "$work/big.bin" "$work/big-copy.out"
 echo "--- etcdctl sees the catalog"
 catalog=$(etcdctl --endpoints "127.0.0.1:$metad_port" get --prefix /aether/ --keys-only)
 echo "$catalog"
-echo "$catalog" | grep -q "/aether/buckets/e2e-bucket"
-echo "$catalog" | grep -q "/aether/nodes/"
-echo "$catalog" | grep -q "/aether/alive/"
+grep -q "/aether/buckets/e2e-bucket" <<<"$catalog"
+grep -q "/aether/nodes/" <<<"$catalog"
+grep -q "/aether/alive/" <<<"$catalog"
 
 echo "--- wrong credentials are refused"
 if AWS_SECRET_ACCESS_KEY=wrong s3 s3 ls s3://e2e-bucket/ 2>"$work/err.txt"; then echo "wrong secret accepted" >&2; exit 1; fi
@@ -72,7 +72,7 @@ echo "--- rm, rb"
 s3 s3 rm --recursive s3://e2e-bucket/
 [ -z "$(s3 s3 ls --recursive s3://e2e-bucket/)" ]
 s3 s3 rb s3://e2e-bucket
-if etcdctl --endpoints "127.0.0.1:$metad_port" get --prefix /aether/buckets/ --keys-only | grep -q e2e-bucket; then
+if grep -q e2e-bucket <<<"$(etcdctl --endpoints "127.0.0.1:$metad_port" get --prefix /aether/buckets/ --keys-only)"; then
   echo "bucket still in metad after rb" >&2; exit 1
 fi
 echo "aws_cli.sh: all checks passed"

@@ -22,7 +22,7 @@ export RCLONE_CONFIG_AE_FORCE_PATH_STYLE=true
 # Multipart above 10 MiB, in 5 MiB parts.
 rc() { rclone --retries 1 --low-level-retries 1 --s3-upload-cutoff 10M --s3-chunk-size 5M "$@"; }
 
-echo "--- rclone $(rclone version | head -n 1)"
+echo "--- rclone $(rclone version | sed -n 1p)"
 mkdir -p "$work/tree/sub/deeper" "$work/back"
 # 1,000 small files in a few directories, three large ones (multipart), an empty one.
 python3 - "$work/tree" <<'PY'
@@ -67,6 +67,6 @@ rc delete --include "/small/d5/**" ae:rclone-e2e/tree
 echo "--- cleanup (lists and aborts unfinished multipart uploads), purge"
 rc cleanup ae:rclone-e2e
 rc purge ae:rclone-e2e
-if rc lsf ae:rclone-e2e 2>/dev/null | grep -q .; then echo "the bucket still lists objects" >&2; exit 1; fi
-rc lsd ae: | { ! grep -q rclone-e2e; }
+if [ -n "$(rc lsf ae:rclone-e2e 2>/dev/null)" ]; then echo "the bucket still lists objects" >&2; exit 1; fi
+if grep -q rclone-e2e <<<"$(rc lsd ae:)"; then echo "the bucket is still listed" >&2; exit 1; fi
 echo "rclone e2e: ok"
