@@ -154,6 +154,9 @@ async fn truncated_and_mismatched_bodies_store_nothing() -> anyhow::Result<()> {
     let r = http1::request(&addr, "PUT", "/raw/huge", &[("content-length", "5368709121")], Vec::new()).await?;
     assert_eq!(r.status, 400, "{}", r.body_text());
     assert!(r.body_text().contains("EntityTooLarge"), "{}", r.body_text());
+    for field in ["<ProposedSize>5368709121</ProposedSize>", "<MaxSizeAllowed>5368709120</MaxSizeAllowed>"] {
+        assert!(r.body_text().contains(field), "{field}: {}", r.body_text());
+    }
 
     // And a correct request still works, read back through the SDK.
     let s3 = s3_client(&c.endpoint(0), "anything", "anything");

@@ -131,10 +131,15 @@ async fn browser_post_uploads_with_signed_policies() -> anyhow::Result<()> {
         post(&addr, "forms", &signed_fields(SECRET_KEY, conditions.clone(), "2999-01-01T00:00:00Z", &ok_fields), &big)
             .await?;
     expect(&r, 400, "EntityTooLarge");
+    assert!(r.body_text().contains("<MaxSizeAllowed>2000000</MaxSizeAllowed>"), "{}", r.body_text());
+    assert!(r.body_text().contains("<ProposedSize>"), "{}", r.body_text());
     let r =
         post(&addr, "forms", &signed_fields(SECRET_KEY, conditions.clone(), "2999-01-01T00:00:00Z", &ok_fields), b"")
             .await?;
     expect(&r, 400, "EntityTooSmall");
+    for field in ["<ProposedSize>0</ProposedSize>", "<MinSizeAllowed>1</MinSizeAllowed>"] {
+        assert!(r.body_text().contains(field), "{field}: {}", r.body_text());
+    }
     let listed = s3.list_objects_v2().bucket("forms").send().await?;
     let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(keys, ["uploads/photo 1.png"]);

@@ -103,6 +103,8 @@ pub struct ClusterOptions {
     pub replication_factor: usize,
     pub write_quorum: Quorum,
     pub read_quorum: Quorum,
+    /// The gateways' smallest non-final part (S3's 5 MiB by default).
+    pub min_part_size: u64,
 }
 
 impl Default for ClusterOptions {
@@ -116,6 +118,7 @@ impl Default for ClusterOptions {
             replication_factor: 3,
             write_quorum: Quorum::Quorum,
             read_quorum: Quorum::Quorum,
+            min_part_size: GatewayConfig::default().min_part_size,
         }
     }
 }
@@ -366,6 +369,7 @@ impl Cluster {
             write_quorum: self.opts.write_quorum,
             read_quorum: self.opts.read_quorum,
             root_domain: Some(ROOT_DOMAIN.into()),
+            min_part_size: self.opts.min_part_size,
             ..GatewayConfig::default()
         };
         let shutdown = Shutdown::new();

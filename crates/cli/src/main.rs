@@ -90,6 +90,9 @@ struct GatewayFlags {
     /// Root domain for virtual-hosted-style requests (`<bucket>.<root-domain>`).
     #[arg(long, env = "AETHER_ROOT_DOMAIN")]
     root_domain: Option<String>,
+    /// Smallest non-final multipart part in bytes (default S3's 5 MiB).
+    #[arg(long, env = "AETHER_MIN_PART_SIZE")]
+    min_part_size: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +194,9 @@ impl GatewayFlags {
         }
         if let Some(v) = self.root_domain {
             cfg.root_domain = Some(v);
+        }
+        if let Some(v) = self.min_part_size {
+            cfg.min_part_size = v;
         }
     }
 }

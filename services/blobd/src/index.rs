@@ -441,7 +441,7 @@ impl Index {
             let blobs = part_blobs(&mut tx, upload_id).await?;
             delete_upload(&mut tx, upload_id).await?;
             tx.commit().await?;
-            Ok(blobs.into_iter().map(|(_, b, _, _)| b).collect())
+            Ok(blobs.into_iter().map(|p| p.blob).collect())
         }
         .instrument(span)
         .await
@@ -457,23 +457,27 @@ impl Index {
             let stored = part_blobs(&mut tx, &c.upload_id).await?;
             let mut blobs = Vec::with_capacity(c.parts.len());
             let mut part_sizes = Vec::with_capacity(c.parts.len());
+            let mut part_checksums = Vec::with_capacity(c.parts.len());
+            let by_number: std::collections::HashMap<u32, usize> =
+                stored.iter().enumerate().map(|(i, s)| (s.number, i)).collect();
             let mut prev = 0u32;
             for p in &c.parts {
                 if p.part_number <= prev {
                     return Err(BlobdError::InvalidPart(format!("part {} is out of order or repeated", p.part_number)));
                 }
                 prev = p.part_number;
-                let Some((_, blob, size, etag)) = stored.iter().find(|(n, _, _, _)| *n == p.part_number) else {
+                let Some(part) = by_number.get(&p.part_number).map(|&i| &stored[i]) else {
                     return Err(BlobdError::InvalidPart(format!("part {} was not uploaded", p.part_number)));
                 };
-                if !strip_etag(etag).eq_ignore_ascii_case(strip_etag(&p.etag)) {
+                if !strip_etag(&part.etag).eq_ignore_ascii_case(strip_etag(&p.etag)) {
                     return Err(BlobdError::InvalidPart(format!(
-                        "part {} has etag {etag}, not {}",
-                        p.part_number, p.etag
+                        "part {} has etag {}, not {}",
+                        p.part_number, part.etag, p.etag
                     )));
                 }
-                blobs.push(blob.clone());
-                part_sizes.push(*size);
+                blobs.push(part.blob.clone());
+                part_sizes.push(part.size);
+                part_checksums.push(part.checksum.clone());
             }
             if blobs.is_empty() {
                 return Err(BlobdError::InvalidPart("no parts listed".into()));
@@ -488,6 +492,7 @@ impl Index {
             meta.tombstone = false;
             meta.last_modified_ms = c.last_modified_ms;
             meta.part_sizes = part_sizes;
+            meta.part_checksums = if part_checksums.iter().all(String::is_empty) { Vec::new() } else { part_checksums };
             meta.checksums = c.checksums.clone();
             let new = NewObject { ver: c.ver.clone(), tombstone: false, size, blobs: blobs.clone(), meta };
             let mut applied = apply_in_tx(&mut tx, &c.bucket, &c.key, new).await?;
@@ -495,7 +500,10 @@ impl Index {
             tx.commit().await?;
             // Parts uploaded but not listed are garbage either way (apply_in_tx already
             // lists the listed blobs when the write lost).
-            applied.unlink.extend(stored.into_iter().map(|(_, b, _, _)| b).filter(|b| !blobs.contains(b)));
+            let listed: std::collections::HashSet<&String> = blobs.iter().collect();
+            let unlisted: Vec<String> =
+                stored.iter().map(|p| &p.blob).filter(|b| !listed.contains(b)).cloned().collect();
+            applied.unlink.extend(unlisted);
             Ok(applied)
         }
         .instrument(span)
@@ -583,20 +591,34 @@ where
 }
 
 /// (part_number, blob_id, size, etag) of an upload's parts, in part order.
-async fn part_blobs(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    upload_id: &str,
-) -> Result<Vec<(u32, String, u64, String)>> {
-    let rows =
-        sqlx::query("SELECT part_number, blob_id, size, etag FROM parts WHERE upload_id = ?1 ORDER BY part_number")
-            .bind(upload_id)
-            .fetch_all(&mut **tx)
-            .await?;
+/// One stored part of an upload.
+struct StoredPart {
+    number: u32,
+    blob: String,
+    size: u64,
+    etag: String,
+    /// In the upload's declared algorithm (base64); empty when none.
+    checksum: String,
+}
+
+async fn part_blobs(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, upload_id: &str) -> Result<Vec<StoredPart>> {
+    let rows = sqlx::query(
+        "SELECT part_number, blob_id, size, etag, checksum FROM parts WHERE upload_id = ?1 ORDER BY part_number",
+    )
+    .bind(upload_id)
+    .fetch_all(&mut **tx)
+    .await?;
     rows.iter()
         .map(|r| {
             let n: i64 = r.try_get("part_number")?;
             let size: i64 = r.try_get("size")?;
-            Ok((n as u32, r.try_get("blob_id")?, size as u64, r.try_get("etag")?))
+            Ok(StoredPart {
+                number: n as u32,
+                blob: r.try_get("blob_id")?,
+                size: size as u64,
+                etag: r.try_get("etag")?,
+                checksum: r.try_get("checksum")?,
+            })
         })
         .collect()
 }

@@ -234,6 +234,7 @@ impl BlobSvc {
             meta.tombstone = false;
             meta.checksums.extend(commit.checksums);
             meta.part_sizes.clear();
+            meta.part_checksums.clear();
             let (bucket, key) = (meta.bucket.clone(), meta.key.clone());
             let new = NewObject { ver, tombstone: false, size: placed.size, blobs: vec![placed.id.clone()], meta };
             let applied = store.index.apply_object(&bucket, &key, new).await?;

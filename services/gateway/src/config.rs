@@ -30,6 +30,10 @@ pub struct GatewayConfig {
     pub gateway_id: Option<String>,
     /// Largest single PUT.
     pub max_object_size: u64,
+    /// Smallest part (other than the last) CompleteMultipartUpload accepts: S3's 5 MiB by
+    /// default; lower it only for tests or clients that split finer (10,000 parts × 5 MiB
+    /// is the 48.8 GiB S3 caps an upload of such parts at).
+    pub min_part_size: u64,
     /// Time limit of each blobd call that is not a body stream.
     pub request_timeout_secs: u64,
 }
@@ -49,6 +53,7 @@ impl Default for GatewayConfig {
             root_domain: None,
             gateway_id: None,
             max_object_size: 5 << 30,
+            min_part_size: 5 << 20,
             request_timeout_secs: 30,
         }
     }

@@ -60,10 +60,11 @@ pub enum S3Error {
     XAmzContentSHA256Mismatch,
     #[error("You did not provide the number of bytes specified by the Content-Length HTTP header.")]
     IncompleteBody,
+    /// The error document names the proposed and the allowed size, as S3's does.
     #[error("Your proposed upload exceeds the maximum allowed object size.")]
-    EntityTooLarge,
+    EntityTooLarge { proposed: u64, max: u64 },
     #[error("Your proposed upload is smaller than the minimum allowed object size.")]
-    EntityTooSmall,
+    EntityTooSmall { proposed: u64, min: u64 },
     #[error(
         "One or more of the specified parts could not be found. The part might not have been uploaded, or the specified entity tag might not have matched the part's entity tag."
     )]
@@ -130,8 +131,8 @@ impl S3Error {
             InvalidDigest => "InvalidDigest",
             XAmzContentSHA256Mismatch => "XAmzContentSHA256Mismatch",
             IncompleteBody => "IncompleteBody",
-            EntityTooLarge => "EntityTooLarge",
-            EntityTooSmall => "EntityTooSmall",
+            EntityTooLarge { .. } => "EntityTooLarge",
+            EntityTooSmall { .. } => "EntityTooSmall",
             InvalidPart => "InvalidPart",
             InvalidPartOrder => "InvalidPartOrder",
             MalformedXML => "MalformedXML",
@@ -176,8 +177,8 @@ impl S3Error {
             | InvalidDigest
             | XAmzContentSHA256Mismatch
             | IncompleteBody
-            | EntityTooLarge
-            | EntityTooSmall
+            | EntityTooLarge { .. }
+            | EntityTooSmall { .. }
             | InvalidPart
             | InvalidPartOrder
             | MalformedXML

@@ -295,7 +295,10 @@ impl Store {
             let data = item?;
             len += data.len() as u64;
             if len > checks.max_len {
-                return Err(S3Error::EntityTooLarge);
+                return Err(S3Error::EntityTooLarge {
+                    proposed: checks.declared_len.unwrap_or(len),
+                    max: checks.max_len,
+                });
             }
             if checks.declared_len.is_some_and(|d| len > d) {
                 return Err(S3Error::InvalidRequest("The request body is longer than its declared length.".into()));

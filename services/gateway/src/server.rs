@@ -242,6 +242,18 @@ pub fn error_response_for(
             S3Error::InvalidRange { size } => Some(*size),
             _ => None,
         },
+        proposed_size: match err {
+            S3Error::EntityTooLarge { proposed, .. } | S3Error::EntityTooSmall { proposed, .. } => Some(*proposed),
+            _ => None,
+        },
+        min_size_allowed: match err {
+            S3Error::EntityTooSmall { min, .. } => Some(*min),
+            _ => None,
+        },
+        max_size_allowed: match err {
+            S3Error::EntityTooLarge { max, .. } => Some(*max),
+            _ => None,
+        },
         condition: match err {
             S3Error::PreconditionFailed(c) => Some(*c),
             _ => None,

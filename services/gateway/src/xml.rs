@@ -32,6 +32,13 @@ pub struct ErrorDoc<'a> {
     /// InvalidRange: the object's size.
     #[serde(rename = "ActualObjectSize", skip_serializing_if = "Option::is_none")]
     pub actual_object_size: Option<u64>,
+    /// EntityTooLarge / EntityTooSmall: the upload's size and the limit it broke.
+    #[serde(rename = "ProposedSize", skip_serializing_if = "Option::is_none")]
+    pub proposed_size: Option<u64>,
+    #[serde(rename = "MinSizeAllowed", skip_serializing_if = "Option::is_none")]
+    pub min_size_allowed: Option<u64>,
+    #[serde(rename = "MaxSizeAllowed", skip_serializing_if = "Option::is_none")]
+    pub max_size_allowed: Option<u64>,
     /// PreconditionFailed: the condition that did not hold.
     #[serde(rename = "Condition", skip_serializing_if = "Option::is_none")]
     pub condition: Option<&'a str>,
@@ -388,6 +395,17 @@ pub struct ObjectPartsXml {
 
 #[derive(Debug, Serialize)]
 pub struct ObjectPartXml {
+    /// The part's checksum sits in its algorithm's slot (see `checksum_slots`).
+    #[serde(rename = "ChecksumCRC32", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32: Option<String>,
+    #[serde(rename = "ChecksumCRC32C", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc32c: Option<String>,
+    #[serde(rename = "ChecksumCRC64NVME", skip_serializing_if = "Option::is_none")]
+    pub checksum_crc64nvme: Option<String>,
+    #[serde(rename = "ChecksumSHA1", skip_serializing_if = "Option::is_none")]
+    pub checksum_sha1: Option<String>,
+    #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
+    pub checksum_sha256: Option<String>,
     #[serde(rename = "PartNumber")]
     pub part_number: u32,
     #[serde(rename = "Size")]
@@ -569,6 +587,9 @@ mod tests {
             bucket_name: None,
             key: Some("k&x"),
             actual_object_size: None,
+            proposed_size: None,
+            min_size_allowed: None,
+            max_size_allowed: None,
             condition: None,
             resource: Some("/b/k&x"),
             request_id: "r1",

@@ -23,7 +23,6 @@ use crate::replicas::{BodyChecks, NewestRead, PutTarget};
 use crate::xml;
 
 /// Every part but the last must be at least this large.
-pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// The largest part S3 accepts.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 
@@ -429,10 +428,12 @@ fn bare_etag(etag: &str) -> &str {
 }
 
 /// Check the requested parts against the stored ones and compute the multipart ETag
-/// (`hex(md5(concat of binary part md5s))-N`).
+/// (`hex(md5(concat of binary part md5s))-N`). Every part but the last must hold at least
+/// `min_part_size` bytes.
 pub fn check_parts(
     requested: &[xml::CompletedPartXml],
     stored: &HashMap<u32, pb::UploadPart>,
+    min_part_size: u64,
 ) -> Result<String, S3Error> {
     if requested.is_empty() {
         return Err(S3Error::MalformedXML);
@@ -446,8 +447,8 @@ pub fn check_parts(
         if bare_etag(&stored.etag) != bare_etag(&part.etag) {
             return Err(S3Error::InvalidPart);
         }
-        if i + 1 < requested.len() && stored.size < MIN_PART_SIZE {
-            return Err(S3Error::EntityTooSmall);
+        if i + 1 < requested.len() && stored.size < min_part_size {
+            return Err(S3Error::EntityTooSmall { proposed: stored.size, min: min_part_size });
         }
         let raw = hex::decode(bare_etag(&stored.etag)).map_err(|_| S3Error::InvalidPart)?;
         md5.update(&raw);
@@ -480,7 +481,7 @@ pub async fn handle_complete_multipart_upload(
             }
         }
     }
-    let etag = check_parts(&doc.parts, &stored)?;
+    let etag = check_parts(&doc.parts, &stored, state.cfg.min_part_size)?;
     let declared = mpu_checksum::declared_of(upload_id);
     let object_checksum = match declared {
         Some(d) => Some(complete_checksum(ctx, d, &doc.parts, &stored)?),
@@ -574,6 +575,8 @@ pub async fn handle_abort_multipart_upload(
 mod tests {
     use super::*;
 
+    const MIN: u64 = 5 << 20;
+
     fn part(n: u32, etag: &str) -> xml::CompletedPartXml {
         xml::CompletedPartXml { part_number: n, etag: etag.to_string(), ..Default::default() }
     }
@@ -584,28 +587,32 @@ mod tests {
         let b = hex::encode(md5::Md5::digest(b"b"));
         let stored_part = |etag: &str, size: u64| pb::UploadPart { etag: etag.to_string(), size, ..Default::default() };
         let mut stored = HashMap::new();
-        stored.insert(1, stored_part(&a, MIN_PART_SIZE));
+        stored.insert(1, stored_part(&a, MIN));
         stored.insert(2, stored_part(&b, 1));
-        let etag = check_parts(&[part(1, &format!("\"{a}\"")), part(2, &b)], &stored).unwrap();
+        let etag = check_parts(&[part(1, &format!("\"{a}\"")), part(2, &b)], &stored, MIN).unwrap();
         let mut m = md5::Md5::new();
         m.update(hex::decode(&a).unwrap());
         m.update(hex::decode(&b).unwrap());
         assert_eq!(etag, format!("{}-2", hex::encode(m.finalize())));
 
-        assert!(matches!(check_parts(&[], &stored), Err(S3Error::MalformedXML)));
-        assert!(matches!(check_parts(&[part(2, &b), part(1, &a)], &stored), Err(S3Error::InvalidPartOrder)));
-        assert!(matches!(check_parts(&[part(1, &a), part(1, &a)], &stored), Err(S3Error::InvalidPartOrder)));
-        assert!(matches!(check_parts(&[part(1, &a), part(3, &b)], &stored), Err(S3Error::InvalidPart)));
-        assert!(matches!(check_parts(&[part(1, &b)], &stored), Err(S3Error::InvalidPart)));
+        assert!(matches!(check_parts(&[], &stored, MIN), Err(S3Error::MalformedXML)));
+        assert!(matches!(check_parts(&[part(2, &b), part(1, &a)], &stored, MIN), Err(S3Error::InvalidPartOrder)));
+        assert!(matches!(check_parts(&[part(1, &a), part(1, &a)], &stored, MIN), Err(S3Error::InvalidPartOrder)));
+        assert!(matches!(check_parts(&[part(1, &a), part(3, &b)], &stored, MIN), Err(S3Error::InvalidPart)));
+        assert!(matches!(check_parts(&[part(1, &b)], &stored, MIN), Err(S3Error::InvalidPart)));
         // A small part is fine only as the last one.
         assert!(matches!(
-            check_parts(&[part(2, &b), part(3, &a)], &{
-                let mut s = stored.clone();
-                s.insert(3, stored_part(&a, 1));
-                s
-            }),
-            Err(S3Error::EntityTooSmall)
+            check_parts(
+                &[part(2, &b), part(3, &a)],
+                &{
+                    let mut s = stored.clone();
+                    s.insert(3, stored_part(&a, 1));
+                    s
+                },
+                MIN
+            ),
+            Err(S3Error::EntityTooSmall { proposed: 1, min: MIN })
         ));
-        assert!(check_parts(&[part(2, &b)], &stored).is_ok());
+        assert!(check_parts(&[part(2, &b)], &stored, MIN).is_ok());
     }
 }

@@ -79,8 +79,8 @@ pub fn declared_length(ctx: &Ctx, payload: &PayloadCheck, max: u64) -> Result<Op
             None => return Err(S3Error::MissingContentLength),
         },
     };
-    if len.is_some_and(|n| n > max) {
-        return Err(S3Error::EntityTooLarge);
+    if let Some(n) = len.filter(|n| *n > max) {
+        return Err(S3Error::EntityTooLarge { proposed: n, max });
     }
     Ok(len)
 }
@@ -432,9 +432,21 @@ pub async fn handle_get_object(
     if part_number.is_some() && !meta.part_sizes.is_empty() {
         insert(&mut headers, "x-amz-mp-parts-count", &meta.part_sizes.len().to_string());
     }
-    // Stored checksums describe the whole object: only a whole-object answer has them.
-    if range.is_none() && part_number.is_none() && header_str(&ctx.headers, "x-amz-checksum-mode") == Some("ENABLED") {
-        checksum_headers(&meta, &mut headers);
+    // Stored checksums describe the whole object: only a whole-object answer has them,
+    // and a part of a multipart object its part's (as S3 gives them).
+    if header_str(&ctx.headers, "x-amz-checksum-mode") == Some("ENABLED") {
+        match part_number {
+            None if range.is_none() => checksum_headers(&meta, &mut headers),
+            // An object uploaded in one piece is its own part 1.
+            Some(_) if meta.part_sizes.is_empty() => checksum_headers(&meta, &mut headers),
+            Some(n) => {
+                let alg = ChecksumAlgorithm::from_name(&meta.checksum_algorithm);
+                if let (Some(alg), Some(v)) = (alg, meta.part_checksums.get(n as usize - 1)) {
+                    insert(&mut headers, alg.header_name(), v);
+                }
+            }
+            None => {}
+        }
     }
     apply_response_overrides(ctx, &mut headers)?;
     let (status, len) = match range {
@@ -565,7 +577,25 @@ pub async fn handle_get_object_attributes(
             next_part_number_marker: page.last().map_or(marker, |p| p.0),
             max_parts,
             is_truncated: after.len() > page.len(),
-            parts: page.iter().map(|(n, s)| crate::xml::ObjectPartXml { part_number: *n, size: *s }).collect(),
+            parts: page
+                .iter()
+                .map(|(n, s)| {
+                    let [checksum_crc32, checksum_crc32c, checksum_crc64nvme, checksum_sha1, checksum_sha256] =
+                        crate::xml::checksum_slots(
+                            ChecksumAlgorithm::from_name(&meta.checksum_algorithm),
+                            meta.part_checksums.get(*n as usize - 1).map_or("", String::as_str),
+                        );
+                    crate::xml::ObjectPartXml {
+                        checksum_crc32,
+                        checksum_crc32c,
+                        checksum_crc64nvme,
+                        checksum_sha1,
+                        checksum_sha256,
+                        part_number: *n,
+                        size: *s,
+                    }
+                })
+                .collect(),
         }
     });
     let doc = crate::xml::GetObjectAttributesResponse {

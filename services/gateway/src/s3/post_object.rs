@@ -144,10 +144,10 @@ impl FilePart {
         self.sent += out.len() as u64;
         if self.sent > self.max {
             self.done = true;
-            return Err(S3Error::EntityTooLarge);
+            return Err(S3Error::EntityTooLarge { proposed: self.sent, max: self.max });
         }
         if last && self.sent < self.min {
-            return Err(S3Error::EntityTooSmall);
+            return Err(S3Error::EntityTooSmall { proposed: self.sent, min: self.min });
         }
         Ok(out)
     }
