@@ -1109,6 +1109,14 @@ def test_multipart_composite_crc32(s3, bucket):
     assert checksum_headers(got) == want
     assert got["Body"].read() == p1 + p2
 
+    # Each part keeps its checksum: GetObjectAttributes lists them; a part read by number
+    # in checksum mode carries its own (botocore checks it against the part's bytes).
+    attrs = s3.get_object_attributes(Bucket=bucket, Key=key, ObjectAttributes=["ObjectParts"])
+    assert [(p["PartNumber"], p["ChecksumCRC32"]) for p in attrs["ObjectParts"]["Parts"]] == [(1, crc1), (2, crc2)]
+    part2 = s3.get_object(Bucket=bucket, Key=key, PartNumber=2, ChecksumMode="ENABLED")
+    assert (part2["ChecksumCRC32"], part2["PartsCount"]) == (crc2, 2)
+    assert part2["Body"].read() == p2
+
 
 def test_multipart_full_object_crc64nvme(s3, bucket):
     key = "full-object"
