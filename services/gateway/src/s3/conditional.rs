@@ -38,8 +38,9 @@ pub fn write_condition(headers: &HeaderMap) -> Result<Option<WriteCondition>, S3
     }
 }
 
-/// A held key lock. `release` lets it go at once; dropped unreleased (the request failed
-/// or was cancelled), it is let go in the background.
+/// A held key lock. `release` lets it go before the answer is sent (so the same client's
+/// next write cannot find it still held); dropped unreleased (the request was cancelled),
+/// it is let go in the background.
 pub struct KeyLock {
     client: etcd_client::Client,
     lease: i64,
@@ -113,20 +114,28 @@ pub async fn lock_and_check(
     cond: &WriteCondition,
 ) -> Result<KeyLock, S3Error> {
     let held = lock(state, bucket, key).await?;
-    match newest_live(state, bucket, key, false).await {
+    let checked = match newest_live(state, bucket, key, false).await {
         Ok(read) => {
             state.store.observe(read.meta.version.as_ref());
             match cond {
                 WriteCondition::Absent => Err(S3Error::PreconditionFailed("If-None-Match")),
-                WriteCondition::Matches(etag) if etag == "*" || *etag == read.meta.etag => Ok(held),
+                WriteCondition::Matches(etag) if etag == "*" || *etag == read.meta.etag => Ok(()),
                 WriteCondition::Matches(_) => Err(S3Error::PreconditionFailed("If-Match")),
             }
         }
         Err(S3Error::NoSuchKey) => match cond {
-            WriteCondition::Absent => Ok(held),
+            WriteCondition::Absent => Ok(()),
             WriteCondition::Matches(_) => Err(S3Error::NoSuchKey),
         },
         Err(e) => Err(e),
+    };
+    match checked {
+        Ok(()) => Ok(held),
+        Err(e) => {
+            // Let go before answering: the client's next write must not find it held.
+            held.release().await;
+            Err(e)
+        }
     }
 }
 

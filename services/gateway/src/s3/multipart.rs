@@ -508,16 +508,17 @@ pub async fn handle_complete_multipart_upload(
             _ => Default::default(),
         },
     };
-    state
+    let written = state
         .store
         .write_unary(&replicas, "complete_upload", |mut c| {
             let req = req.clone();
             async move { c.complete_upload(req).await.map(|r| r.into_inner()) }
         })
-        .await?;
+        .await;
     if let Some(l) = lock {
         l.release().await;
     }
+    written?;
     let [checksum_crc32, checksum_crc32c, checksum_crc64nvme, checksum_sha1, checksum_sha256] =
         xml::checksum_slots(declared.map(|d| d.alg), object_checksum.as_deref().unwrap_or(""));
     let doc = xml::CompleteMultipartUploadResult {

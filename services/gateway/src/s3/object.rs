@@ -134,10 +134,11 @@ pub async fn handle_put_object(
     };
     meta.version = Some(state.store.new_version());
     let stream = body_stream(body);
-    let outcome = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), stream, checks).await?;
+    let written = state.store.put_stream(&replicas, PutTarget::Object(Box::new(meta)), stream, checks).await;
     if let Some(l) = lock {
         l.release().await;
     }
+    let outcome = written?;
     metrics::counter!("gateway_bytes_in_total").increment(outcome.size);
     echo.extend(outcome.recorded.iter().map(|(a, v)| (a.header_name(), v.clone())));
     echo.push(("x-amz-checksum-type", "FULL_OBJECT".into()));
