@@ -157,6 +157,8 @@ e2=$(q upload-part-copy CopyPartResult.ETag --bucket "$b" --key mp --upload-id "
 e3=$(q upload-part ETag --bucket "$b" --key mp --upload-id "$id" --part-number 3 --body "$work/p3")
 fails InvalidArgument upload-part --bucket "$b" --key mp --upload-id "$id" --part-number 10001 --body "$work/p3"
 fails NoSuchUpload upload-part --bucket "$b" --key mp --upload-id nope --part-number 1 --body "$work/p3"
+fails BadDigest upload-part --bucket "$b" --key mp --upload-id "$id" --part-number 5 --body "$work/p3" \
+  --content-md5 1B2M2Y8AsgTpgAmY7PhCfg==
 fails InvalidArgument upload-part-copy --bucket "$b" --key mp --upload-id "$id" --part-number 4 \
   --copy-source "$b/src" --copy-source-range bytes=0-99999999
 eq list-parts "$(q list-parts 'Parts[].PartNumber' --bucket "$b" --key mp --upload-id "$id")" "$(printf '1\t2\t3')"

@@ -122,6 +122,7 @@ async fn auth_errors_presigned_urls_and_digests() -> anyhow::Result<()> {
     let too_long = path_and_query(week.uri()).replace("X-Amz-Expires=604800", "X-Amz-Expires=604801");
     let r = http1::request(&addr, "GET", &too_long, &[], Vec::new()).await?;
     assert_eq!(r.status, 400, "{}", r.body_text());
+    assert!(r.body_text().contains("AuthorizationQueryParametersError"), "{}", r.body_text());
     Ok(())
 }
 
