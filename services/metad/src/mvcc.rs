@@ -95,17 +95,83 @@ impl State {
     }
 }
 
+/// The store's layout, etcd's in spirit: history is appended, never updated in place.
+/// - `hist`: every change of every key, keyed by `id` = revision << SUB_BITS | sub (the
+///   change's place in its revision), so a write appends at the end of one B-tree; each
+///   record points at the key's previous record (`prev_id`, 0 for none). A delete is a
+///   record with `deleted = 1`.
+/// - `cur`: the live keys with their values and the `id` of their newest record (current
+///   reads, compares and lease lookups never touch history).
+/// - `tomb`: keys whose newest record is a delete, with its id, until compaction drops it
+///   (a read at an old revision starts from `cur` and `tomb` and walks `prev_id` back).
 const SCHEMA: &str = "
-    CREATE TABLE IF NOT EXISTS kv (key BLOB NOT NULL, rev INTEGER NOT NULL, sub INTEGER NOT NULL,
-     create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL,
-     deleted INTEGER NOT NULL, PRIMARY KEY (key, rev, sub)) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS kv_by_rev ON kv (rev, sub);
+    CREATE TABLE IF NOT EXISTS hist (id INTEGER PRIMARY KEY, key BLOB NOT NULL, create_rev INTEGER NOT NULL,
+     version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, deleted INTEGER NOT NULL,
+     prev_id INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS cur (key BLOB PRIMARY KEY, mod_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL,
-     version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+     version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, id INTEGER NOT NULL DEFAULT 0)
+     WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS cur_by_lease ON cur (lease) WHERE lease != 0;
+    CREATE TABLE IF NOT EXISTS tomb (key BLOB PRIMARY KEY, id INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 ";
+
+/// The first layout's history table (key-ordered, every change; `cur` had no `id`). Stores
+/// written with it are converted at open (`migrate_layout`); the first cut's JSON image is
+/// loaded through it too.
+const LEGACY_KV_SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS kv (key BLOB NOT NULL, rev INTEGER NOT NULL, sub INTEGER NOT NULL,
+     create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL,
+     deleted INTEGER NOT NULL, PRIMARY KEY (key, rev, sub)) WITHOUT ROWID;
+";
+
+/// Bits of a history id below the revision: the changes one revision can hold.
+const SUB_BITS: u32 = 20;
+const MAX_SUB: i64 = (1 << SUB_BITS) - 1;
+
+/// The history id of change `sub` of revision `rev`.
+fn hist_id(rev: i64, sub: i64) -> i64 {
+    (rev << SUB_BITS) | sub
+}
+
+/// The largest history id of revision `rev` (every change at or before it is <= this).
+fn rev_bound(rev: i64) -> i64 {
+    hist_id(rev, MAX_SUB)
+}
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")?
+        .query_row([name], |_| Ok(()))
+        .optional()
+        .map(|r| r.is_some())
+}
+
+/// Convert a store in the first layout (`kv` + `cur` without ids) to this one, in the
+/// caller's transaction: the same records, ids from (rev, sub), each pointing at its key's
+/// previous one. Does nothing when there is no `kv` table.
+fn migrate_layout(conn: &Connection) -> rusqlite::Result<()> {
+    if !has_table(conn, "kv")? {
+        return Ok(());
+    }
+    let cur_has_id = conn
+        .prepare("SELECT 1 FROM pragma_table_info('cur') WHERE name = 'id'")?
+        .query_row([], |_| Ok(()))
+        .optional()?;
+    if cur_has_id.is_none() {
+        conn.execute("ALTER TABLE cur ADD COLUMN id INTEGER NOT NULL DEFAULT 0", [])?;
+    }
+    conn.execute_batch(&format!(
+        "INSERT INTO hist (id, key, create_rev, version, lease, value, deleted, prev_id)
+          SELECT (rev << {b}) | sub, key, create_rev, version, lease, value, deleted,
+           COALESCE(LAG((rev << {b}) | sub) OVER (PARTITION BY key ORDER BY rev, sub), 0) FROM kv;
+         UPDATE cur SET id = COALESCE((SELECT MAX((rev << {b}) | sub) FROM kv WHERE kv.key = cur.key), 0);
+         INSERT INTO tomb (key, id) SELECT a.key, (a.rev << {b}) | a.sub FROM kv AS a WHERE a.deleted = 1
+          AND NOT EXISTS (SELECT 1 FROM kv AS n WHERE n.key = a.key AND (n.rev > a.rev OR (n.rev = a.rev AND n.sub > a.sub)));
+         DROP TABLE kv;",
+        b = SUB_BITS
+    ))
+}
 
 /// SQLite errors of the store (a storage failure, fatal for the state machine).
 pub type DbError = rusqlite::Error;
@@ -168,16 +234,23 @@ fn visible_sql(range: &KeyRange, at: Option<i64>) -> Option<(String, Vec<P>)> {
             let (w, p) = range_sql(range, "key")?;
             Some((format!("SELECT key, mod_rev, create_rev, version, lease, value FROM cur WHERE {w}"), p))
         }
+        // Every key that is live or has a tombstone now, walked back along its records
+        // (newest first) to the last one at or before `rev`: visible if that is no delete.
+        // A walk that reaches a compacted record (or 0) finds nothing.
         Some(rev) => {
-            let (w, mut p) = range_sql(range, "a.key")?;
-            p.push(P::I(rev));
-            p.push(P::I(rev));
+            let (w, mut p) = range_sql(range, "key")?;
+            p.extend(p.clone());
+            let bound = rev_bound(rev);
+            p.push(P::I(bound));
+            p.push(P::I(bound));
             Some((
                 format!(
-                    "SELECT a.key AS key, a.rev AS mod_rev, a.create_rev AS create_rev, a.version AS version, \
-                     a.lease AS lease, a.value AS value FROM kv AS a WHERE {w} AND a.rev <= ? AND a.deleted = 0 \
-                     AND NOT EXISTS (SELECT 1 FROM kv AS b WHERE b.key = a.key AND b.rev <= ? \
-                     AND (b.rev > a.rev OR (b.rev = a.rev AND b.sub > a.sub)))"
+                    "WITH RECURSIVE walk(id) AS (SELECT id FROM (SELECT id FROM cur WHERE {w} \
+                     UNION ALL SELECT id FROM tomb WHERE {w}) \
+                     UNION ALL SELECT h.prev_id FROM walk JOIN hist AS h ON h.id = walk.id WHERE walk.id > ?) \
+                     SELECT h.key AS key, h.id >> {SUB_BITS} AS mod_rev, h.create_rev AS create_rev, \
+                     h.version AS version, h.lease AS lease, h.value AS value \
+                     FROM walk JOIN hist AS h ON h.id = walk.id WHERE walk.id <= ? AND h.deleted = 0"
                 ),
                 p,
             ))
@@ -391,10 +464,10 @@ pub fn save_state(conn: &Connection, st: &State) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The live value of one key.
-fn latest(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<mvccpb::KeyValue>> {
-    conn.prepare_cached("SELECT key, mod_rev, create_rev, version, lease, value FROM cur WHERE key = ?")?
-        .query_row([key], row_kv)
+/// The live value of one key and the id of its newest history record.
+fn latest(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<(mvccpb::KeyValue, i64)>> {
+    conn.prepare_cached("SELECT key, mod_rev, create_rev, version, lease, value, id FROM cur WHERE key = ?")?
+        .query_row([key], |r| Ok((row_kv(r)?, r.get(6)?)))
         .optional()
 }
 
@@ -539,6 +612,14 @@ struct WriteCtx {
     rev: i64,
     sub: i64,
     events: Vec<mvccpb::Event>,
+    /// Keys written so far in this txn, with their record's id.
+    written: std::collections::HashMap<Vec<u8>, i64>,
+}
+
+impl WriteCtx {
+    fn new(rev: i64) -> Self {
+        Self { rev, sub: 0, events: Vec::new(), written: Default::default() }
+    }
 }
 
 /// A storage failure (fatal for the state machine) outside, the request's result inside.
@@ -552,6 +633,25 @@ pub struct Applier<'c> {
 
 impl Applier<'_> {
     fn check_planned(&mut self, plan: &[Planned<'_>]) -> Result<Result<(), EtcdError>, DbError> {
+        // Changes one revision can hold (history ids); only a huge DeleteRange comes near.
+        let mut changes = 0i64;
+        for p in plan {
+            match p {
+                Planned::Op(pb::request_op::Request::RequestPut(_)) => changes += 1,
+                Planned::Op(pb::request_op::Request::RequestDeleteRange(d)) => {
+                    if let Some((w, params)) = range_sql(&KeyRange::new(&d.key, &d.range_end), "key") {
+                        let sql = format!("SELECT COUNT(*) FROM cur WHERE {w}");
+                        let n: i64 =
+                            self.conn.prepare_cached(&sql)?.query_row(params_from_iter(params.iter()), |r| r.get(0))?;
+                        changes += n;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if changes > MAX_SUB {
+            return Ok(Err(EtcdError::TooManyOps));
+        }
         for p in plan {
             match p {
                 Planned::Op(pb::request_op::Request::RequestPut(put)) => {
@@ -602,7 +702,7 @@ impl Applier<'_> {
         if let Err(e) = self.check_planned(&planned)? {
             return Ok(Err(e));
         }
-        let mut ctx = WriteCtx { rev: self.st.revision + 1, sub: 0, events: Vec::new() };
+        let mut ctx = WriteCtx::new(self.st.revision + 1);
         let unbalanced = || Ok(Err(EtcdError::Internal("txn plan unbalanced".into())));
         // Execute; nested txns are rebuilt from the flat plan with a stack.
         let mut stack: Vec<pb::TxnResponse> = vec![pb::TxnResponse { header: None, succeeded, responses: Vec::new() }];
@@ -665,47 +765,85 @@ impl Applier<'_> {
         Ok(Some(RevisionEvents { revision: ctx.rev, events: ctx.events }))
     }
 
-    /// Record one change of `key` at the txn's revision (`None` = delete).
-    fn write_rec(&mut self, ctx: &mut WriteCtx, key: &[u8], val: Option<&mvccpb::KeyValue>) -> Result<(), DbError> {
-        // A key written twice in one txn (only through nested txns) keeps the last.
-        self.conn.prepare_cached("DELETE FROM kv WHERE key = ? AND rev = ?")?.execute(params![key, ctx.rev])?;
+    /// Record one change of `key` at the txn's revision (`None` = delete); `prev_id` is the
+    /// key's newest record before this txn (0: none).
+    fn write_rec(
+        &mut self,
+        ctx: &mut WriteCtx,
+        key: &[u8],
+        val: Option<&mvccpb::KeyValue>,
+        prev_id: i64,
+    ) -> Result<(), DbError> {
+        if ctx.sub > MAX_SUB {
+            // Txns are checked against this (TooManyOps); only a lease revoke with more keys
+            // than that attached could get here.
+            return Err(other_err(std::io::Error::other("more changes in one revision than history ids hold")));
+        }
+        let id = hist_id(ctx.rev, ctx.sub);
+        // A key written twice in one txn (only through nested txns) keeps the last: the
+        // earlier record goes and this one takes its place in the key's chain.
+        let prev_id = match ctx.written.get(key) {
+            Some(&earlier) => self
+                .conn
+                .prepare_cached("DELETE FROM hist WHERE id = ? RETURNING prev_id")?
+                .query_row([earlier], |r| r.get(0))?,
+            None => prev_id,
+        };
         let empty = mvccpb::KeyValue::default();
         let v = val.unwrap_or(&empty);
         self.conn
             .prepare_cached(
-                "INSERT INTO kv (key, rev, sub, create_rev, version, lease, value, deleted) \
+                "INSERT INTO hist (id, key, create_rev, version, lease, value, deleted, prev_id) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             )?
             .execute(params![
+                id,
                 key,
-                ctx.rev,
-                ctx.sub,
                 v.create_revision,
                 v.version,
                 v.lease,
                 v.value.as_slice(),
-                i64::from(val.is_none())
+                i64::from(val.is_none()),
+                prev_id
             ])?;
+        ctx.written.insert(key.to_vec(), id);
         ctx.sub += 1;
         match val {
             Some(v) => {
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO cur (key, mod_rev, create_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?) \
-                         ON CONFLICT(key) DO UPDATE SET mod_rev = excluded.mod_rev, create_rev = excluded.create_rev, \
-                         version = excluded.version, lease = excluded.lease, value = excluded.value",
+                        "INSERT INTO cur (key, mod_rev, create_rev, version, lease, value, id) \
+                         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET mod_rev = excluded.mod_rev, \
+                         create_rev = excluded.create_rev, version = excluded.version, lease = excluded.lease, \
+                         value = excluded.value, id = excluded.id",
                     )?
-                    .execute(params![key, ctx.rev, v.create_revision, v.version, v.lease, v.value.as_slice()])?;
+                    .execute(params![key, ctx.rev, v.create_revision, v.version, v.lease, v.value.as_slice(), id])?;
             }
             None => {
                 self.conn.prepare_cached("DELETE FROM cur WHERE key = ?")?.execute([key])?;
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO tomb (key, id) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET id = excluded.id",
+                    )?
+                    .execute(params![key, id])?;
             }
         }
         Ok(())
     }
 
     fn put(&mut self, ctx: &mut WriteCtx, put: &pb::PutRequest) -> Result<pb::PutResponse, DbError> {
-        let prev = latest(self.conn, &put.key)?;
+        let (prev, prev_id) = match latest(self.conn, &put.key)? {
+            Some((kv, id)) => (Some(kv), id),
+            // A key created again continues its chain from the delete (for reads before it).
+            None => {
+                let tomb: Option<i64> = self
+                    .conn
+                    .prepare_cached("DELETE FROM tomb WHERE key = ? RETURNING id")?
+                    .query_row([&put.key], |r| r.get(0))
+                    .optional()?;
+                (None, tomb.unwrap_or(0))
+            }
+        };
         let value = match (&prev, put.ignore_value) {
             (Some(p), true) => p.value.clone(),
             _ => put.value.clone(),
@@ -724,26 +862,31 @@ impl Applier<'_> {
             kv: Some(kv.clone()),
             prev_kv: prev.clone(),
         });
-        self.write_rec(ctx, &put.key, Some(&kv))?;
+        self.write_rec(ctx, &put.key, Some(&kv), prev_id)?;
         Ok(pb::PutResponse { header: None, prev_kv: if put.prev_kv { prev } else { None } })
     }
 
     fn delete(&mut self, ctx: &mut WriteCtx, d: &pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, DbError> {
         let range = KeyRange::new(&d.key, &d.range_end);
-        let doomed = match visible_sql(&range, None) {
-            Some((sql, params)) => {
-                let sql = format!("{sql} ORDER BY key");
-                query_kvs(self.conn, &sql, &params)?
+        let (doomed, ids): (Vec<mvccpb::KeyValue>, Vec<i64>) = match range_sql(&range, "key") {
+            Some((w, params)) => {
+                let sql = format!(
+                    "SELECT key, mod_rev, create_rev, version, lease, value, id FROM cur WHERE {w} ORDER BY key"
+                );
+                let mut stmt = self.conn.prepare_cached(&sql)?;
+                let rows =
+                    stmt.query_map(params_from_iter(params.iter()), |r| Ok((row_kv(r)?, r.get::<_, i64>(6)?)))?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?.into_iter().unzip()
             }
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
-        for prev in &doomed {
+        for (prev, prev_id) in doomed.iter().zip(ids) {
             ctx.events.push(mvccpb::Event {
                 r#type: mvccpb::event::EventType::Delete as i32,
                 kv: Some(mvccpb::KeyValue { key: prev.key.clone(), mod_revision: ctx.rev, ..Default::default() }),
                 prev_kv: Some(prev.clone()),
             });
-            self.write_rec(ctx, &prev.key, None)?;
+            self.write_rec(ctx, &prev.key, None, prev_id)?;
         }
         let deleted = doomed.len() as i64;
         Ok(pb::DeleteRangeResponse { header: None, deleted, prev_kvs: if d.prev_kv { doomed } else { Vec::new() } })
@@ -758,14 +901,17 @@ impl Applier<'_> {
     }
 
     /// Drop history below `revision`: each key keeps its record visible at `revision`
-    /// (unless that is a delete) and everything newer.
+    /// (unless that is a delete) and everything newer. Only records changed since the last
+    /// compaction can be newly superseded, so only that stretch of history is read.
     fn compact(&mut self, revision: i64) -> Result<(), DbError> {
+        let since = if self.st.compact_revision > 0 { rev_bound(self.st.compact_revision) } else { 0 };
+        let upto = rev_bound(revision);
         self.conn.execute(
-            "DELETE FROM kv WHERE rev < ?1 AND EXISTS (SELECT 1 FROM kv AS b WHERE b.key = kv.key AND b.rev <= ?1 \
-             AND (b.rev > kv.rev OR (b.rev = kv.rev AND b.sub > kv.sub)))",
-            [revision],
+            "DELETE FROM hist WHERE id IN (SELECT prev_id FROM hist WHERE id > ?1 AND id <= ?2 AND prev_id != 0)",
+            [since, upto],
         )?;
-        self.conn.execute("DELETE FROM kv WHERE rev <= ? AND deleted = 1", [revision])?;
+        self.conn.execute("DELETE FROM hist WHERE id > ?1 AND id <= ?2 AND deleted = 1", [since, upto])?;
+        self.conn.execute("DELETE FROM tomb WHERE id <= ?", [upto])?;
         self.st.compact_revision = revision;
         Ok(())
     }
@@ -786,7 +932,7 @@ impl Applier<'_> {
         }
         self.conn.prepare_cached("DELETE FROM leases WHERE id = ?")?.execute([id])?;
         let keys = lease_keys_on(self.conn, id)?;
-        let mut ctx = WriteCtx { rev: self.st.revision + 1, sub: 0, events: Vec::new() };
+        let mut ctx = WriteCtx::new(self.st.revision + 1);
         for key in keys {
             let d = pb::DeleteRangeRequest { key, range_end: Vec::new(), prev_kv: false };
             self.delete(&mut ctx, &d)?;
@@ -882,8 +1028,14 @@ impl Db {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || {
             // synchronous=NORMAL: the Raft log is what is fsynced.
-            let writer = open_wal(&path, "NORMAL")?;
+            let mut writer = open_wal(&path, "NORMAL")?;
             writer.execute_batch(SCHEMA)?;
+            if has_table(&writer, "kv")? {
+                let tx = writer.transaction()?;
+                migrate_layout(&tx)?;
+                tx.commit()?;
+                tracing::info!(path = %path.display(), "converted the store to the append-only history layout");
+            }
             let st = load_state(&writer)?;
             let checkpointer = spawn_checkpointer(&path)?;
             let inner = DbInner {
@@ -1004,11 +1156,11 @@ impl Db {
                 return Ok(Err(EtcdError::Compacted));
             }
             let mut d = crc_fast::Digest::new(crc_fast::CrcAlgorithm::Crc32Iscsi);
-            let mut stmt = conn.prepare(
-                "SELECT key, rev, sub, create_rev, version, lease, value, deleted FROM kv WHERE rev <= ? \
-                 ORDER BY key, rev, sub",
-            )?;
-            let mut rows = stmt.query([rev])?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT key, id >> {SUB_BITS}, id & {MAX_SUB}, create_rev, version, lease, value, deleted FROM hist \
+                 WHERE id <= ? ORDER BY key, id"
+            ))?;
+            let mut rows = stmt.query([rev_bound(rev)])?;
             while let Some(r) = rows.next()? {
                 let key: Vec<u8> = r.get(0)?;
                 d.update(&(key.len() as u64).to_be_bytes());
@@ -1078,10 +1230,32 @@ impl Db {
                 conn.execute("ATTACH DATABASE ? AS snap", [src])?;
                 let copied = (|| {
                     let tx = conn.transaction()?;
-                    for t in ["kv", "cur", "leases", "meta"] {
+                    for t in ["hist", "tomb", "cur", "leases", "meta"] {
                         tx.execute(&format!("DELETE FROM main.{t}"), [])?;
+                    }
+                    // A snapshot from a member still on the first layout has `kv` and a
+                    // `cur` without ids: loaded through the same conversion as at open.
+                    let legacy: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM snap.sqlite_master WHERE type = 'table' AND name = 'kv')",
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    let tables: &[&str] = if legacy {
+                        tx.execute_batch(LEGACY_KV_SCHEMA)?;
+                        tx.execute("INSERT INTO main.kv SELECT * FROM snap.kv", [])?;
+                        tx.execute(
+                            "INSERT INTO main.cur (key, mod_rev, create_rev, version, lease, value) \
+                             SELECT key, mod_rev, create_rev, version, lease, value FROM snap.cur",
+                            [],
+                        )?;
+                        &["leases", "meta"]
+                    } else {
+                        &["hist", "tomb", "cur", "leases", "meta"]
+                    };
+                    for t in tables {
                         tx.execute(&format!("INSERT INTO main.{t} SELECT * FROM snap.{t}"), [])?;
                     }
+                    migrate_layout(&tx)?;
                     tx.commit()
                 })();
                 let detached = conn.execute("DETACH DATABASE snap", []);
@@ -1108,14 +1282,14 @@ fn events_since_on(
         return Ok(Err(compact));
     }
     let Some((w, mut params)) = range_sql(range, "key") else { return Ok(Ok((Vec::new(), current, true))) };
-    params.push(P::I(start));
-    let cols = "key, rev, sub, create_rev, version, lease, value, deleted";
-    // (key, rev, sub, create_rev, version, lease, value, deleted)
-    type Rec = (Vec<u8>, i64, i64, i64, i64, i64, Vec<u8>, i64);
+    params.push(P::I(hist_id(start, 0)));
+    let cols = format!("key, id >> {SUB_BITS}, create_rev, version, lease, value, deleted, prev_id");
+    // (key, rev, create_rev, version, lease, value, deleted, prev_id)
+    type Rec = (Vec<u8>, i64, i64, i64, i64, Vec<u8>, i64, i64);
     let rec = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Rec> {
         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
     };
-    let sql = format!("SELECT {cols} FROM kv WHERE {w} AND rev >= ? ORDER BY rev, sub LIMIT {}", max_events + 1);
+    let sql = format!("SELECT {cols} FROM hist WHERE {w} AND id >= ? ORDER BY id LIMIT {}", max_events + 1);
     let mut rows: Vec<Rec> =
         conn.prepare_cached(&sql)?.query_map(params_from_iter(params.iter()), rec)?.collect::<Result<_, _>>()?;
     let complete = rows.len() <= max_events;
@@ -1125,8 +1299,9 @@ fn events_since_on(
         if first == last {
             // One revision larger than a page: take all of it.
             let (w2, mut p2) = range_sql(range, "key").unwrap_or_default();
-            p2.push(P::I(last));
-            let sql = format!("SELECT {cols} FROM kv WHERE {w2} AND rev = ? ORDER BY sub");
+            p2.push(P::I(hist_id(last, 0)));
+            p2.push(P::I(rev_bound(last)));
+            let sql = format!("SELECT {cols} FROM hist WHERE {w2} AND id >= ? AND id <= ? ORDER BY id");
             rows = conn.prepare(&sql)?.query_map(params_from_iter(p2.iter()), rec)?.collect::<Result<_, _>>()?;
         } else {
             let mut keep = rows.len();
@@ -1136,14 +1311,12 @@ fn events_since_on(
             rows.truncate(keep);
         }
     }
-    let mut prev_stmt = conn.prepare_cached(
-        "SELECT key, rev, create_rev, version, lease, value, deleted FROM kv WHERE key = ? \
-         AND (rev < ? OR (rev = ? AND sub < ?)) ORDER BY rev DESC, sub DESC LIMIT 1",
-    )?;
+    let mut prev_stmt = conn.prepare_cached(&format!(
+        "SELECT key, id >> {SUB_BITS}, create_rev, version, lease, value, deleted FROM hist WHERE id = ?"
+    ))?;
     let mut out: Vec<RevisionEvents> = Vec::new();
-    for (key, rev, sub, create_rev, version, lease, value, deleted) in rows {
-        let prev =
-            prev_stmt.query_row(params![key, rev, rev, sub], |r| Ok((row_kv(r)?, r.get::<_, i64>(6)?))).optional()?;
+    for (key, rev, create_rev, version, lease, value, deleted, prev_id) in rows {
+        let prev = prev_stmt.query_row([prev_id], |r| Ok((row_kv(r)?, r.get::<_, i64>(6)?))).optional()?;
         let prev_kv = prev.filter(|(_, deleted)| *deleted == 0).map(|(kv, _)| kv);
         let event = if deleted == 0 {
             let kv = kv_of(key, rev, create_rev, version, lease, value);
@@ -1212,8 +1385,11 @@ impl Db {
             membership,
         };
         self.write(|tx| {
+            tx.execute_batch(LEGACY_KV_SCHEMA)?;
             let mut kv = tx.prepare("INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)")?;
-            let mut cur = tx.prepare("INSERT INTO cur VALUES (?, ?, ?, ?, ?, ?)")?;
+            let mut cur = tx.prepare(
+                "INSERT INTO cur (key, mod_rev, create_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?)",
+            )?;
             for k in &image.keys {
                 for r in &k.recs {
                     let empty = LegacyValue { create_revision: 0, version: 0, value: Vec::new(), lease: 0 };
@@ -1238,6 +1414,8 @@ impl Db {
             for (id, ttl) in &image.leases {
                 tx.execute("INSERT INTO leases VALUES (?, ?)", [id, ttl])?;
             }
+            drop((kv, cur));
+            migrate_layout(tx)?;
             save_state(tx, &st)
         })
         .map_err(db_err)?;
@@ -1329,6 +1507,110 @@ mod tests {
                 .0
                 .kvs
         }
+    }
+
+    fn del(key: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Every key at `rev` as "key=value@mod/create/version".
+    async fn all_at(db: &Db, rev: i64) -> Vec<String> {
+        let req = pb::RangeRequest { key: vec![0], range_end: vec![0], revision: rev, ..Default::default() };
+        let kvs = db.range(&req).await.unwrap().0.kvs;
+        kvs.iter()
+            .map(|kv| {
+                let (k, v) = (String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+                format!("{k}={v}@{}/{}/{}", kv.mod_revision, kv.create_revision, kv.version)
+            })
+            .collect()
+    }
+
+    fn hist_rows(db: &Db) -> i64 {
+        db.read(|c| c.query_row("SELECT COUNT(*) FROM hist", [], |r| r.get(0))).unwrap()
+    }
+
+    /// Reads at old revisions across a delete, a re-creation and compactions; the same
+    /// store written in the first layout (`kv` + id-less `cur`) converts to identical answers.
+    #[tokio::test]
+    async fn old_revisions_deletes_recreation_compaction_and_the_first_layout() {
+        let mut s = T::new().await;
+        s.txn(&txn(vec![put("a", "1"), put("b", "1")])).await.unwrap(); // 2
+        s.txn(&txn(vec![put("a", "2")])).await.unwrap(); // 3
+        s.txn(&txn(vec![del("a")])).await.unwrap(); // 4
+        s.txn(&txn(vec![put("a", "3")])).await.unwrap(); // 5
+        s.txn(&txn(vec![del("b")])).await.unwrap(); // 6
+        s.txn(&txn(vec![put("c", "1")])).await.unwrap(); // 7
+        s.txn(&txn(vec![put("a", "4")])).await.unwrap(); // 8
+        let want: Vec<(i64, Vec<&str>)> = vec![
+            (2, vec!["a=1@2/2/1", "b=1@2/2/1"]),
+            (3, vec!["a=2@3/2/2", "b=1@2/2/1"]),
+            (4, vec!["b=1@2/2/1"]),
+            (5, vec!["a=3@5/5/1", "b=1@2/2/1"]),
+            (6, vec!["a=3@5/5/1"]),
+            (7, vec!["a=3@5/5/1", "c=1@7/7/1"]),
+            (8, vec!["a=4@8/5/2", "c=1@7/7/1"]),
+        ];
+        for (rev, kvs) in &want {
+            assert_eq!(all_at(&s.db, *rev).await, *kvs, "at {rev}");
+        }
+        assert_eq!(all_at(&s.db, 0).await, want[6].1);
+
+        // The same store in the first layout, converted when opened.
+        let copy = s._dir.path().join("first-layout.db");
+        s.db.copy_to(&copy).await.unwrap();
+        {
+            let c = Connection::open(&copy).unwrap();
+            c.execute_batch(LEGACY_KV_SCHEMA).unwrap();
+            c.execute_batch(&format!(
+                "INSERT INTO kv SELECT key, id >> {SUB_BITS}, id & {MAX_SUB}, create_rev, version, lease, value, deleted
+                  FROM hist;
+                 CREATE TABLE old_cur (key BLOB PRIMARY KEY, mod_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL,
+                  version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
+                 INSERT INTO old_cur SELECT key, mod_rev, create_rev, version, lease, value FROM cur;
+                 DROP TABLE cur; ALTER TABLE old_cur RENAME TO cur;
+                 CREATE INDEX cur_by_lease ON cur (lease) WHERE lease != 0;
+                 DROP TABLE hist; DROP TABLE tomb;"
+            ))
+            .unwrap();
+        }
+        let (old, st) = Db::open(&copy).await.unwrap();
+        assert_eq!(st.revision, 8);
+        for (rev, kvs) in &want {
+            assert_eq!(all_at(&old, *rev).await, *kvs, "converted, at {rev}");
+        }
+        assert_eq!(old.hash_kv(0).await.unwrap().0, s.db.hash_kv(0).await.unwrap().0);
+        let everything = KeyRange::new(&[0], &[0]);
+        let (a, _, _) = s.db.events_since(&everything, 2, 100).await.unwrap();
+        let (b, _, _) = old.events_since(&everything, 2, 100).await.unwrap();
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        // The converted store takes writes that continue each key's chain.
+        let mut t = T { db: old, st, _dir: tempfile::tempdir().unwrap() };
+        t.txn(&txn(vec![del("a")])).await.unwrap(); // 9
+        t.txn(&txn(vec![put("a", "5")])).await.unwrap(); // 10
+        assert_eq!(all_at(&t.db, 9).await, vec!["c=1@7/7/1"]);
+        assert_eq!(all_at(&t.db, 8).await, want[6].1);
+        assert_eq!(all_at(&t.db, 10).await, vec!["a=5@10/10/1", "c=1@7/7/1"]);
+
+        // Compaction keeps each key's record visible at the compacted revision (a's put at
+        // 5, b's put at 2) and everything newer; then b's delete and what it hid go too.
+        assert_eq!(hist_rows(&s.db), 8);
+        s.run("compact", 5, 0).await.unwrap();
+        assert_eq!(hist_rows(&s.db), 5);
+        for (rev, kvs) in &want[3..] {
+            assert_eq!(all_at(&s.db, *rev).await, *kvs, "compacted at 5, read at {rev}");
+        }
+        s.run("compact", 7, 0).await.unwrap();
+        assert_eq!(hist_rows(&s.db), 3);
+        for (rev, kvs) in &want[5..] {
+            assert_eq!(all_at(&s.db, *rev).await, *kvs, "compacted at 7, read at {rev}");
+        }
+        let (evs, _, _) = s.db.events_since(&everything, 8, 100).await.unwrap();
+        assert_eq!(evs[0].events[0].prev_kv.as_ref().map(|kv| kv.value.clone()), Some(b"3".to_vec()));
     }
 
     #[tokio::test]
