@@ -100,8 +100,9 @@ impl State {
 ///   change's place in its revision), so a write appends at the end of one B-tree; each
 ///   record points at the key's previous record (`prev_id`, 0 for none). A delete is a
 ///   record with `deleted = 1`.
-/// - `cur`: the live keys with their values and the `id` of their newest record (current
-///   reads, compares and lease lookups never touch history).
+/// - `cur`: the live keys with the `id` of their newest record (the value is read from
+///   there: written once, and `cur`'s rows stay small) and what compares and lease lookups
+///   need.
 /// - `tomb`: keys whose newest record is a delete, with its id, until compaction drops it
 ///   (a read at an old revision starts from `cur` and `tomb` and walks `prev_id` back).
 const SCHEMA: &str = "
@@ -109,17 +110,16 @@ const SCHEMA: &str = "
      version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, deleted INTEGER NOT NULL,
      prev_id INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS cur (key BLOB PRIMARY KEY, mod_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL,
-     version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL, id INTEGER NOT NULL DEFAULT 0)
-     WITHOUT ROWID;
+     version INTEGER NOT NULL, lease INTEGER NOT NULL, id INTEGER NOT NULL) WITHOUT ROWID;
     CREATE INDEX IF NOT EXISTS cur_by_lease ON cur (lease) WHERE lease != 0;
     CREATE TABLE IF NOT EXISTS tomb (key BLOB PRIMARY KEY, id INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
 ";
 
-/// The first layout's history table (key-ordered, every change; `cur` had no `id`). Stores
-/// written with it are converted at open (`migrate_layout`); the first cut's JSON image is
-/// loaded through it too.
+/// The first layout's history table (key-ordered, every change; its `cur` held values and
+/// no ids). Stores written with it are converted at open (`migrate_layout`); the first
+/// cut's JSON image is loaded through it too.
 const LEGACY_KV_SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS kv (key BLOB NOT NULL, rev INTEGER NOT NULL, sub INTEGER NOT NULL,
      create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL,
@@ -147,27 +147,27 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
         .map(|r| r.is_some())
 }
 
-/// Convert a store in the first layout (`kv` + `cur` without ids) to this one, in the
-/// caller's transaction: the same records, ids from (rev, sub), each pointing at its key's
-/// previous one. Does nothing when there is no `kv` table.
+/// Convert a store in the first layout (`kv`, and a `cur` with values) to this one, in
+/// the caller's transaction: the same records, ids from (rev, sub), each pointing at its
+/// key's previous one; `cur` and `tomb` rebuilt from each key's newest record. Does
+/// nothing when there is no `kv` table.
 fn migrate_layout(conn: &Connection) -> rusqlite::Result<()> {
     if !has_table(conn, "kv")? {
         return Ok(());
     }
-    let cur_has_id = conn
-        .prepare("SELECT 1 FROM pragma_table_info('cur') WHERE name = 'id'")?
-        .query_row([], |_| Ok(()))
-        .optional()?;
-    if cur_has_id.is_none() {
-        conn.execute("ALTER TABLE cur ADD COLUMN id INTEGER NOT NULL DEFAULT 0", [])?;
-    }
     conn.execute_batch(&format!(
-        "INSERT INTO hist (id, key, create_rev, version, lease, value, deleted, prev_id)
+        "DELETE FROM hist; DELETE FROM tomb; DROP TABLE IF EXISTS cur;
+         {SCHEMA}
+         INSERT INTO hist (id, key, create_rev, version, lease, value, deleted, prev_id)
           SELECT (rev << {b}) | sub, key, create_rev, version, lease, value, deleted,
            COALESCE(LAG((rev << {b}) | sub) OVER (PARTITION BY key ORDER BY rev, sub), 0) FROM kv;
-         UPDATE cur SET id = COALESCE((SELECT MAX((rev << {b}) | sub) FROM kv WHERE kv.key = cur.key), 0);
-         INSERT INTO tomb (key, id) SELECT a.key, (a.rev << {b}) | a.sub FROM kv AS a WHERE a.deleted = 1
-          AND NOT EXISTS (SELECT 1 FROM kv AS n WHERE n.key = a.key AND (n.rev > a.rev OR (n.rev = a.rev AND n.sub > a.sub)));
+         CREATE TEMP TABLE newest AS SELECT a.key AS key, a.rev AS rev, a.sub AS sub, a.create_rev AS create_rev,
+          a.version AS version, a.lease AS lease, a.deleted AS deleted FROM kv AS a WHERE NOT EXISTS
+          (SELECT 1 FROM kv AS n WHERE n.key = a.key AND (n.rev > a.rev OR (n.rev = a.rev AND n.sub > a.sub)));
+         INSERT INTO cur (key, mod_rev, create_rev, version, lease, id)
+          SELECT key, rev, create_rev, version, lease, (rev << {b}) | sub FROM newest WHERE deleted = 0;
+         INSERT INTO tomb (key, id) SELECT key, (rev << {b}) | sub FROM newest WHERE deleted = 1;
+         DROP TABLE temp.newest;
          DROP TABLE kv;",
         b = SUB_BITS
     ))
@@ -226,13 +226,18 @@ fn range_sql(range: &KeyRange, col: &str) -> Option<(String, Vec<P>)> {
     }
 }
 
+/// A live key's row (key, mod_rev, create_rev, version, lease, value, id), from `cur AS c`
+/// joined with its newest record `hist AS h`.
+const CUR_COLS: &str = "c.key AS key, c.mod_rev AS mod_rev, c.create_rev AS create_rev, c.version AS version, \
+                        c.lease AS lease, h.value AS value, c.id AS id";
+
 /// The values visible at `at` (None = current) in a key range, as rows
 /// (key, mod_rev, create_rev, version, lease, value).
 fn visible_sql(range: &KeyRange, at: Option<i64>) -> Option<(String, Vec<P>)> {
     match at {
         None => {
-            let (w, p) = range_sql(range, "key")?;
-            Some((format!("SELECT key, mod_rev, create_rev, version, lease, value FROM cur WHERE {w}"), p))
+            let (w, p) = range_sql(range, "c.key")?;
+            Some((format!("SELECT {CUR_COLS} FROM cur AS c JOIN hist AS h ON h.id = c.id WHERE {w}"), p))
         }
         // Every key that is live or has a tombstone now, walked back along its records
         // (newest first) to the last one at or before `rev`: visible if that is no delete.
@@ -466,7 +471,7 @@ pub fn save_state(conn: &Connection, st: &State) -> rusqlite::Result<()> {
 
 /// The live value of one key and the id of its newest history record.
 fn latest(conn: &Connection, key: &[u8]) -> rusqlite::Result<Option<(mvccpb::KeyValue, i64)>> {
-    conn.prepare_cached("SELECT key, mod_rev, create_rev, version, lease, value, id FROM cur WHERE key = ?")?
+    conn.prepare_cached(&format!("SELECT {CUR_COLS} FROM cur AS c JOIN hist AS h ON h.id = c.id WHERE c.key = ?"))?
         .query_row([key], |r| Ok((row_kv(r)?, r.get(6)?)))
         .optional()
 }
@@ -812,12 +817,11 @@ impl Applier<'_> {
             Some(v) => {
                 self.conn
                     .prepare_cached(
-                        "INSERT INTO cur (key, mod_rev, create_rev, version, lease, value, id) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET mod_rev = excluded.mod_rev, \
-                         create_rev = excluded.create_rev, version = excluded.version, lease = excluded.lease, \
-                         value = excluded.value, id = excluded.id",
+                        "INSERT INTO cur (key, mod_rev, create_rev, version, lease, id) VALUES (?, ?, ?, ?, ?, ?) \
+                         ON CONFLICT(key) DO UPDATE SET mod_rev = excluded.mod_rev, create_rev = excluded.create_rev, \
+                         version = excluded.version, lease = excluded.lease, id = excluded.id",
                     )?
-                    .execute(params![key, ctx.rev, v.create_revision, v.version, v.lease, v.value.as_slice(), id])?;
+                    .execute(params![key, ctx.rev, v.create_revision, v.version, v.lease, id])?;
             }
             None => {
                 self.conn.prepare_cached("DELETE FROM cur WHERE key = ?")?.execute([key])?;
@@ -868,11 +872,10 @@ impl Applier<'_> {
 
     fn delete(&mut self, ctx: &mut WriteCtx, d: &pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, DbError> {
         let range = KeyRange::new(&d.key, &d.range_end);
-        let (doomed, ids): (Vec<mvccpb::KeyValue>, Vec<i64>) = match range_sql(&range, "key") {
+        let (doomed, ids): (Vec<mvccpb::KeyValue>, Vec<i64>) = match range_sql(&range, "c.key") {
             Some((w, params)) => {
-                let sql = format!(
-                    "SELECT key, mod_rev, create_rev, version, lease, value, id FROM cur WHERE {w} ORDER BY key"
-                );
+                let sql =
+                    format!("SELECT {CUR_COLS} FROM cur AS c JOIN hist AS h ON h.id = c.id WHERE {w} ORDER BY key");
                 let mut stmt = self.conn.prepare_cached(&sql)?;
                 let rows =
                     stmt.query_map(params_from_iter(params.iter()), |r| Ok((row_kv(r)?, r.get::<_, i64>(6)?)))?;
@@ -1233,8 +1236,8 @@ impl Db {
                     for t in ["hist", "tomb", "cur", "leases", "meta"] {
                         tx.execute(&format!("DELETE FROM main.{t}"), [])?;
                     }
-                    // A snapshot from a member still on the first layout has `kv` and a
-                    // `cur` without ids: loaded through the same conversion as at open.
+                    // A snapshot from a member still on the first layout has `kv` (and a
+                    // `cur` with values): its `kv` goes through the conversion done at open.
                     let legacy: bool = tx.query_row(
                         "SELECT EXISTS (SELECT 1 FROM snap.sqlite_master WHERE type = 'table' AND name = 'kv')",
                         [],
@@ -1243,11 +1246,6 @@ impl Db {
                     let tables: &[&str] = if legacy {
                         tx.execute_batch(LEGACY_KV_SCHEMA)?;
                         tx.execute("INSERT INTO main.kv SELECT * FROM snap.kv", [])?;
-                        tx.execute(
-                            "INSERT INTO main.cur (key, mod_rev, create_rev, version, lease, value) \
-                             SELECT key, mod_rev, create_rev, version, lease, value FROM snap.cur",
-                            [],
-                        )?;
                         &["leases", "meta"]
                     } else {
                         &["hist", "tomb", "cur", "leases", "meta"]
@@ -1387,9 +1385,6 @@ impl Db {
         self.write(|tx| {
             tx.execute_batch(LEGACY_KV_SCHEMA)?;
             let mut kv = tx.prepare("INSERT INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)")?;
-            let mut cur = tx.prepare(
-                "INSERT INTO cur (key, mod_rev, create_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?)",
-            )?;
             for k in &image.keys {
                 for r in &k.recs {
                     let empty = LegacyValue { create_revision: 0, version: 0, value: Vec::new(), lease: 0 };
@@ -1405,16 +1400,11 @@ impl Db {
                         i64::from(r.val.is_none())
                     ])?;
                 }
-                if let Some(last) = k.recs.last()
-                    && let Some(v) = &last.val
-                {
-                    cur.execute(params![k.key, last.rev, v.create_revision, v.version, v.lease, v.value])?;
-                }
             }
             for (id, ttl) in &image.leases {
                 tx.execute("INSERT INTO leases VALUES (?, ?)", [id, ttl])?;
             }
-            drop((kv, cur));
+            drop(kv);
             migrate_layout(tx)?;
             save_state(tx, &st)
         })
@@ -1571,7 +1561,8 @@ mod tests {
                   FROM hist;
                  CREATE TABLE old_cur (key BLOB PRIMARY KEY, mod_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL,
                   version INTEGER NOT NULL, lease INTEGER NOT NULL, value BLOB NOT NULL) WITHOUT ROWID;
-                 INSERT INTO old_cur SELECT key, mod_rev, create_rev, version, lease, value FROM cur;
+                 INSERT INTO old_cur SELECT c.key, c.mod_rev, c.create_rev, c.version, c.lease, h.value
+                  FROM cur AS c JOIN hist AS h ON h.id = c.id;
                  DROP TABLE cur; ALTER TABLE old_cur RENAME TO cur;
                  CREATE INDEX cur_by_lease ON cur (lease) WHERE lease != 0;
                  DROP TABLE hist; DROP TABLE tomb;"
