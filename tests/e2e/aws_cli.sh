@@ -9,8 +9,7 @@ bin=$(realpath "${1:-target/debug/aether}")
 export AETHER_ACCESS_KEY=AKIAE2ETESTKEY000001 AETHER_SECRET_KEY=e2e-secret-key-with-enough-length
 start_server "$bin"
 
-export AWS_ACCESS_KEY_ID=$AETHER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$AETHER_SECRET_KEY AWS_DEFAULT_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+aws_env
 s3() { aws --endpoint-url "http://127.0.0.1:$s3_port" "$@"; }
 
 echo "--- mb, cp small, cp 50 MiB (multipart), sync, ls, rm, rb"

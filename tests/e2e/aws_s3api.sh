@@ -10,8 +10,7 @@ bin=$(realpath "${1:-target/debug/aether}")
 export AETHER_ACCESS_KEY=AKIAE2ETESTKEY000002 AETHER_SECRET_KEY=e2e-s3api-secret-with-enough-length
 start_server "$bin"
 
-export AWS_ACCESS_KEY_ID=$AETHER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$AETHER_SECRET_KEY AWS_DEFAULT_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+aws_env
 export AWS_MAX_ATTEMPTS=1
 endpoint="http://127.0.0.1:$s3_port"
 api() { aws --endpoint-url "$endpoint" s3api "$@"; }

@@ -36,3 +36,10 @@ start_server() {
   trap server_log ERR
   wait_http "http://127.0.0.1:$admin_port/ready" 60 || { server_log; return 1; }
 }
+
+# aws_env: point AWS clients (aws-cli, boto3) at the server's credentials
+# (AETHER_ACCESS_KEY / AETHER_SECRET_KEY), with no profile, config or instance metadata.
+aws_env() {
+  export AWS_ACCESS_KEY_ID=$AETHER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$AETHER_SECRET_KEY AWS_DEFAULT_REGION=us-east-1
+  export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+}

@@ -25,8 +25,7 @@ wait_http "http://127.0.0.1:$blobd_admin/ready" 60
 pids+=($!); gw_pid=$!
 wait_http "http://127.0.0.1:$gw_admin/ready" 60
 
-export AWS_ACCESS_KEY_ID=$AETHER_ACCESS_KEY AWS_SECRET_ACCESS_KEY=$AETHER_SECRET_KEY AWS_DEFAULT_REGION=us-east-1
-export AWS_EC2_METADATA_DISABLED=true AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
+aws_env
 s3() { aws --endpoint-url "http://127.0.0.1:$s3_port" "$@"; }
 s3 s3 mb s3://mem >/dev/null
 truncate -s 1G "$work/1g.bin"   # sparse file: zeros, read from the page cache
