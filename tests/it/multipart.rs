@@ -71,6 +71,8 @@ async fn multipart_upload_complete_abort_and_errors() -> anyhow::Result<()> {
         .await?;
     let want_etag = format!("\"{}-3\"", hex::encode(md5::Md5::digest(&md5s)));
     assert_eq!(done.e_tag(), Some(want_etag.as_str()));
+    // The object's absolute URL, as S3 gives it.
+    assert_eq!(done.location(), Some(format!("{}/mpu/obj", c.endpoint(0)).as_str()));
 
     let whole: Vec<u8> = parts_data.concat();
     let got = c.s3(1).get_object().bucket("mpu").key("obj").send().await?;

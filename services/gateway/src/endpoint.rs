@@ -333,7 +333,7 @@ fn decode_path(s: &str) -> Result<String, S3Error> {
         .map_err(|_| S3Error::InvalidArgument("Object key and bucket name must be valid UTF-8.".into()))
 }
 
-fn virtual_host_bucket(headers: &HeaderMap, root_domain: Option<&str>) -> Option<String> {
+pub(crate) fn virtual_host_bucket(headers: &HeaderMap, root_domain: Option<&str>) -> Option<String> {
     let root = root_domain?.trim_matches('.').to_ascii_lowercase();
     if root.is_empty() {
         return None;

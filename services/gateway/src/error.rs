@@ -34,8 +34,9 @@ pub enum S3Error {
     AccessDenied(String),
     #[error("The difference between the request time and the current time is too large.")]
     RequestTimeTooSkewed,
+    /// The error document names the range asked for and the object's size.
     #[error("The requested range is not satisfiable")]
-    InvalidRange { size: u64 },
+    InvalidRange { size: u64, range: String },
     #[error("The requested partnumber is not satisfiable")]
     InvalidPartNumber,
     #[error("{0}")]

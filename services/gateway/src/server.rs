@@ -238,8 +238,12 @@ pub fn error_response_for(
         message: &message,
         bucket_name: bucket.filter(|_| matches!(err, S3Error::NoSuchBucket)),
         key: key.filter(|_| matches!(err, S3Error::NoSuchKey)),
+        range_requested: match err {
+            S3Error::InvalidRange { range, .. } => Some(range.as_str()),
+            _ => None,
+        },
         actual_object_size: match err {
-            S3Error::InvalidRange { size } => Some(*size),
+            S3Error::InvalidRange { size, .. } => Some(*size),
             _ => None,
         },
         proposed_size: match err {
@@ -269,7 +273,7 @@ pub fn error_response_for(
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-amz-request-id", v);
     }
-    if let S3Error::InvalidRange { size } = err
+    if let S3Error::InvalidRange { size, .. } = err
         && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
     {
         h.insert(http::header::CONTENT_RANGE, v);
@@ -330,13 +334,17 @@ mod tests {
 
     #[tokio::test]
     async fn errors_render_once() {
-        let resp = error_response(&S3Error::InvalidRange { size: 10 }, "/b/k", "REQ1");
+        let resp = error_response(&S3Error::InvalidRange { size: 10, range: "bytes=20-30".into() }, "/b/k", "REQ1");
         assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(resp.headers().get("content-range").unwrap(), "bytes */10");
         assert_eq!(resp.headers().get("x-amz-request-id").unwrap(), "REQ1");
         let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
         let s = String::from_utf8(body.to_vec()).unwrap();
         assert!(s.contains("<Code>InvalidRange</Code>"), "{s}");
+        assert!(
+            s.contains("<RangeRequested>bytes=20-30</RangeRequested><ActualObjectSize>10</ActualObjectSize>"),
+            "{s}"
+        );
         assert!(s.contains("<RequestId>REQ1</RequestId>"), "{s}");
 
         let resp = error_response(&S3Error::InternalError("secret detail".into()), "/b", "REQ2");

@@ -29,7 +29,9 @@ pub struct ErrorDoc<'a> {
     pub bucket_name: Option<&'a str>,
     #[serde(rename = "Key", skip_serializing_if = "Option::is_none")]
     pub key: Option<&'a str>,
-    /// InvalidRange: the object's size.
+    /// InvalidRange: the range asked for and the object's size.
+    #[serde(rename = "RangeRequested", skip_serializing_if = "Option::is_none")]
+    pub range_requested: Option<&'a str>,
     #[serde(rename = "ActualObjectSize", skip_serializing_if = "Option::is_none")]
     pub actual_object_size: Option<u64>,
     /// EntityTooLarge / EntityTooSmall: the upload's size and the limit it broke.
@@ -586,6 +588,7 @@ mod tests {
             message: "The specified key does not exist.",
             bucket_name: None,
             key: Some("k&x"),
+            range_requested: None,
             actual_object_size: None,
             proposed_size: None,
             min_size_allowed: None,

@@ -293,3 +293,21 @@ mod tests {
         assert_eq!(http_date(1_255_369_830_123), "Mon, 12 Oct 2009 17:50:30 GMT");
     }
 }
+
+/// Every byte but the unreserved ones percent-encoded (a key inside a URL).
+pub(crate) const URL_KEY_ENCODE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// The object's absolute URL as S3 writes it into `<Location>`: the request's Host (and
+/// the scheme a proxy in front names in X-Forwarded-Proto), virtual-hosted when the request
+/// was, the key percent-encoded.
+pub fn object_url(headers: &HeaderMap, root_domain: Option<&str>, bucket: &str, key: &str) -> String {
+    let host = header_str(headers, "host").unwrap_or("localhost");
+    let scheme = header_str(headers, "x-forwarded-proto").unwrap_or("http");
+    let key = percent_encoding::utf8_percent_encode(key, URL_KEY_ENCODE);
+    if crate::endpoint::virtual_host_bucket(headers, root_domain).as_deref() == Some(bucket) {
+        format!("{scheme}://{host}/{key}")
+    } else {
+        format!("{scheme}://{host}/{bucket}/{key}")
+    }
+}

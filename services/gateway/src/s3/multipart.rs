@@ -523,7 +523,7 @@ pub async fn handle_complete_multipart_upload(
         xml::checksum_slots(declared.map(|d| d.alg), object_checksum.as_deref().unwrap_or(""));
     let doc = xml::CompleteMultipartUploadResult {
         xmlns: xml::S3_NS,
-        location: format!("/{bucket}/{key}"),
+        location: super::object_url(&ctx.headers, state.cfg.root_domain.as_deref(), bucket, key),
         bucket: bucket.to_string(),
         key: key.to_string(),
         etag: quoted_etag(&etag),

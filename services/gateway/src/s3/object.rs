@@ -332,7 +332,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>
     }
     let Some((a, b)) = spec.trim().split_once('-') else { return Ok(None) };
     let (a, b) = (a.trim(), b.trim());
-    let unsatisfiable = Err(S3Error::InvalidRange { size });
+    let unsatisfiable = Err(S3Error::InvalidRange { size, range: h.to_string() });
     if a.is_empty() {
         let Ok(n) = b.parse::<u64>() else { return Ok(None) };
         if n == 0 || size == 0 {
@@ -750,10 +750,10 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=-3"), 10).unwrap(), Some((7, 9)));
         assert_eq!(parse_range(Some("bytes=-30"), 10).unwrap(), Some((0, 9)));
         assert_eq!(parse_range(Some("bytes=9-9"), 10).unwrap(), Some((9, 9)));
-        assert!(matches!(parse_range(Some("bytes=10-"), 10), Err(S3Error::InvalidRange { size: 10 })));
-        assert!(matches!(parse_range(Some("bytes=10-20"), 10), Err(S3Error::InvalidRange { size: 10 })));
+        assert!(matches!(parse_range(Some("bytes=10-"), 10), Err(S3Error::InvalidRange { size: 10, .. })));
+        assert!(matches!(parse_range(Some("bytes=10-20"), 10), Err(S3Error::InvalidRange { size: 10, .. })));
         assert!(matches!(parse_range(Some("bytes=-0"), 10), Err(S3Error::InvalidRange { .. })));
-        assert!(matches!(parse_range(Some("bytes=0-"), 0), Err(S3Error::InvalidRange { size: 0 })));
+        assert!(matches!(parse_range(Some("bytes=0-"), 0), Err(S3Error::InvalidRange { size: 0, .. })));
         // Syntactically invalid or multi-range headers are ignored.
         assert_eq!(parse_range(Some("bytes=5-2"), 10).unwrap(), None);
         assert_eq!(parse_range(Some("items=0-1"), 10).unwrap(), None);

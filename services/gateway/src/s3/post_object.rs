@@ -23,9 +23,6 @@ use crate::replicas::{BodyChecks, PutTarget};
 use crate::xml;
 
 /// URI encoding as AWS does it: everything but the unreserved characters.
-const URI_ENCODE: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-
 /// Bytes of form fields before the file, at most.
 const MAX_FIELDS: usize = 1 << 20;
 
@@ -361,7 +358,7 @@ pub async fn handle_post_object(
     let etag = quoted_etag(&hex::encode(outcome.md5));
 
     if let Some(url) = fields.get("success_action_redirect").filter(|u| u.starts_with("http")) {
-        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, URI_ENCODE).to_string();
+        let enc = |s: &str| percent_encoding::utf8_percent_encode(s, super::URL_KEY_ENCODE).to_string();
         let sep = if url.contains('?') { '&' } else { '?' };
         let location = format!("{url}{sep}bucket={}&key={}&etag={}", enc(bucket), enc(&key), enc(&etag));
         return Response::builder()
@@ -372,12 +369,7 @@ pub async fn handle_post_object(
             .map_err(|e| S3Error::InternalError(format!("response: {e}")));
     }
     // An absolute URL, as S3 gives (the key URL-encoded; the scheme a proxy in front says).
-    let location = {
-        let host = super::header_str(headers, "host").unwrap_or("localhost");
-        let scheme = super::header_str(headers, "x-forwarded-proto").unwrap_or("http");
-        let key = percent_encoding::utf8_percent_encode(&key, URI_ENCODE);
-        format!("{scheme}://{host}/{bucket}/{key}")
-    };
+    let location = super::object_url(headers, state.cfg.root_domain.as_deref(), bucket, &key);
     match fields.get("success_action_status").map(String::as_str) {
         Some("201") => {
             let doc = xml::PostResponse {
