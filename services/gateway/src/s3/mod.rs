@@ -283,17 +283,6 @@ pub fn empty_response(status: http::StatusCode) -> Result<Response, S3Error> {
     Response::builder().status(status).body(Body::empty()).map_err(|e| S3Error::InternalError(format!("response: {e}")))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(iso8601_ms(1_255_369_830_123), "2009-10-12T17:50:30.123Z");
-        assert_eq!(http_date(1_255_369_830_123), "Mon, 12 Oct 2009 17:50:30 GMT");
-    }
-}
-
 /// Every byte but the unreserved ones percent-encoded (a key inside a URL).
 pub(crate) const URL_KEY_ENCODE: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
@@ -309,5 +298,16 @@ pub fn object_url(headers: &HeaderMap, root_domain: Option<&str>, bucket: &str, 
         format!("{scheme}://{host}/{key}")
     } else {
         format!("{scheme}://{host}/{bucket}/{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso8601_ms(1_255_369_830_123), "2009-10-12T17:50:30.123Z");
+        assert_eq!(http_date(1_255_369_830_123), "Mon, 12 Oct 2009 17:50:30 GMT");
     }
 }
