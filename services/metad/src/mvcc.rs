@@ -1569,6 +1569,15 @@ mod tests {
             ))
             .unwrap();
         }
+        // Installed as a snapshot (from a member still on the first layout)...
+        let mut fresh = T::new().await;
+        fresh.txn(&txn(vec![put("zzz", "9")])).await.unwrap();
+        assert_eq!(fresh.db.import(&copy).await.unwrap().revision, 8);
+        for (rev, kvs) in &want {
+            assert_eq!(all_at(&fresh.db, *rev).await, *kvs, "imported, at {rev}");
+        }
+        assert_eq!(fresh.db.hash_kv(0).await.unwrap().0, s.db.hash_kv(0).await.unwrap().0);
+        // ...and opened in place.
         let (old, st) = Db::open(&copy).await.unwrap();
         assert_eq!(st.revision, 8);
         for (rev, kvs) in &want {
