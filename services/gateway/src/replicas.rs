@@ -358,15 +358,26 @@ impl Store {
                     }
                 }
                 Ok(Ok(Err(status))) => {
-                    tracing::warn!(node = %node, code = ?status.code(), message = status.message(), "replica write failed");
+                    if is_refusal(&status) {
+                        tracing::debug!(node = %node, code = ?status.code(), message = status.message(), "replica refused the write");
+                    } else {
+                        tracing::warn!(node = %node, code = ?status.code(), message = status.message(), "replica write failed");
+                    }
                     slots.1.push(status);
                 }
                 Ok(Err(e)) => tracing::warn!(node = %node, error = %e, "replica write task failed"),
                 Err(_) => tracing::warn!(node = %node, "replica write timed out"),
             }
         }
-        tracing::warn!(acks, need, "write quorum not reached");
-        Err(quorum_error(&slots.1))
+        let err = quorum_error(&slots.1);
+        // A refusal the client caused (no such upload, bucket being deleted) is its answer,
+        // not a replica problem.
+        if matches!(err, S3Error::ServiceUnavailable) {
+            tracing::warn!(acks, need, "write quorum not reached");
+        } else {
+            tracing::debug!(acks, need, code = err.code(), "write refused by the replicas");
+        }
+        Err(err)
     }
 
     /// Send one frame to every live replica concurrently; a replica whose queue stays
@@ -711,6 +722,12 @@ struct SlotGuard(Vec<Slot>, Vec<tonic::Status>);
 
 /// The error for a write that missed its quorum: a replica that does not know the
 /// multipart upload makes it `NoSuchUpload`, anything else is `ServiceUnavailable`.
+/// A daemon's refusal of the request itself (the upload or bucket is gone), as opposed to
+/// a failure of the replica.
+fn is_refusal(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::NotFound || bucket_deleted(status)
+}
+
 pub fn quorum_error(failures: &[tonic::Status]) -> S3Error {
     if failures.iter().any(bucket_deleted) {
         S3Error::NoSuchBucket
