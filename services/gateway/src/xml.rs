@@ -180,6 +180,16 @@ pub struct CompleteMultipartUploadResult {
     pub key: String,
     #[serde(rename = "ETag")]
     pub etag: String,
+    #[serde(flatten)]
+    pub checksum: ChecksumFields,
+    #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
+    pub checksum_type: Option<&'static str>,
+}
+
+/// The five checksum elements of a part or object document, in S3's order; at most one
+/// is set (the algorithm's), flattened into the document that holds them.
+#[derive(Debug, Default, Serialize)]
+pub struct ChecksumFields {
     #[serde(rename = "ChecksumCRC32", skip_serializing_if = "Option::is_none")]
     pub checksum_crc32: Option<String>,
     #[serde(rename = "ChecksumCRC32C", skip_serializing_if = "Option::is_none")]
@@ -190,26 +200,24 @@ pub struct CompleteMultipartUploadResult {
     pub checksum_sha1: Option<String>,
     #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
     pub checksum_sha256: Option<String>,
-    #[serde(rename = "ChecksumType", skip_serializing_if = "Option::is_none")]
-    pub checksum_type: Option<&'static str>,
 }
 
-/// The five checksum fields of a part or object document, in S3's order (`ChecksumCRC32`,
-/// `ChecksumCRC32C`, `ChecksumCRC64NVME`, `ChecksumSHA1`, `ChecksumSHA256`): `value` in
-/// `alg`'s slot.
-pub fn checksum_slots(alg: Option<crate::auth::checksum::ChecksumAlgorithm>, value: &str) -> [Option<String>; 5] {
-    use crate::auth::checksum::ChecksumAlgorithm as A;
-    let mut out: [Option<String>; 5] = Default::default();
-    let i = match alg {
-        Some(A::Crc32) => 0,
-        Some(A::Crc32c) => 1,
-        Some(A::Crc64Nvme) => 2,
-        Some(A::Sha1) => 3,
-        Some(A::Sha256) => 4,
-        None => return out,
-    };
-    out[i] = (!value.is_empty()).then(|| value.to_string());
-    out
+impl ChecksumFields {
+    /// `value` in `alg`'s element (nothing for no algorithm or an empty value).
+    pub fn new(alg: Option<crate::auth::checksum::ChecksumAlgorithm>, value: &str) -> Self {
+        use crate::auth::checksum::ChecksumAlgorithm as A;
+        let mut f = Self::default();
+        let slot = match alg {
+            Some(A::Crc32) => &mut f.checksum_crc32,
+            Some(A::Crc32c) => &mut f.checksum_crc32c,
+            Some(A::Crc64Nvme) => &mut f.checksum_crc64nvme,
+            Some(A::Sha1) => &mut f.checksum_sha1,
+            Some(A::Sha256) => &mut f.checksum_sha256,
+            None => return f,
+        };
+        *slot = (!value.is_empty()).then(|| value.to_string());
+        f
+    }
 }
 
 impl CompletedPartXml {
@@ -292,16 +300,8 @@ pub struct PartXml {
     pub etag: String,
     #[serde(rename = "Size")]
     pub size: u64,
-    #[serde(rename = "ChecksumCRC32", skip_serializing_if = "Option::is_none")]
-    pub checksum_crc32: Option<String>,
-    #[serde(rename = "ChecksumCRC32C", skip_serializing_if = "Option::is_none")]
-    pub checksum_crc32c: Option<String>,
-    #[serde(rename = "ChecksumCRC64NVME", skip_serializing_if = "Option::is_none")]
-    pub checksum_crc64nvme: Option<String>,
-    #[serde(rename = "ChecksumSHA1", skip_serializing_if = "Option::is_none")]
-    pub checksum_sha1: Option<String>,
-    #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
-    pub checksum_sha256: Option<String>,
+    #[serde(flatten)]
+    pub checksum: ChecksumFields,
 }
 
 #[derive(Debug, Serialize)]
@@ -397,17 +397,8 @@ pub struct ObjectPartsXml {
 
 #[derive(Debug, Serialize)]
 pub struct ObjectPartXml {
-    /// The part's checksum sits in its algorithm's slot (see `checksum_slots`).
-    #[serde(rename = "ChecksumCRC32", skip_serializing_if = "Option::is_none")]
-    pub checksum_crc32: Option<String>,
-    #[serde(rename = "ChecksumCRC32C", skip_serializing_if = "Option::is_none")]
-    pub checksum_crc32c: Option<String>,
-    #[serde(rename = "ChecksumCRC64NVME", skip_serializing_if = "Option::is_none")]
-    pub checksum_crc64nvme: Option<String>,
-    #[serde(rename = "ChecksumSHA1", skip_serializing_if = "Option::is_none")]
-    pub checksum_sha1: Option<String>,
-    #[serde(rename = "ChecksumSHA256", skip_serializing_if = "Option::is_none")]
-    pub checksum_sha256: Option<String>,
+    #[serde(flatten)]
+    pub checksum: ChecksumFields,
     #[serde(rename = "PartNumber")]
     pub part_number: u32,
     #[serde(rename = "Size")]
@@ -656,15 +647,16 @@ mod tests {
                 bucket: "b".into(),
                 key: "k".into(),
                 etag: "\"x-2\"".into(),
-                checksum_crc32: Some("AAAAAA==-2".into()),
-                checksum_crc32c: None,
-                checksum_crc64nvme: None,
-                checksum_sha1: None,
-                checksum_sha256: None,
+                checksum: ChecksumFields::new(Some(crate::auth::checksum::ChecksumAlgorithm::Crc32), "AAAAAA==-2"),
                 checksum_type: Some("COMPOSITE"),
             },
         )
         .unwrap();
+        // The checksum elements are flattened in; the namespace stays an attribute.
+        assert!(
+            s.contains("<CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Location>"),
+            "{s}"
+        );
         assert!(
             s.contains("<Location>/b/k</Location><Bucket>b</Bucket><Key>k</Key><ETag>\"x-2\"</ETag><ChecksumCRC32>AAAAAA==-2</ChecksumCRC32><ChecksumType>COMPOSITE</ChecksumType>"),
             "{s}"

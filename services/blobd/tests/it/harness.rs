@@ -86,11 +86,8 @@ impl Node {
 
 /// Poll `cond` until true or panic after `secs`.
 pub async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ready = std::future::ready;
+    wait_until(what, Instant::now() + Duration::from_secs(secs), || ready(cond())).await
 }
 
 /// `wait_for` with an async condition and an absolute deadline.

@@ -231,20 +231,12 @@ pub async fn handle_list_parts(
         is_truncated: truncated,
         parts: page
             .iter()
-            .map(|p| {
-                let [checksum_crc32, checksum_crc32c, checksum_crc64nvme, checksum_sha1, checksum_sha256] =
-                    xml::checksum_slots(declared.map(|d| d.alg), &p.checksum);
-                xml::PartXml {
-                    part_number: p.part_number,
-                    last_modified: super::iso8601_ms(p.last_modified_ms),
-                    etag: quoted_etag(&p.etag),
-                    size: p.size,
-                    checksum_crc32,
-                    checksum_crc32c,
-                    checksum_crc64nvme,
-                    checksum_sha1,
-                    checksum_sha256,
-                }
+            .map(|p| xml::PartXml {
+                part_number: p.part_number,
+                last_modified: super::iso8601_ms(p.last_modified_ms),
+                etag: quoted_etag(&p.etag),
+                size: p.size,
+                checksum: xml::ChecksumFields::new(declared.map(|d| d.alg), &p.checksum),
             })
             .collect(),
         checksum_algorithm: declared.map(|d| d.alg.name()),
@@ -519,19 +511,13 @@ pub async fn handle_complete_multipart_upload(
         l.release().await;
     }
     written?;
-    let [checksum_crc32, checksum_crc32c, checksum_crc64nvme, checksum_sha1, checksum_sha256] =
-        xml::checksum_slots(declared.map(|d| d.alg), object_checksum.as_deref().unwrap_or(""));
     let doc = xml::CompleteMultipartUploadResult {
         xmlns: xml::S3_NS,
         location: super::object_url(&ctx.headers, state.cfg.root_domain.as_deref(), bucket, key),
         bucket: bucket.to_string(),
         key: key.to_string(),
         etag: quoted_etag(&etag),
-        checksum_crc32,
-        checksum_crc32c,
-        checksum_crc64nvme,
-        checksum_sha1,
-        checksum_sha256,
+        checksum: xml::ChecksumFields::new(declared.map(|d| d.alg), object_checksum.as_deref().unwrap_or("")),
         checksum_type: declared.map(|d| d.type_name()),
     };
     let mut resp = xml_response(xml::to_xml("CompleteMultipartUploadResult", &doc)?)?;

@@ -580,21 +580,13 @@ pub async fn handle_get_object_attributes(
             is_truncated: after.len() > page.len(),
             parts: page
                 .iter()
-                .map(|(n, s)| {
-                    let [checksum_crc32, checksum_crc32c, checksum_crc64nvme, checksum_sha1, checksum_sha256] =
-                        crate::xml::checksum_slots(
-                            ChecksumAlgorithm::from_name(&meta.checksum_algorithm),
-                            meta.part_checksums.get(*n as usize - 1).map_or("", String::as_str),
-                        );
-                    crate::xml::ObjectPartXml {
-                        checksum_crc32,
-                        checksum_crc32c,
-                        checksum_crc64nvme,
-                        checksum_sha1,
-                        checksum_sha256,
-                        part_number: *n,
-                        size: *s,
-                    }
+                .map(|(n, s)| crate::xml::ObjectPartXml {
+                    checksum: crate::xml::ChecksumFields::new(
+                        ChecksumAlgorithm::from_name(&meta.checksum_algorithm),
+                        meta.part_checksums.get(*n as usize - 1).map_or("", String::as_str),
+                    ),
+                    part_number: *n,
+                    size: *s,
                 })
                 .collect(),
         }
