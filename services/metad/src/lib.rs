@@ -340,9 +340,14 @@ async fn serve(
     }
 
     // Ready while a leader is known and this member's attributes are published; a member
-    // removed from the cluster shuts down, as etcd's does.
+    // removed from the cluster shuts down, as etcd's does. Woken by server metrics (leader,
+    // state, vote, membership), which change rarely, not by `metrics()`, which changes with
+    // every log append and apply; the tick catches what they do not show (the attributes
+    // applied, a removal the peer transport reported).
     {
-        let mut metrics = raft.metrics();
+        let mut metrics = raft.server_metrics();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
         let node = node.clone();
@@ -357,6 +362,7 @@ async fn serve(
                 }
                 tokio::select! {
                     r = metrics.changed() => if r.is_err() { break },
+                    _ = tick.tick() => {}
                     () = shutdown.wait() => break,
                 }
             }

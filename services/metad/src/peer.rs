@@ -1,7 +1,9 @@
 //! The peer transport: Raft RPCs between members and the requests a member forwards to the
 //! leader, over tonic on the peer port (`raft.v1.RaftPeer`). One lazily connected, reused
-//! channel per peer URL. Payloads are JSON-encoded openraft / metad types; snapshot chunks
-//! travel as raw bytes in `blob`.
+//! channel per peer URL. AppendEntries (the hot path: every write, every heartbeat) travel
+//! on one long-lived bidirectional stream per follower (`AppendStream`), one message each
+//! way per request; the other RPCs are unary. Payloads are JSON-encoded openraft / metad
+//! types; snapshot chunks travel as raw bytes in `blob`.
 //!
 //! When the peer listener is bound to a specific IP, outgoing peer connections use it as
 //! their source address too, so a member's traffic can be told apart (and cut, in tests)
@@ -9,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ use aether_proto::raft::v1::Payload;
 use aether_proto::raft::v1::raft_peer_client::RaftPeerClient;
 use aether_proto::raft::v1::raft_peer_server::RaftPeer;
 use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -27,7 +31,7 @@ use openraft::{SnapshotMeta, Vote};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument as _;
 
 use crate::error::EtcdError;
@@ -193,7 +197,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
-        PeerClient { peers: self.clone(), target, addr: node.addr.clone() }
+        PeerClient { peers: self.clone(), target, addr: node.addr.clone(), stream: None, unary_append: false }
     }
 }
 
@@ -202,6 +206,17 @@ pub struct PeerClient {
     peers: Peers,
     target: NodeId,
     addr: String,
+    /// The AppendEntries stream to this peer, opened on first use and dropped on any error
+    /// or timeout (a late answer must never be taken for the next request's).
+    stream: Option<AppendStream>,
+    /// The peer does not know `AppendStream` (an older member): unary calls instead.
+    unary_append: bool,
+}
+
+/// One open `AppendStream`: requests go into `tx`, their answers come back on `rx` in order.
+struct AppendStream {
+    tx: tokio::sync::mpsc::Sender<Payload>,
+    rx: Streaming<Payload>,
 }
 
 #[derive(Clone, Copy)]
@@ -241,16 +256,83 @@ impl PeerClient {
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        let resp = resp.map_err(|status| match status.code() {
-            tonic::Code::FailedPrecondition if status.message() == REMOVED => {
-                self.peers.removed.store(true, std::sync::atomic::Ordering::Relaxed);
-                RPCError::Unreachable(Unreachable::new(&status))
-            }
-            tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
-            _ => RPCError::Network(NetworkError::new(&status)),
-        })?;
+        let resp = resp.map_err(|status| stream_error(status, &self.peers))?;
         let result: Result<A, RaftError<NodeId, E>> =
             serde_json::from_slice(&resp.into_inner().data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// A transport failure of the AppendEntries stream, as openraft wants it.
+fn stream_error<E: std::error::Error>(status: Status, peers: &Peers) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
+    match status.code() {
+        tonic::Code::FailedPrecondition if status.message() == REMOVED => {
+            peers.removed.store(true, std::sync::atomic::Ordering::Relaxed);
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
+}
+
+impl PeerClient {
+    /// AppendEntries over the stream to this peer (opening it if needed); falls back to the
+    /// unary RPC for a peer that does not know the stream.
+    async fn append_streamed(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        if self.unary_append {
+            return self.send(Rpc::Append, rpc, Bytes::new(), option).await;
+        }
+        let data = serde_json::to_vec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let from = self.peers.from.load(std::sync::atomic::Ordering::Relaxed);
+        let ttl = option.hard_ttl();
+        let exchange = async {
+            if self.stream.is_none() {
+                let mut client =
+                    self.peers.client(&self.addr).map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+                // Room for one request: openraft sends the next only after this one's answer.
+                let (tx, requests) = tokio::sync::mpsc::channel(1);
+                let mut request = Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
+                inject_grpc(request.metadata_mut());
+                match client.append_stream(request).await {
+                    Ok(resp) => self.stream = Some(AppendStream { tx, rx: resp.into_inner() }),
+                    Err(status) if status.code() == tonic::Code::Unimplemented => {
+                        tracing::info!(peer = %self.addr, "peer has no AppendEntries stream; using unary calls");
+                        self.unary_append = true;
+                        return Err(None);
+                    }
+                    Err(status) => return Err(Some(stream_error(status, &self.peers))),
+                }
+            }
+            let stream = self.stream.as_mut().expect("opened above");
+            let lost = || Some(RPCError::Unreachable(Unreachable::new(&Status::unavailable("append stream closed"))));
+            stream.tx.send(Payload { from, data: data.into(), blob: Bytes::new() }).await.map_err(|_| lost())?;
+            match stream.rx.message().await {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) => Err(lost()),
+                Err(status) => Err(Some(stream_error(status, &self.peers))),
+            }
+        };
+        let answer = match tokio::time::timeout(ttl, exchange).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(None)) => return self.send(Rpc::Append, rpc, Bytes::new(), option).await,
+            Ok(Err(Some(e))) => {
+                self.stream = None;
+                return Err(e);
+            }
+            Err(elapsed) => {
+                self.stream = None;
+                return Err(RPCError::Network(NetworkError::new(&elapsed)));
+            }
+        };
+        let result: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = serde_json::from_slice(&answer.data)
+            .map_err(|e| {
+                self.stream = None;
+                RPCError::Network(NetworkError::new(&e))
+            })?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -263,7 +345,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let started = std::time::Instant::now();
         let with_entries = !rpc.entries.is_empty();
-        let r = self.send(Rpc::Append, &rpc, Bytes::new(), &option).await;
+        let r = self.append_streamed(&rpc, &option).await;
         if with_entries {
             metrics::histogram!("metad_peer_append_rtt_seconds").record(started.elapsed().as_secs_f64());
         }
@@ -327,18 +409,44 @@ fn encode<T: Serialize>(value: &T) -> Result<Response<Payload>, Status> {
     Ok(Response::new(Payload { from: 0, data: data.into(), blob: Bytes::new() }))
 }
 
-#[tonic::async_trait]
-impl RaftPeer for PeerService {
-    async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
-        self.refuse_removed(request.get_ref().from)?;
-        let rpc: AppendEntriesRequest<TypeConfig> = decode(&request.into_inner().data)?;
+impl PeerService {
+    /// Handle one AppendEntries request (unary or streamed).
+    async fn append(&self, payload: Payload) -> Result<Payload, Status> {
+        self.refuse_removed(payload.from)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&payload.data)?;
         let started = std::time::Instant::now();
         let with_entries = !rpc.entries.is_empty();
         let resp = self.node.raft.append_entries(rpc).await;
         if with_entries {
             metrics::histogram!("metad_peer_append_handle_seconds").record(started.elapsed().as_secs_f64());
         }
-        encode(&resp)
+        encode(&resp).map(Response::into_inner)
+    }
+}
+
+type PayloadStream = Pin<Box<dyn Stream<Item = Result<Payload, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
+        self.append(request.into_inner()).await.map(Response::new)
+    }
+
+    type AppendStreamStream = PayloadStream;
+
+    /// Requests are handled one at a time, in order, inside the response stream itself
+    /// (no task or channel in between); an error ends the stream with its status, and the
+    /// leader opens a new one.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let svc = self.clone();
+        let answers = request.into_inner().then(move |payload| {
+            let svc = svc.clone();
+            async move { svc.append(payload?).await }
+        });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -2,7 +2,8 @@
 //! processes) and a 3-member etcd cluster (`etcd` processes) on 127.0.0.1, then runs the
 //! same load against each, alternating, several rounds: put and range (linearizable get of
 //! one key; `srange`: serializable) at concurrency 1 and 64, for a fixed time. Prints ops/s and p50/p99 latency per
-//! run and the median per (system, workload) over the rounds. Every client gets all three
+//! run and the median per (system, workload) over the rounds, with the CPU time the three
+//! member processes used per operation (user + system, from `/proc`). Every client gets all three
 //! client endpoints, as gateways and blobd do.
 //!
 //! etcdbench --aether target/release/aether --etcd /usr/bin/etcd --secs 5 --rounds 3
@@ -292,8 +293,24 @@ fn scrape(addr: &str) -> anyhow::Result<String> {
     Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
 }
 
-/// One run's (ops/s, p50 ms, p99 ms).
-type Row = (f64, f64, f64);
+/// One run's (ops/s, p50 ms, p99 ms, server CPU µs per op).
+type Row = (f64, f64, f64, f64);
+
+/// CPU seconds (user + system) the cluster's member processes have used so far, from
+/// `/proc/<pid>/stat` (in USER_HZ ticks, 100 per second on Linux).
+fn cpu_secs(c: &Cluster) -> f64 {
+    c.children
+        .iter()
+        .filter_map(|ch| std::fs::read_to_string(format!("/proc/{}/stat", ch.id())).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which is in parentheses and may hold spaces).
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .sum()
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -348,11 +365,13 @@ async fn main() -> anyhow::Result<()> {
         for (op, conc) in &a.workloads {
             let (op, conc) = (op.as_str(), *conc);
             for (c, client) in &clusters {
+                let cpu_before = cpu_secs(c);
                 let r = run_load(client, op, conc, &a).await?;
-                let row = (r.ops_per_sec(), r.pct(0.5), r.pct(0.99));
+                let cpu_us = (cpu_secs(c) - cpu_before) * 1e6 / r.ops.max(1) as f64;
+                let row = (r.ops_per_sec(), r.pct(0.5), r.pct(0.99), cpu_us);
                 println!(
-                    "round {round} {:<5} {op:<5} c{conc:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
-                    c.name, row.0, row.1, row.2
+                    "round {round} {:<6} {op:<5} c{conc:<3} {:>9.0} ops/s  p50 {:>7.2} ms  p99 {:>7.2} ms  cpu {:>5.0} µs/op",
+                    c.name, row.0, row.1, row.2, row.3
                 );
                 let wl = format!("{op} c{conc}");
                 match results.iter_mut().find(|(s, w, _)| s == c.name && *w == wl) {
@@ -366,12 +385,16 @@ async fn main() -> anyhow::Result<()> {
         "\nmedians over {} rounds ({} s each, {} B values, 3 members, client on the same host):",
         a.rounds, a.secs, a.value_size
     );
-    println!("{:<6} {:<10} {:>10} {:>10} {:>10}", "system", "workload", "ops/s", "p50 ms", "p99 ms");
+    println!(
+        "{:<6} {:<10} {:>10} {:>10} {:>10} {:>12}",
+        "system", "workload", "ops/s", "p50 ms", "p99 ms", "cpu µs/op"
+    );
     for (s, w, v) in &results {
         let ops = median(v.iter().map(|r| r.0).collect());
         let p50 = median(v.iter().map(|r| r.1).collect());
         let p99 = median(v.iter().map(|r| r.2).collect());
-        println!("{s:<6} {w:<10} {ops:>10.0} {p50:>10.2} {p99:>10.2}");
+        let cpu = median(v.iter().map(|r| r.3).collect());
+        println!("{s:<6} {w:<10} {ops:>10.0} {p50:>10.2} {p99:>10.2} {cpu:>12.0}");
     }
     if let Some(prefix) = &a.metrics {
         for (c, _) in &clusters {
