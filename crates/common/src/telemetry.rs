@@ -158,6 +158,26 @@ pub fn continue_http(span: &tracing::Span, headers: &http::HeaderMap) {
     }
 }
 
+/// The current span's W3C `traceparent`, for a message that carries it in its own field
+/// (empty if there is no trace context).
+pub fn current_traceparent() -> String {
+    let mut headers = http::HeaderMap::new();
+    inject_http(&mut headers);
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_default()
+}
+
+/// Make `span` a child of a `traceparent` carried in a message field (ignored if empty or
+/// malformed).
+pub fn continue_traceparent(span: &tracing::Span, traceparent: &str) {
+    if let Ok(v) = http::HeaderValue::from_str(traceparent)
+        && !traceparent.is_empty()
+    {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", v);
+        continue_http(span, &headers);
+    }
+}
+
 /// A tonic client interceptor that injects the current trace context into every call.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceInterceptor;

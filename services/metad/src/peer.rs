@@ -127,6 +127,11 @@ pub enum PeerReply {
 /// What the leader answers a Raft RPC from a member it no longer has (etcd's message).
 pub const REMOVED: &str = "etcdserver: the member has been permanently removed from the cluster";
 
+/// Calls in flight on one `CallStream` at most (the receiving member runs them
+/// concurrently; beyond this it stops reading the stream, and HTTP/2 flow control holds
+/// the sender back).
+const CALLS_PER_STREAM: usize = 4096;
+
 /// Outgoing peer connections.
 #[derive(Debug, Clone)]
 pub struct Peers {
@@ -135,11 +140,53 @@ pub struct Peers {
     removed: Arc<std::sync::atomic::AtomicBool>,
     local_ip: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The open `CallStream` per peer URL; `None` for a peer that does not know it.
+    call_streams: Arc<Mutex<HashMap<String, Option<CallStream>>>>,
+}
+
+/// The sending half of one `CallStream`; a task reads the answers and hands each to the
+/// caller waiting for its id.
+#[derive(Debug, Clone)]
+struct CallStream {
+    tx: tokio::sync::mpsc::Sender<Payload>,
+    waiting: Arc<Mutex<Waiting>>,
+}
+
+#[derive(Debug, Default)]
+struct Waiting {
+    next_id: u64,
+    /// Set when the answer stream ended: nothing more will be answered.
+    closed: bool,
+    callers: HashMap<u64, tokio::sync::oneshot::Sender<Payload>>,
+}
+
+impl CallStream {
+    fn closed(&self) -> bool {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).closed || self.tx.is_closed()
+    }
+}
+
+/// Removes a caller's entry when its call ends, answered or not (timed out, cancelled).
+struct Waiter {
+    waiting: Arc<Mutex<Waiting>>,
+    id: u64,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).callers.remove(&self.id);
+    }
 }
 
 impl Peers {
     pub fn new(local_ip: Option<IpAddr>) -> Self {
-        Self { from: Arc::default(), removed: Arc::default(), local_ip, channels: Arc::default() }
+        Self {
+            from: Arc::default(),
+            removed: Arc::default(),
+            local_ip,
+            channels: Arc::default(),
+            call_streams: Arc::default(),
+        }
     }
 
     /// Whether the leader has told this member it was removed from the cluster.
@@ -172,24 +219,111 @@ impl Peers {
 
     fn request(&self, data: Vec<u8>, blob: Bytes, timeout: Duration) -> Request<Payload> {
         let from = self.from.load(std::sync::atomic::Ordering::Relaxed);
-        let mut req = Request::new(Payload { from, data: data.into(), blob });
+        let mut req = Request::new(Payload { from, data: data.into(), blob, ..Default::default() });
         req.set_timeout(timeout);
         inject_grpc(req.metadata_mut());
         req
     }
 
-    /// Send a `PeerCall` to the member at `addr`. A transport failure is a timeout to the
-    /// client: the request may or may not have been carried out.
+    /// Send a `PeerCall` to the member at `addr`, on the call stream to it (unary to a member
+    /// that has none). A transport failure is a timeout to the client: the request may or
+    /// may not have been carried out.
     pub async fn call(&self, addr: &str, call: &PeerCall, timeout: Duration) -> Result<PeerReply, EtcdError> {
         let data = serde_json::to_vec(call).map_err(|e| EtcdError::Internal(e.to_string()))?;
-        let mut client = self.client(addr).map_err(|e| EtcdError::Internal(format!("peer url {addr}: {e}")))?;
-        let resp = client.call(self.request(data, Bytes::new(), timeout)).await.map_err(|status| {
-            tracing::debug!(peer = addr, error = %status, "peer call failed");
-            EtcdError::Timeout
-        })?;
+        let answer = match tokio::time::timeout(timeout, self.call_streamed(addr, data.clone())).await {
+            Ok(Ok(Some(answer))) => answer.data,
+            Ok(Ok(None)) => {
+                let mut client = self.client(addr).map_err(|e| EtcdError::Internal(format!("peer url {addr}: {e}")))?;
+                let resp = client.call(self.request(data, Bytes::new(), timeout)).await.map_err(|status| {
+                    tracing::debug!(peer = addr, error = %status, "peer call failed");
+                    EtcdError::Timeout
+                })?;
+                resp.into_inner().data
+            }
+            Ok(Err(status)) => {
+                tracing::debug!(peer = addr, error = %status, "peer call failed");
+                return Err(EtcdError::Timeout);
+            }
+            Err(_) => return Err(EtcdError::Timeout),
+        };
         let reply: Result<PeerReply, EtcdError> =
-            serde_json::from_slice(&resp.into_inner().data).map_err(|e| EtcdError::Internal(e.to_string()))?;
+            serde_json::from_slice(&answer).map_err(|e| EtcdError::Internal(e.to_string()))?;
         reply
+    }
+
+    /// One call on the call stream to `addr` (opened if there is none or it broke); `None`
+    /// if that member does not know `CallStream`.
+    async fn call_streamed(&self, addr: &str, data: Vec<u8>) -> Result<Option<Payload>, Status> {
+        let stream = {
+            let map = self.call_streams.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(addr).cloned()
+        };
+        let stream = match stream {
+            Some(None) => return Ok(None),
+            Some(Some(s)) if !s.closed() => s,
+            _ => match self.open_call_stream(addr).await? {
+                Some(s) => s,
+                None => return Ok(None),
+            },
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = {
+            let mut w = stream.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            if w.closed {
+                return Err(Status::unavailable("call stream closed"));
+            }
+            let id = w.next_id;
+            w.next_id += 1;
+            w.callers.insert(id, tx);
+            id
+        };
+        let _waiter = Waiter { waiting: Arc::clone(&stream.waiting), id };
+        let traceparent = aether_common::telemetry::current_traceparent();
+        let from = self.from.load(std::sync::atomic::Ordering::Relaxed);
+        let request = Payload { from, data: data.into(), id, traceparent, ..Default::default() };
+        stream.tx.send(request).await.map_err(|_| Status::unavailable("call stream closed"))?;
+        rx.await.map(Some).map_err(|_| Status::unavailable("call stream closed before the answer"))
+    }
+
+    /// Open a call stream to `addr` and start the task that hands out its answers; `None`
+    /// (remembered) if the member does not know `CallStream`.
+    async fn open_call_stream(&self, addr: &str) -> Result<Option<CallStream>, Status> {
+        let mut client = self.client(addr).map_err(|e| Status::unavailable(format!("peer url {addr}: {e}")))?;
+        let (tx, requests) = tokio::sync::mpsc::channel(CALLS_PER_STREAM);
+        let request = Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
+        let mut answers = match client.call_stream(request).await {
+            Ok(resp) => resp.into_inner(),
+            Err(status) if status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(peer = addr, "peer has no call stream; using unary calls");
+                self.call_streams.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), None);
+                return Ok(None);
+            }
+            Err(status) => return Err(status),
+        };
+        let stream = CallStream { tx, waiting: Arc::default() };
+        let waiting = Arc::clone(&stream.waiting);
+        let peer = addr.to_string();
+        tokio::spawn(async move {
+            let end = loop {
+                match answers.message().await {
+                    Ok(Some(answer)) => {
+                        let caller = waiting.lock().unwrap_or_else(|e| e.into_inner()).callers.remove(&answer.id);
+                        if let Some(caller) = caller {
+                            let _ = caller.send(answer);
+                        }
+                    }
+                    Ok(None) => break None,
+                    Err(status) => break Some(status),
+                }
+            };
+            tracing::debug!(peer, error = ?end, "call stream ended");
+            // Callers still waiting get a dropped sender: the call's outcome is unknown.
+            let mut w = waiting.lock().unwrap_or_else(|e| e.into_inner());
+            w.closed = true;
+            w.callers.clear();
+        });
+        self.call_streams.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), Some(stream.clone()));
+        Ok(Some(stream))
     }
 }
 
@@ -309,7 +443,7 @@ impl PeerClient {
             }
             let stream = self.stream.as_mut().expect("opened above");
             let lost = || Some(RPCError::Unreachable(Unreachable::new(&Status::unavailable("append stream closed"))));
-            stream.tx.send(Payload { from, data: data.into(), blob: Bytes::new() }).await.map_err(|_| lost())?;
+            stream.tx.send(Payload { from, data: data.into(), ..Default::default() }).await.map_err(|_| lost())?;
             match stream.rx.message().await {
                 Ok(Some(answer)) => Ok(answer),
                 Ok(None) => Err(lost()),
@@ -406,7 +540,7 @@ fn decode<T: DeserializeOwned>(data: &[u8]) -> Result<T, Status> {
 
 fn encode<T: Serialize>(value: &T) -> Result<Response<Payload>, Status> {
     let data = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
-    Ok(Response::new(Payload { from: 0, data: data.into(), blob: Bytes::new() }))
+    Ok(Response::new(Payload { data: data.into(), ..Default::default() }))
 }
 
 impl PeerService {
@@ -466,6 +600,42 @@ impl RaftPeer for PeerService {
             done: c.done,
         };
         encode(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    type CallStreamStream = PayloadStream;
+
+    /// Each request runs in its own task (forwarded writes must be able to batch); answers
+    /// go back as they finish, tagged with the request's id. At most `CALLS_PER_STREAM` run
+    /// at once: beyond that the stream is not read.
+    async fn call_stream(
+        &self,
+        request: Request<Streaming<Payload>>,
+    ) -> Result<Response<Self::CallStreamStream>, Status> {
+        let (tx, answers) = tokio::sync::mpsc::channel(CALLS_PER_STREAM);
+        let node = Arc::clone(&self.node);
+        let mut requests = request.into_inner();
+        let running = Arc::new(tokio::sync::Semaphore::new(CALLS_PER_STREAM));
+        tokio::spawn(async move {
+            while let Ok(Some(p)) = requests.message().await {
+                let Ok(permit) = Arc::clone(&running).acquire_owned().await else { break };
+                let (node, tx) = (Arc::clone(&node), tx.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let span = tracing::info_span!("peer_call", from = p.from);
+                    aether_common::telemetry::continue_traceparent(&span, &p.traceparent);
+                    let reply = match decode::<PeerCall>(&p.data) {
+                        Ok(call) => node.handle_call(call).instrument(span).await,
+                        Err(status) => Err(EtcdError::Internal(status.message().to_string())),
+                    };
+                    let answer = match serde_json::to_vec(&reply) {
+                        Ok(data) => Ok(Payload { data: data.into(), id: p.id, ..Default::default() }),
+                        Err(e) => Err(Status::internal(e.to_string())),
+                    };
+                    let _ = tx.send(answer).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(answers))))
     }
 
     async fn call(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
