@@ -462,10 +462,24 @@ fn load_state(conn: &Connection) -> rusqlite::Result<State> {
 }
 
 pub fn save_state(conn: &Connection, st: &State) -> rusqlite::Result<()> {
-    set_meta(conn, "revision", st.revision.to_string().as_bytes())?;
-    set_meta(conn, "compact_revision", st.compact_revision.to_string().as_bytes())?;
-    set_meta(conn, "last_applied", &serde_json::to_vec(&st.last_applied).map_err(other_err)?)?;
-    set_meta(conn, "membership", &serde_json::to_vec(&st.membership).map_err(other_err)?)?;
+    save_state_changes(conn, st, None)
+}
+
+/// Write the fields of `st` that differ from `before` (all of them without `before`): an
+/// apply usually moves only the revision and the applied log id.
+pub fn save_state_changes(conn: &Connection, st: &State, before: Option<&State>) -> rusqlite::Result<()> {
+    if before.is_none_or(|b| b.revision != st.revision) {
+        set_meta(conn, "revision", st.revision.to_string().as_bytes())?;
+    }
+    if before.is_none_or(|b| b.compact_revision != st.compact_revision) {
+        set_meta(conn, "compact_revision", st.compact_revision.to_string().as_bytes())?;
+    }
+    if before.is_none_or(|b| b.last_applied != st.last_applied) {
+        set_meta(conn, "last_applied", &serde_json::to_vec(&st.last_applied).map_err(other_err)?)?;
+    }
+    if before.is_none_or(|b| b.membership != st.membership) {
+        set_meta(conn, "membership", &serde_json::to_vec(&st.membership).map_err(other_err)?)?;
+    }
     Ok(())
 }
 

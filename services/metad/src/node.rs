@@ -231,8 +231,9 @@ impl Node {
         out
     }
 
-    fn member(&self, id: NodeId) -> Option<MemberInfo> {
-        self.members().into_iter().find(|m| m.id == id)
+    /// One member's attributes, as the applied membership config has them.
+    fn member(&self, id: NodeId) -> Option<Member> {
+        self.shared.read().membership.membership().get_node(&id).cloned()
     }
 
     /// Whether the applied membership config has this member's name and client URLs.
@@ -278,7 +279,7 @@ impl Node {
         if id == self.id {
             return Ok((id, Member::default()));
         }
-        let member = self.member(id).map(|m| m.member).ok_or(EtcdError::NoLeader)?;
+        let member = self.member(id).ok_or(EtcdError::NoLeader)?;
         Ok((id, member))
     }
 

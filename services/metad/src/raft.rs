@@ -728,9 +728,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             let cmds = cmd.commands();
                             let mut outcomes = Vec::with_capacity(cmds.len());
                             for cmd in cmds {
-                                let outcome = apply_command(&mut Applier { conn: tx, st: &mut work }, cmd)?;
-                                if let Ok(WriteOutcome { events: Some(ev), .. }) = &outcome {
-                                    events.push(Arc::new(ev.clone()));
+                                let mut outcome = apply_command(&mut Applier { conn: tx, st: &mut work }, cmd)?;
+                                // Nothing downstream of apply reads an outcome's events but
+                                // the watchers: moved, not copied.
+                                if let Ok(WriteOutcome { events: ev @ Some(_), .. }) = &mut outcome {
+                                    events.extend(ev.take().map(Arc::new));
                                 }
                                 if let Err(EtcdError::Internal(detail)) = &outcome {
                                     tracing::error!(detail = %detail, "apply failed");
@@ -741,7 +743,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     }
                 }
-                crate::mvcc::save_state(tx, &work)
+                // `shared` still holds the state before this batch (replaced below).
+                crate::mvcc::save_state_changes(tx, &work, Some(&shared.read()))
             })?;
             Ok::<_, rusqlite::Error>((results, work, events))
         };
