@@ -341,9 +341,9 @@ async fn serve(
 
     // Ready while a leader is known and this member's attributes are published; a member
     // removed from the cluster shuts down, as etcd's does. Woken by server metrics (leader,
-    // state, vote, membership), which change rarely, not by `metrics()`, which changes with
-    // every log append and apply; the tick catches what they do not show (the attributes
-    // applied, a removal the peer transport reported).
+    // state, vote) and by the applied membership changing (attributes published, members
+    // added or removed), not by `metrics()`, which changes with every log append and apply;
+    // the tick catches a removal the peer transport reported.
     {
         let mut metrics = raft.server_metrics();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -353,6 +353,10 @@ async fn serve(
         let node = node.clone();
         tasks.spawn(async move {
             loop {
+                // Registered before the state is read, so a change in between still wakes it.
+                let membership = node.shared.membership_changed.notified();
+                tokio::pin!(membership);
+                membership.as_mut().enable();
                 let has_leader = metrics.borrow_and_update().current_leader.is_some();
                 readiness.set(has_leader && node.published());
                 if node.check_removed().is_err() {
@@ -362,6 +366,7 @@ async fn serve(
                 }
                 tokio::select! {
                     r = metrics.changed() => if r.is_err() { break },
+                    () = membership => {}
                     _ = tick.tick() => {}
                     () = shutdown.wait() => break,
                 }

@@ -6,7 +6,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use aether_proto::etcd::etcdserverpb as pb;
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
@@ -126,8 +126,9 @@ pub struct CommandResult {
 /// One thread owns the write connection and takes work in order. `append` does not wait
 /// for the disk: it puts the entries in the in-memory tail (`cache`) and queues them, and
 /// the writer reports each append flushed (openraft's `LogFlushed`) once its SQLite
-/// transaction has committed. openraft counts an entry towards a quorum only when flushed,
-/// so the leader's fsync overlaps with replication instead of preceding it, and appends
+/// transaction has committed. openraft counts an entry towards a quorum only when flushed;
+/// on the leader it does not wait for that before replicating (a patch to the vendored
+/// openraft, `vendor/README.md`), so the leader's fsync overlaps with replication, and appends
 /// that queue up while one commits share the next commit (group commit). The log reader
 /// serves the tail from `cache` (replication reads what was just appended) and only older
 /// entries from disk.
@@ -569,6 +570,8 @@ pub struct Shared {
     pub db: Db,
     /// Every applied revision's events; watchers subscribe. Never blocks the apply path.
     pub events: broadcast::Sender<Arc<RevisionEvents>>,
+    /// Notified whenever the applied membership config changes.
+    pub membership_changed: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -576,8 +579,17 @@ impl Shared {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    /// Replace the state (after an applied batch or an installed snapshot).
+    fn replace(&self, st: State) {
+        let changed = {
+            let mut cur = self.state.write().unwrap_or_else(|e| e.into_inner());
+            let changed = cur.membership != st.membership;
+            *cur = st;
+            changed
+        };
+        if changed {
+            self.membership_changed.notify_waiters();
+        }
     }
 }
 
@@ -632,7 +644,8 @@ impl StateMachine {
             }
         }
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        Ok(Self { shared: Arc::new(Shared { state: RwLock::new(st), db, events }), data_dir: data_dir.to_path_buf() })
+        let shared = Shared { state: RwLock::new(st), db, events, membership_changed: tokio::sync::Notify::new() };
+        Ok(Self { shared: Arc::new(shared), data_dir: data_dir.to_path_buf() })
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -759,7 +772,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let (results, work, events) = applied.map_err(io)?;
         metrics::histogram!("metad_apply_batch_seconds").record(started.elapsed().as_secs_f64());
-        *self.shared.write() = work;
+        self.shared.replace(work);
         for ev in events {
             // No receivers is fine; a lagging receiver catches up from history.
             let _ = self.shared.events.send(ev);
@@ -795,7 +808,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         st.last_applied = meta.last_log_id;
         st.membership = meta.last_membership.clone();
         tracing::info!(snapshot = %meta, revision = st.revision, "installed a snapshot");
-        *self.shared.write() = st;
+        self.shared.replace(st);
         Ok(())
     }
 

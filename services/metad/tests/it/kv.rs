@@ -111,7 +111,12 @@ async fn put_get_range_and_revisions() {
     assert_eq!(s.version(), "3.5.17");
     assert_eq!(s.leader(), s.header().unwrap().member_id());
     assert!(s.raft_index() > 0);
-    assert!(crate::harness::admin_get(server.admin, "/ready").await.contains("200"));
+    // Ready follows from the published attributes (its task is woken by the applied
+    // membership changing, a moment after the member list shows it).
+    crate::harness::eventually("ready", || async {
+        crate::harness::admin_get(server.admin, "/ready").await.contains("200").then_some(())
+    })
+    .await;
     assert!(
         c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap().alarms().is_empty()
     );

@@ -1,5 +1,6 @@
 use crate::core::sm;
 use crate::raft::VoteResponse;
+use crate::raft_state::io_state::log_io_id::LogIOId;
 use crate::replication;
 use crate::MessageSummary;
 use crate::RaftTypeConfig;
@@ -41,6 +42,13 @@ where C: RaftTypeConfig
 
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
+
+    /// aether patch: the leader's own append (not waited for by `RaftCore`) is flushed, or
+    /// failed (`result` is the error).
+    LocalLogFlushed {
+        log_io_id: LogIOId<C::NodeId>,
+        result: Result<(), String>,
+    },
 
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
@@ -84,6 +92,9 @@ where C: RaftTypeConfig
             }
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
+            }
+            Self::LocalLogFlushed { log_io_id, result } => {
+                format!("Local log flushed: {}: {:?}", log_io_id, result)
             }
             Self::Tick { i } => {
                 format!("Tick {}", i)

@@ -75,6 +75,7 @@ use crate::raft::ClientWriteResponse;
 use crate::raft::VoteRequest;
 use crate::raft::VoteResponse;
 use crate::raft_state::LogIOId;
+use crate::CommittedLeaderId;
 use crate::raft_state::LogStateReader;
 use crate::replication;
 use crate::replication::request::Replicate;
@@ -1278,6 +1279,19 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { log_io_id, result } => {
+                if let Err(e) = result {
+                    let err = StorageIOError::write_logs(AnyError::error(e));
+                    return Err(Fatal::StorageError(StorageError::from(err)));
+                }
+                // A flush for an earlier leadership (of this node) counts for nothing now.
+                if let Ok(mut lh) = self.engine.leader_handler() {
+                    if CommittedLeaderId::from(lh.leader.vote.clone()) == log_io_id.committed_leader_id {
+                        lh.replication_handler().update_local_progress(log_io_id.log_id);
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1636,6 +1650,19 @@ where
             Command::AppendInputEntries { vote, entries } => {
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
+
+                // aether patch: a leader appending its own entries does not wait for the
+                // flush here, which held back every command after it (the `Replicate` of
+                // these very entries among them) for the length of an fsync: the flush is
+                // reported as `Notify::LocalLogFlushed`, and only then does the leader count
+                // itself towards the entries' quorum (`update_local_progress`). The log store
+                // runs appends, truncations and purges in the order it gets them.
+                if self.engine.leader_handler().is_ok() {
+                    let log_io_id = LogIOId::new(vote, Some(last_log_id));
+                    let callback = LogFlushed::to_core(log_io_id, self.tx_notify.clone());
+                    self.log_store.append(entries, callback).await?;
+                    return Ok(None);
+                }
 
                 self.append_to_log(entries, vote, last_log_id.clone()).await?;
 

@@ -5,6 +5,7 @@ use std::io;
 use tokio::sync::oneshot;
 
 use crate::async_runtime::AsyncOneshotSendExt;
+use crate::core::notify::Notify;
 use crate::raft_state::io_state::log_io_id::LogIOId;
 use crate::type_config::alias::OneshotSenderOf;
 use crate::LogId;
@@ -16,7 +17,17 @@ pub struct LogFlushed<C>
 where C: RaftTypeConfig
 {
     log_io_id: LogIOId<C::NodeId>,
-    tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
+    tx: FlushTo<C>,
+}
+
+/// aether patch: where a flush is reported. A leader's own appends report to `RaftCore`'s
+/// notification channel instead of a oneshot the core waits on, so the core goes on to
+/// replicate the entries while they are being flushed (see `Command::AppendInputEntries`).
+enum FlushTo<C>
+where C: RaftTypeConfig
+{
+    Oneshot(OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>),
+    Core(tokio::sync::mpsc::UnboundedSender<Notify<C>>),
 }
 
 impl<C> LogFlushed<C>
@@ -26,22 +37,46 @@ where C: RaftTypeConfig
         log_io_id: LogIOId<C::NodeId>,
         tx: OneshotSenderOf<C, Result<LogIOId<C::NodeId>, io::Error>>,
     ) -> Self {
-        Self { log_io_id, tx }
+        Self {
+            log_io_id,
+            tx: FlushTo::Oneshot(tx),
+        }
+    }
+
+    /// aether patch: report the flush to `RaftCore` as `Notify::LocalLogFlushed`.
+    pub(crate) fn to_core(log_io_id: LogIOId<C::NodeId>, tx_notify: tokio::sync::mpsc::UnboundedSender<Notify<C>>) -> Self {
+        Self {
+            log_io_id,
+            tx: FlushTo::Core(tx_notify),
+        }
     }
 
     /// Report log io completion event.
     ///
     /// It will be called when the log is successfully appended to the storage or an error occurs.
     pub fn log_io_completed(self, result: Result<(), io::Error>) {
-        let res = if let Err(e) = result {
+        if let Err(e) = &result {
             tracing::error!("LogFlush error: {}, while flushing upto {}", e, self.log_io_id);
-            self.tx.send(Err(e))
-        } else {
-            self.tx.send(Ok(self.log_io_id))
-        };
-
-        if let Err(e) = res {
-            tracing::error!("failed to send log io completion event: {:?}", e);
+        }
+        match self.tx {
+            FlushTo::Oneshot(tx) => {
+                let res = match result {
+                    Err(e) => tx.send(Err(e)),
+                    Ok(()) => tx.send(Ok(self.log_io_id)),
+                };
+                if let Err(e) = res {
+                    tracing::error!("failed to send log io completion event: {:?}", e);
+                }
+            }
+            FlushTo::Core(tx) => {
+                let notify = Notify::LocalLogFlushed {
+                    log_io_id: self.log_io_id,
+                    result: result.map_err(|e| e.to_string()),
+                };
+                if tx.send(notify).is_err() {
+                    tracing::debug!("RaftCore stopped before a log flush was reported");
+                }
+            }
         }
     }
 }
