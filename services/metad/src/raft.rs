@@ -119,7 +119,8 @@ pub struct CommandResult {
 
 /// Raft log, vote and committed id in SQLite (`synchronous=FULL`); every log or vote write
 /// is a committed (fsynced) transaction before it is acknowledged. The committed id is
-/// written along with the next append rather than with an fsync of its own: after a
+/// written along with an append (at most every `COMMITTED_SAVE_INTERVAL`) rather than with
+/// an fsync of its own: after a
 /// restart the node re-applies up to the committed id it finds, and the rest once it has
 /// led and committed again.
 ///
@@ -221,6 +222,9 @@ enum WriteOp {
 
 /// Appends per SQLite transaction at most (the queue holds up to `WRITE_QUEUE`).
 const GROUP_COMMIT: usize = 256;
+
+/// How often at most the committed log id is written along with an append.
+const COMMITTED_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 const WRITE_QUEUE: usize = 1024;
 
 fn log_writer(
@@ -230,6 +234,8 @@ fn log_writer(
     mut rx: tokio::sync::mpsc::Receiver<WriteOp>,
 ) {
     let mut carry = None;
+    // The committed id last written, and when.
+    let mut saved_committed: (Option<LogId<NodeId>>, Option<std::time::Instant>) = (None, None);
     loop {
         let first = match carry.take() {
             Some(op) => op,
@@ -267,10 +273,15 @@ fn log_writer(
                     }
                 }
             }
+            // The committed id is only a start-up hint (see `LogStore`), so it rides along
+            // at most every COMMITTED_SAVE_INTERVAL: written with every append it was a
+            // second page (meta) in each commit's fsync.
             let committed = *committed.lock().unwrap_or_else(|e| e.into_inner());
-            if committed.is_some() {
+            let due = saved_committed.1.is_none_or(|at| at.elapsed() >= COMMITTED_SAVE_INTERVAL);
+            if committed.is_some() && committed != saved_committed.0 && due {
                 let bytes = serde_json::to_vec(&committed).unwrap_or_default();
                 crate::mvcc::set_meta(&tx, "committed", &bytes)?;
+                saved_committed = (committed, Some(std::time::Instant::now()));
             }
             tx.commit()
         })();
