@@ -124,8 +124,9 @@ pub struct CommandResult {
 /// restart the node re-applies up to the committed id it finds, and the rest once it has
 /// led and committed again.
 ///
-/// One thread owns the write connection and takes work in order. `append` does not wait
-/// for the disk: it puts the entries in the in-memory tail (`cache`) and queues them, and
+/// A writer thread takes work in order. A follower's append that nothing is queued ahead of
+/// is committed inline (openraft's core waits for it anyway); any other `append` does not
+/// wait for the disk: it puts the entries in the in-memory tail (`cache`) and queues them, and
 /// the writer reports each append flushed (openraft's `LogFlushed`) once its SQLite
 /// transaction has committed. openraft counts an entry towards a quorum only when flushed;
 /// on the leader it does not wait for that before replicating (a patch to the vendored
@@ -145,6 +146,10 @@ struct LogInner {
     committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
     cache: Arc<std::sync::Mutex<LogCache>>,
     writer: tokio::sync::mpsc::Sender<WriteOp>,
+    /// The write connection (shared by the writer thread and inline appends).
+    log_writer: Arc<std::sync::Mutex<LogWriter>>,
+    /// Ops sent to the writer thread and not finished yet.
+    pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Dropping it stops the checkpointer.
     _checkpointer: std::sync::mpsc::Sender<()>,
 }
@@ -210,10 +215,13 @@ fn entry_size(e: &Entry<TypeConfig>) -> usize {
 
 type WriterJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Encoded log entries of one append, by index.
+type LogRows = Vec<(u64, Vec<u8>)>;
+
 /// Work for the log writer thread, in order.
 enum WriteOp {
     Append {
-        rows: Vec<(u64, Vec<u8>)>,
+        rows: LogRows,
         done: LogFlushed<TypeConfig>,
     },
     /// Anything else that writes (vote, truncate, purge, meta), after everything before it.
@@ -227,15 +235,67 @@ const GROUP_COMMIT: usize = 256;
 const COMMITTED_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 const WRITE_QUEUE: usize = 1024;
 
-fn log_writer(
-    mut conn: Connection,
+/// The log's write connection and what the writer remembers between commits; the writer
+/// thread holds it while it runs an op, an inline append (see `LogStore::append`) while
+/// it commits.
+struct LogWriter {
+    conn: Connection,
+    /// The committed id last written, and when.
+    saved_committed: (Option<LogId<NodeId>>, Option<std::time::Instant>),
     committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
     cache: Arc<std::sync::Mutex<LogCache>>,
+}
+
+impl LogWriter {
+    /// Commit appended rows in one transaction (fsynced), mark them durable in the cache
+    /// and report each append's flush.
+    fn commit(&mut self, batch: Vec<(LogRows, LogFlushed<TypeConfig>)>) {
+        let started = std::time::Instant::now();
+        let commit = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?, ?)")?;
+                for (rows, _) in &batch {
+                    for (i, bytes) in rows {
+                        insert.execute(params![idx(*i), bytes])?;
+                    }
+                }
+            }
+            // The committed id is only a start-up hint (see `LogStore`), so it rides along
+            // at most every COMMITTED_SAVE_INTERVAL: written with every append it was a
+            // second page (meta) in each commit's fsync.
+            let committed = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
+            let due = self.saved_committed.1.is_none_or(|at| at.elapsed() >= COMMITTED_SAVE_INTERVAL);
+            if committed.is_some() && committed != self.saved_committed.0 && due {
+                let bytes = serde_json::to_vec(&committed).unwrap_or_default();
+                crate::mvcc::set_meta(&tx, "committed", &bytes)?;
+                self.saved_committed = (committed, Some(std::time::Instant::now()));
+            }
+            tx.commit()
+        })();
+        metrics::histogram!("metad_log_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("metad_log_commit_appends").record(batch.len() as f64);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "raft log write failed");
+        } else if let Some(last) = batch.iter().flat_map(|(rows, _)| rows.iter().map(|(i, _)| *i)).max() {
+            let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            c.durable = c.durable.max(last);
+        }
+        for (_, done) in batch {
+            let result = commit.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+            done.log_io_completed(result);
+        }
+    }
+}
+
+/// The writer thread: runs queued ops in order, group-committing consecutive appends;
+/// `pending` counts the ops queued and not yet finished.
+fn log_writer(
+    writer: Arc<std::sync::Mutex<LogWriter>>,
+    pending: Arc<std::sync::atomic::AtomicUsize>,
     mut rx: tokio::sync::mpsc::Receiver<WriteOp>,
 ) {
     let mut carry = None;
-    // The committed id last written, and when.
-    let mut saved_committed: (Option<LogId<NodeId>>, Option<std::time::Instant>) = (None, None);
     loop {
         let first = match carry.take() {
             Some(op) => op,
@@ -244,9 +304,12 @@ fn log_writer(
                 None => return,
             },
         };
+        let mut w = writer.lock().unwrap_or_else(|e| e.into_inner());
         let (rows, done) = match first {
             WriteOp::Run(job) => {
-                job(&mut conn);
+                job(&mut w.conn);
+                drop(w);
+                pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 continue;
             }
             WriteOp::Append { rows, done } => (rows, done),
@@ -262,41 +325,10 @@ fn log_writer(
                 Err(_) => break,
             }
         }
-        let started = std::time::Instant::now();
-        let commit = (|| {
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached("INSERT OR REPLACE INTO log (idx, entry) VALUES (?, ?)")?;
-                for (rows, _) in &batch {
-                    for (i, bytes) in rows {
-                        insert.execute(params![idx(*i), bytes])?;
-                    }
-                }
-            }
-            // The committed id is only a start-up hint (see `LogStore`), so it rides along
-            // at most every COMMITTED_SAVE_INTERVAL: written with every append it was a
-            // second page (meta) in each commit's fsync.
-            let committed = *committed.lock().unwrap_or_else(|e| e.into_inner());
-            let due = saved_committed.1.is_none_or(|at| at.elapsed() >= COMMITTED_SAVE_INTERVAL);
-            if committed.is_some() && committed != saved_committed.0 && due {
-                let bytes = serde_json::to_vec(&committed).unwrap_or_default();
-                crate::mvcc::set_meta(&tx, "committed", &bytes)?;
-                saved_committed = (committed, Some(std::time::Instant::now()));
-            }
-            tx.commit()
-        })();
-        metrics::histogram!("metad_log_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("metad_log_commit_appends").record(batch.len() as f64);
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, "raft log write failed");
-        } else if let Some(last) = batch.iter().flat_map(|(rows, _)| rows.iter().map(|(i, _)| *i)).max() {
-            let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-            c.durable = c.durable.max(last);
-        }
-        for (_, done) in batch {
-            let result = commit.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
-            done.log_io_completed(result);
-        }
+        let n = batch.len();
+        w.commit(batch);
+        drop(w);
+        pending.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -328,10 +360,17 @@ impl LogStore {
         let committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>> = Arc::default();
         let cache: Arc<std::sync::Mutex<LogCache>> = Arc::default();
         let (writer, rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
-        let (c, k) = (Arc::clone(&committed), Arc::clone(&cache));
+        let log_writer_state = Arc::new(std::sync::Mutex::new(LogWriter {
+            conn,
+            saved_committed: (None, None),
+            committed: Arc::clone(&committed),
+            cache: Arc::clone(&cache),
+        }));
+        let pending: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (w, p) = (Arc::clone(&log_writer_state), Arc::clone(&pending));
         std::thread::Builder::new()
             .name("metad-log-writer".into())
-            .spawn(move || log_writer(conn, c, k, rx))
+            .spawn(move || log_writer(w, p, rx))
             .map_err(crate::mvcc::other_err)?;
         let checkpointer = crate::mvcc::spawn_checkpointer(&path)?;
         let inner = LogInner {
@@ -340,6 +379,8 @@ impl LogStore {
             committed,
             cache,
             writer,
+            log_writer: log_writer_state,
+            pending,
             _checkpointer: checkpointer,
         };
         Ok(Self { inner: Arc::new(inner) })
@@ -355,8 +396,18 @@ impl LogStore {
         let op = WriteOp::Run(Box::new(move |conn| {
             let _ = tx.send(job(conn));
         }));
-        self.inner.writer.send(op).await.map_err(|_| gone())?;
+        self.send_to_writer(op).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?.map_err(|e| StorageIOError::write_logs(&e))
+    }
+
+    /// Queue an op for the writer thread (counted in `pending` until it has run).
+    async fn send_to_writer(&self, op: WriteOp) -> Result<(), ()> {
+        self.inner.pending.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.inner.writer.send(op).await.is_err() {
+            self.inner.pending.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            return Err(());
+        }
+        Ok(())
     }
 
     /// Wait until everything queued so far is on disk.
@@ -531,10 +582,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 c.insert(entry);
             }
         }
+        // An append openraft waits for (a follower's) with nothing queued before it is
+        // committed right here: the Raft core would only wait for the writer thread anyway,
+        // and handing it over and back cost two thread wake-ups on the path of every write.
+        // openraft calls the log store from its core task only, so nothing can be queued
+        // between the check and the commit.
+        if callback.waited_on() && self.inner.pending.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            let mut w = self.inner.log_writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.commit(vec![(rows, callback)]);
+            return Ok(());
+        }
         let op = WriteOp::Append { rows, done: callback };
-        self.inner
-            .writer
-            .send(op)
+        self.send_to_writer(op)
             .await
             .map_err(|_| StorageIOError::write_logs(&std::io::Error::other("raft log writer stopped")))?;
         Ok(())

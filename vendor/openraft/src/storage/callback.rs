@@ -51,6 +51,12 @@ where C: RaftTypeConfig
         }
     }
 
+    /// aether patch: whether `RaftCore` waits for this flush before going on (a follower's
+    /// append, or a leader's vote-time append), rather than being told of it later.
+    pub fn waited_on(&self) -> bool {
+        matches!(self.tx, FlushTo::Oneshot(_))
+    }
+
     /// Report log io completion event.
     ///
     /// It will be called when the log is successfully appended to the storage or an error occurs.
