@@ -576,10 +576,16 @@ impl RaftPeer for PeerService {
         request: Request<Streaming<Payload>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let svc = self.clone();
-        let answers = request.into_inner().then(move |payload| {
-            let svc = svc.clone();
-            async move { svc.append(payload?).await }
-        });
+        let stop = self.node.shutdown.clone();
+        // Ends on shutdown: a graceful shutdown waits for every open stream, and this one
+        // would otherwise stay open as long as the leader does.
+        let answers = request
+            .into_inner()
+            .then(move |payload| {
+                let svc = svc.clone();
+                async move { svc.append(payload?).await }
+            })
+            .take_until(async move { stop.wait().await });
         Ok(Response::new(Box::pin(answers)))
     }
 
@@ -615,8 +621,17 @@ impl RaftPeer for PeerService {
         let node = Arc::clone(&self.node);
         let mut requests = request.into_inner();
         let running = Arc::new(tokio::sync::Semaphore::new(CALLS_PER_STREAM));
+        let stop = self.node.shutdown.clone();
         tokio::spawn(async move {
-            while let Ok(Some(p)) = requests.message().await {
+            loop {
+                // Stops reading on shutdown (calls already running still answer).
+                let p = tokio::select! {
+                    m = requests.message() => match m {
+                        Ok(Some(p)) => p,
+                        _ => break,
+                    },
+                    () = stop.wait() => break,
+                };
                 let Ok(permit) = Arc::clone(&running).acquire_owned().await else { break };
                 let (node, tx) = (Arc::clone(&node), tx.clone());
                 tokio::spawn(async move {
@@ -635,7 +650,11 @@ impl RaftPeer for PeerService {
                 });
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(answers))))
+        // Ends on shutdown, like `append_stream`'s, so a graceful shutdown does not wait
+        // for the caller to close it.
+        let stop = self.node.shutdown.clone();
+        let answers = tokio_stream::wrappers::ReceiverStream::new(answers).take_until(async move { stop.wait().await });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn call(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -424,3 +424,31 @@ async fn leases_through_followers_expire_and_survive_a_leader_change() {
     }
     assert_eq!(get(&mut c1, "l/long", false).await.unwrap(), Some(b"y".to_vec()), "kept-alive lease expired");
 }
+
+/// A graceful stop ends the long-lived peer streams (AppendEntries from the leader, calls
+/// forwarded to it) instead of waiting for the other side to close them: leader and
+/// follower both stop promptly, and the rest of the cluster goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_is_prompt_with_peer_streams_open() {
+    let mut c = MultiCluster::start(3, base_config()).await;
+    let leader = c.wait_leader(&[]).await;
+    // A write through every member: the leader's AppendEntries streams to both followers
+    // and each follower's call stream to the leader are open.
+    for (i, m) in c.members.iter().enumerate() {
+        m.client().await.put(format!("g/{i}"), "v", None).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    c.stop(leader);
+    let leader_stop = started.elapsed();
+
+    let next = c.wait_leader(&[leader]).await;
+    let mut nc = c.members[next].client().await;
+    nc.put("g/after", "v", None).await.unwrap();
+    let follower = (0..3).find(|&i| i != leader && i != next).unwrap();
+    // The new leader's AppendEntries stream to this follower is open now.
+    let started = std::time::Instant::now();
+    c.stop(follower);
+    let follower_stop = started.elapsed();
+    assert!(leader_stop < DEADLINE && follower_stop < DEADLINE, "stops took {leader_stop:?} and {follower_stop:?}");
+    eprintln!("graceful stops: leader {leader_stop:?}, follower {follower_stop:?}");
+}

@@ -230,10 +230,16 @@ impl MultiCluster {
         let _ = r.thread.join().unwrap();
     }
 
-    /// Graceful stop of member `k`.
+    /// Graceful stop of member `k`; panics if it has not stopped within `DEADLINE` (a
+    /// graceful shutdown waits for open streams, so one left open would hang it).
     pub fn stop(&mut self, k: usize) {
         let r = self.members[k].running.take().expect("member not running");
         r.shutdown.trigger();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !r.thread.is_finished() {
+            assert!(std::time::Instant::now() < deadline, "member {k} did not stop after a graceful shutdown");
+            std::thread::sleep(Duration::from_millis(10)); // poll interval
+        }
         r.thread.join().unwrap().unwrap();
     }
 
