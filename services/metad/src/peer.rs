@@ -140,8 +140,12 @@ pub struct Peers {
     removed: Arc<std::sync::atomic::AtomicBool>,
     local_ip: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
-    /// The open `CallStream` per peer URL; `None` for a peer that does not know it.
-    call_streams: Arc<Mutex<HashMap<String, Option<CallStream>>>>,
+    /// The open `CallStream` per peer URL.
+    call_streams: Arc<Mutex<HashMap<String, CallStream>>>,
+    /// Peer URLs of members that answered `Unimplemented` to a stream RPC (an older
+    /// version): they get unary calls, for AppendEntries and forwarded calls alike, from
+    /// every client of this member rather than being probed again by each.
+    unary_only: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// The sending half of one `CallStream`; a task reads the answers and hands each to the
@@ -186,6 +190,19 @@ impl Peers {
             local_ip,
             channels: Arc::default(),
             call_streams: Arc::default(),
+            unary_only: Arc::default(),
+        }
+    }
+
+    /// Whether the member at `addr` is known not to serve the stream RPCs.
+    fn is_unary_only(&self, addr: &str) -> bool {
+        self.unary_only.lock().unwrap_or_else(|e| e.into_inner()).contains(addr)
+    }
+
+    /// Remember that the member at `addr` does not serve the stream RPCs.
+    fn set_unary_only(&self, addr: &str, rpc: &str) {
+        if self.unary_only.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string()) {
+            tracing::info!(peer = addr, rpc, "peer has no stream RPCs; using unary calls");
         }
     }
 
@@ -254,13 +271,15 @@ impl Peers {
     /// One call on the call stream to `addr` (opened if there is none or it broke); `None`
     /// if that member does not know `CallStream`.
     async fn call_streamed(&self, addr: &str, data: Vec<u8>) -> Result<Option<Payload>, Status> {
+        if self.is_unary_only(addr) {
+            return Ok(None);
+        }
         let stream = {
             let map = self.call_streams.lock().unwrap_or_else(|e| e.into_inner());
             map.get(addr).cloned()
         };
         let stream = match stream {
-            Some(None) => return Ok(None),
-            Some(Some(s)) if !s.closed() => s,
+            Some(s) if !s.closed() => s,
             _ => match self.open_call_stream(addr).await? {
                 Some(s) => s,
                 None => return Ok(None),
@@ -286,7 +305,7 @@ impl Peers {
     }
 
     /// Open a call stream to `addr` and start the task that hands out its answers; `None`
-    /// (remembered) if the member does not know `CallStream`.
+    /// (remembered in `unary_only`) if the member does not know `CallStream`.
     async fn open_call_stream(&self, addr: &str) -> Result<Option<CallStream>, Status> {
         let mut client = self.client(addr).map_err(|e| Status::unavailable(format!("peer url {addr}: {e}")))?;
         let (tx, requests) = tokio::sync::mpsc::channel(CALLS_PER_STREAM);
@@ -294,8 +313,7 @@ impl Peers {
         let mut answers = match client.call_stream(request).await {
             Ok(resp) => resp.into_inner(),
             Err(status) if status.code() == tonic::Code::Unimplemented => {
-                tracing::info!(peer = addr, "peer has no call stream; using unary calls");
-                self.call_streams.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), None);
+                self.set_unary_only(addr, "CallStream");
                 return Ok(None);
             }
             Err(status) => return Err(status),
@@ -322,7 +340,7 @@ impl Peers {
             w.closed = true;
             w.callers.clear();
         });
-        self.call_streams.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), Some(stream.clone()));
+        self.call_streams.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), stream.clone());
         Ok(Some(stream))
     }
 }
@@ -331,7 +349,7 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
-        PeerClient { peers: self.clone(), target, addr: node.addr.clone(), stream: None, unary_append: false }
+        PeerClient { peers: self.clone(), target, addr: node.addr.clone(), stream: None }
     }
 }
 
@@ -343,8 +361,6 @@ pub struct PeerClient {
     /// The AppendEntries stream to this peer, opened on first use and dropped on any error
     /// or timeout (a late answer must never be taken for the next request's).
     stream: Option<AppendStream>,
-    /// The peer does not know `AppendStream` (an older member): unary calls instead.
-    unary_append: bool,
 }
 
 /// One open `AppendStream`: requests go into `tx`, their answers come back on `rx` in order.
@@ -397,7 +413,8 @@ impl PeerClient {
     }
 }
 
-/// A transport failure of the AppendEntries stream, as openraft wants it.
+/// A transport failure of a Raft RPC (unary or on the AppendEntries stream), as openraft
+/// wants it.
 fn stream_error<E: std::error::Error>(status: Status, peers: &Peers) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
     match status.code() {
         tonic::Code::FailedPrecondition if status.message() == REMOVED => {
@@ -417,7 +434,7 @@ impl PeerClient {
         rpc: &AppendEntriesRequest<TypeConfig>,
         option: &RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        if self.unary_append {
+        if self.peers.is_unary_only(&self.addr) {
             return self.send(Rpc::Append, rpc, Bytes::new(), option).await;
         }
         let data = serde_json::to_vec(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -434,8 +451,7 @@ impl PeerClient {
                 match client.append_stream(request).await {
                     Ok(resp) => self.stream = Some(AppendStream { tx, rx: resp.into_inner() }),
                     Err(status) if status.code() == tonic::Code::Unimplemented => {
-                        tracing::info!(peer = %self.addr, "peer has no AppendEntries stream; using unary calls");
-                        self.unary_append = true;
+                        self.peers.set_unary_only(&self.addr, "AppendStream");
                         return Err(None);
                     }
                     Err(status) => return Err(Some(stream_error(status, &self.peers))),

@@ -104,6 +104,8 @@ struct Running {
     shutdown: Shutdown,
     kill: Option<tokio::sync::oneshot::Sender<()>>,
     thread: std::thread::JoinHandle<Result<(), MetadError>>,
+    /// Closed when the member's thread ends.
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 pub struct Member {
@@ -197,9 +199,11 @@ impl MultiCluster {
         let shutdown = Shutdown::new();
         let sd = shutdown.clone();
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("metad-{}", m.name))
             .spawn(move || {
+                let _ended = ended_tx; // dropped when this thread returns
                 let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
                 let result = rt.block_on(async move {
                     let listeners = MetadListeners {
@@ -218,7 +222,7 @@ impl MultiCluster {
                 result
             })
             .unwrap();
-        m.running = Some(Running { shutdown, kill: Some(kill_tx), thread });
+        m.running = Some(Running { shutdown, kill: Some(kill_tx), thread, ended });
     }
 
     /// Drop member `k` abruptly (its runtime and every task in it).
@@ -235,11 +239,11 @@ impl MultiCluster {
     pub fn stop(&mut self, k: usize) {
         let r = self.members[k].running.take().expect("member not running");
         r.shutdown.trigger();
-        let deadline = std::time::Instant::now() + DEADLINE;
-        while !r.thread.is_finished() {
-            assert!(std::time::Instant::now() < deadline, "member {k} did not stop after a graceful shutdown");
-            std::thread::sleep(Duration::from_millis(10)); // poll interval
-        }
+        let ended = r.ended.recv_timeout(DEADLINE);
+        assert!(
+            matches!(ended, Err(std::sync::mpsc::RecvTimeoutError::Disconnected)),
+            "member {k} did not stop after a graceful shutdown"
+        );
         r.thread.join().unwrap().unwrap();
     }
 
