@@ -58,8 +58,9 @@ pub struct WriteOutcome {
 pub struct State {
     pub revision: i64,
     pub compact_revision: i64,
-    /// Lease id → granted TTL.
-    pub leases: BTreeMap<i64, i64>,
+    /// Lease id → granted TTL. Shared, so that the copy of the state each applied batch
+    /// works on costs nothing per lease; a grant or revoke copies it (`Arc::make_mut`).
+    pub leases: Arc<BTreeMap<i64, i64>>,
     pub last_applied: Option<LogId<NodeId>>,
     pub membership: StoredMembership<NodeId, Member>,
 }
@@ -458,7 +459,7 @@ fn load_state(conn: &Connection) -> rusqlite::Result<State> {
         .collect::<rusqlite::Result<BTreeMap<i64, i64>>>()?;
     let last_applied = get_meta(conn, "last_applied")?;
     let membership = get_meta(conn, "membership")?.unwrap_or_default();
-    Ok(State { revision, compact_revision, leases, last_applied, membership })
+    Ok(State { revision, compact_revision, leases: Arc::new(leases), last_applied, membership })
 }
 
 pub fn save_state(conn: &Connection, st: &State) -> rusqlite::Result<()> {
@@ -938,13 +939,13 @@ impl Applier<'_> {
             return Ok(Err(EtcdError::LeaseExists));
         }
         self.conn.prepare_cached("INSERT INTO leases (id, ttl) VALUES (?, ?)")?.execute([id, ttl])?;
-        self.st.leases.insert(id, ttl);
+        Arc::make_mut(&mut self.st.leases).insert(id, ttl);
         Ok(Ok(WriteOutcome { revision: self.st.revision, ..Default::default() }))
     }
 
     /// Revoke a lease and delete its keys (one revision for all of them).
     pub fn lease_revoke(&mut self, id: i64) -> ApplyResult {
-        if self.st.leases.remove(&id).is_none() {
+        if Arc::make_mut(&mut self.st.leases).remove(&id).is_none() {
             return Ok(Err(EtcdError::LeaseNotFound));
         }
         self.conn.prepare_cached("DELETE FROM leases WHERE id = ?")?.execute([id])?;
@@ -1392,7 +1393,7 @@ impl Db {
         let st = State {
             revision: image.revision,
             compact_revision: image.compact_revision,
-            leases: image.leases.iter().copied().collect(),
+            leases: Arc::new(image.leases.iter().copied().collect()),
             last_applied,
             membership,
         };

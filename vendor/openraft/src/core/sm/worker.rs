@@ -15,6 +15,10 @@ use crate::display_ext::DisplayOptionExt;
 use crate::entry::RaftPayload;
 use crate::storage::RaftStateMachine;
 use crate::type_config::alias::JoinHandleOf;
+use crate::type_config::alias::ResponderOf;
+use crate::raft::ClientWriteResponse;
+use crate::raft::responder::Responder;
+use std::collections::BTreeMap;
 use crate::AsyncRuntime;
 use crate::RaftLogId;
 use crate::RaftSnapshotBuilder;
@@ -117,8 +121,8 @@ where
                     let _ = tx.send(Ok(snapshot_data));
                     // No response to RaftCore
                 }
-                CommandPayload::Apply { entries } => {
-                    let resp = self.apply(entries).await?;
+                CommandPayload::Apply { entries, responders } => {
+                    let resp = self.apply(entries, responders).await?;
                     let res = CommandResult::new(cmd.seq, Ok(Response::Apply(resp)));
                     let _ = self.resp_tx.send(Notify::sm(res));
                 }
@@ -126,7 +130,11 @@ where
         }
     }
     #[tracing::instrument(level = "debug", skip_all)]
-    async fn apply(&mut self, entries: Vec<C::Entry>) -> Result<ApplyResult<C>, StorageError<C::NodeId>> {
+    async fn apply(
+        &mut self,
+        entries: Vec<C::Entry>,
+        mut responders: BTreeMap<u64, ResponderOf<C>>,
+    ) -> Result<ApplyResult<C>, StorageError<C::NodeId>> {
         // TODO: prepare response before apply,
         //       so that an Entry does not need to be Clone,
         //       and no references will be used by apply
@@ -154,12 +162,16 @@ where
             n_entries, n_replies
         );
 
+        // aether patch: answer the proposers here (see `CommandPayload::Apply`).
+        for (ent, apply_res) in applying_entries.into_iter().zip(apply_results) {
+            let tx = responders.remove(&ent.log_id.index);
+            send_response::<C>(ent, apply_res, tx);
+        }
+
         let resp = ApplyResult {
             since,
             end,
             last_applied,
-            applying_entries,
-            apply_results,
         };
 
         Ok(resp)
@@ -205,4 +217,22 @@ where
         let _ = tx.send(Ok(snapshot));
         Ok(())
     }
+}
+
+/// Send result of applying a log entry to its client (aether patch: moved here from
+/// `RaftCore`, which no longer answers applied entries itself).
+fn send_response<C: RaftTypeConfig>(
+    entry: ApplyingEntry<C::NodeId, C::Node>,
+    resp: C::R,
+    tx: Option<ResponderOf<C>>,
+) {
+    tracing::debug!(entry = debug(&entry), "send_response");
+
+    let Some(tx) = tx else { return };
+
+    tx.send(Ok(ClientWriteResponse {
+        log_id: entry.log_id,
+        data: resp,
+        membership: entry.membership,
+    }));
 }
