@@ -15,6 +15,9 @@
 //! prints, per metad member, the median lines of its `/metrics` summaries whose names start
 //! with the prefix (they cover the whole run, pre-fill included: use `--keys 1`). `--aether2`
 //! names a second aether binary, run as system `metad2`: two builds side by side in one run.
+//! After the medians it prints, per workload, the median over the rounds of each system's
+//! ratio to etcd in the same round: on a host whose speed swings between rounds, many short
+//! rounds (`--secs 1 --rounds 40`) and these paired ratios tell builds apart best.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -395,6 +398,24 @@ async fn main() -> anyhow::Result<()> {
         let p99 = median(v.iter().map(|r| r.2).collect());
         let cpu = median(v.iter().map(|r| r.3).collect());
         println!("{s:<6} {w:<10} {ops:>10.0} {p50:>10.2} {p99:>10.2} {cpu:>12.0}");
+    }
+    // Ratios within each round (each system's round against etcd's in the same round, run
+    // seconds apart): on a host whose speed swings from one round to the next (steal
+    // time on a shared VM), their median is steadier than the ratio of the medians.
+    let base = |w: &str| results.iter().find(|(s, rw, _)| s == "etcd" && rw == w).map(|(_, _, v)| v);
+    let mut header = false;
+    for (s, w, v) in results.iter().filter(|(s, _, _)| s != "etcd") {
+        let Some(e) = base(w) else { continue };
+        if !header {
+            println!(
+                "\nper-round ratios against etcd, medians (ops/s: above 1 is faster; p50, p99: below 1 is faster):"
+            );
+            println!("{:<6} {:<10} {:>10} {:>10} {:>10}", "system", "workload", "ops/s", "p50", "p99");
+            header = true;
+        }
+        let ratio = |f: fn(&Row) -> f64| median(v.iter().zip(e).map(|(x, y)| f(x) / f(y)).collect());
+        let (ops, p50, p99) = (ratio(|r| r.0), ratio(|r| r.1), ratio(|r| r.2));
+        println!("{s:<6} {w:<10} {ops:>10.3} {p50:>10.3} {p99:>10.3}");
     }
     if let Some(prefix) = &a.metrics {
         for (c, _) in &clusters {
