@@ -195,7 +195,7 @@ impl StagedBlob {
         }
         let src = self.guard.path.clone().ok_or_else(|| BlobdError::Io(std::io::Error::other("no staging path")))?;
         let dst = self.dir.blob_path(&self.id);
-        let span = tracing::debug_span!("blob.fsync", size = self.size);
+        let span = tracing::info_span!("blob.fsync", size = self.size);
         let dst2 = dst.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             // fdatasync: the contents and the new size; the rename is made durable by

@@ -49,6 +49,8 @@ pub struct Applied {
     pub unlink: Vec<String>,
     /// Change in the number of live (non-tombstone) objects.
     pub live_delta: i64,
+    /// Change in the bytes of live objects.
+    pub bytes_delta: i64,
 }
 
 /// An upload as the index keeps it.
@@ -118,9 +120,12 @@ impl Index {
         self.write.close().await;
     }
 
-    pub async fn count_live(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM objects WHERE tombstone = 0").fetch_one(&self.read).await?;
-        Ok(row.try_get("n")?)
+    /// Live (non-tombstone) objects and their bytes: one scan, at start-up.
+    pub async fn count_live(&self) -> Result<(i64, i64)> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS b FROM objects WHERE tombstone = 0")
+            .fetch_one(&self.read)
+            .await?;
+        Ok((row.try_get("n")?, row.try_get("b")?))
     }
 
     pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<ObjRow>> {
@@ -130,7 +135,7 @@ impl Index {
 
     /// Store `new` if its version is newer than the stored one (one transaction).
     pub async fn apply_object(&self, bucket: &str, key: &str, new: NewObject) -> Result<Applied> {
-        let span = tracing::debug_span!("index.commit", op = "apply_object");
+        let span = tracing::info_span!("index.commit", op = "apply_object");
         async {
             let mut tx = self.write.begin().await?;
             let applied = apply_in_tx(&mut tx, bucket, key, new).await?;
@@ -153,7 +158,7 @@ impl Index {
         tags: std::collections::HashMap<String, String>,
         tags_hlc: u64,
     ) -> Result<bool> {
-        let span = tracing::debug_span!("index.commit", op = "set_tags");
+        let span = tracing::info_span!("index.commit", op = "set_tags");
         async {
             let mut tx = self.write.begin().await?;
             let row = sqlx::query(SELECT_OBJECT).bind(bucket).bind(key.as_bytes()).fetch_optional(&mut *tx).await?;
@@ -226,9 +231,13 @@ impl Index {
     /// `stats` after applying a fence op for incarnation `rev`, in one
     /// write transaction: every write committed before it is counted, every later one
     /// sees the fence.
-    pub async fn fenced_stats(&self, bucket: &str, rev: i64, op: FenceOp) -> Result<(u64, u64)> {
+    /// Fence (or lift the fence of) bucket incarnation `rev` and count what the bucket
+    /// holds, in one transaction. Sealing also ends the multipart uploads of that
+    /// incarnation or older (S3 deletes a bucket with uploads in progress); the blobs of
+    /// their parts are returned for unlinking.
+    pub async fn fenced_stats(&self, bucket: &str, rev: i64, op: FenceOp) -> Result<((u64, u64), Vec<String>)> {
         const TEMPORARY_MS: i64 = 10 * 60 * 1000;
-        let span = tracing::debug_span!("index.commit", op = "fence");
+        let span = tracing::info_span!("index.commit", op = "fence");
         async {
             let mut tx = self.write.begin().await?;
             let upsert = "INSERT INTO fences (bucket, bucket_rev, until_ms) VALUES (?1, ?2, ?3) \
@@ -248,9 +257,23 @@ impl Index {
                         .await?;
                 }
             }
+            let mut unlink = Vec::new();
+            if op == FenceOp::FenceSeal {
+                let uploads = sqlx::query("SELECT upload_id, meta FROM uploads WHERE bucket = ?1")
+                    .bind(bucket)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in uploads {
+                    let (id, meta): (String, Vec<u8>) = (row.try_get("upload_id")?, row.try_get("meta")?);
+                    if decode_meta(&meta)?.bucket_rev <= rev {
+                        unlink.extend(part_blobs(&mut tx, &id).await?.into_iter().map(|p| p.blob));
+                        delete_upload(&mut tx, &id).await?;
+                    }
+                }
+            }
             let counts = bucket_counts(&mut *tx, bucket).await?;
             tx.commit().await?;
-            Ok(counts)
+            Ok((counts, unlink))
         }
         .instrument(span)
         .await
@@ -264,7 +287,7 @@ impl Index {
 
     /// Record an upload (idempotent for the same id).
     pub async fn create_upload(&self, upload_id: &str, meta: &ObjectMeta) -> Result<()> {
-        let span = tracing::debug_span!("index.commit", op = "create_upload");
+        let span = tracing::info_span!("index.commit", op = "create_upload");
         async {
             let mut tx = self.write.begin().await?;
             check_fence(&mut tx, &meta.bucket, meta.bucket_rev).await?;
@@ -398,7 +421,7 @@ impl Index {
         etag: &str,
         checksum: &str,
     ) -> Result<Option<String>> {
-        let span = tracing::debug_span!("index.commit", op = "put_part");
+        let span = tracing::info_span!("index.commit", op = "put_part");
         async {
             let mut tx = self.write.begin().await?;
             load_upload(&mut *tx, bucket, key, upload_id).await?;
@@ -434,7 +457,7 @@ impl Index {
 
     /// Delete an upload and its parts; returns the parts' blobs.
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<String>> {
-        let span = tracing::debug_span!("index.commit", op = "abort_upload");
+        let span = tracing::info_span!("index.commit", op = "abort_upload");
         async {
             let mut tx = self.write.begin().await?;
             load_upload(&mut *tx, bucket, key, upload_id).await?;
@@ -450,7 +473,7 @@ impl Index {
     /// Turn an upload into the object (LWW against the stored version), in one
     /// transaction; the object's body is the listed parts' blob files, in order.
     pub async fn complete_upload(&self, c: Completion) -> Result<Applied> {
-        let span = tracing::debug_span!("index.commit", op = "complete_upload");
+        let span = tracing::info_span!("index.commit", op = "complete_upload");
         async {
             let mut tx = self.write.begin().await?;
             let up = load_upload(&mut *tx, &c.bucket, &c.key, &c.upload_id).await?;
@@ -554,7 +577,13 @@ async fn apply_in_tx(
         && new.ver <= old.ver
     {
         // Lost to a newer (or equal) version: the incoming blobs are not referenced.
-        return Ok(Applied { applied: false, current: old.ver.clone(), unlink: new.blobs, live_delta: 0 });
+        return Ok(Applied {
+            applied: false,
+            current: old.ver.clone(),
+            unlink: new.blobs,
+            live_delta: 0,
+            bytes_delta: 0,
+        });
     }
     sqlx::query(UPSERT_OBJECT)
         .bind(bucket)
@@ -569,7 +598,15 @@ async fn apply_in_tx(
         .await?;
     let was_live = old.as_ref().is_some_and(|o| !o.tombstone);
     let live_delta = i64::from(!new.tombstone) - i64::from(was_live);
-    Ok(Applied { applied: true, current: new.ver, unlink: old.map(|o| o.blobs).unwrap_or_default(), live_delta })
+    let live_bytes = |tombstone: bool, size: u64| if tombstone { 0 } else { size as i64 };
+    let bytes_delta = live_bytes(new.tombstone, new.size) - old.as_ref().map_or(0, |o| live_bytes(o.tombstone, o.size));
+    Ok(Applied {
+        applied: true,
+        current: new.ver,
+        unlink: old.map(|o| o.blobs).unwrap_or_default(),
+        live_delta,
+        bytes_delta,
+    })
 }
 
 async fn load_upload<'e, E>(exec: E, bucket: &str, key: &str, upload_id: &str) -> Result<UploadRow>

@@ -94,6 +94,8 @@ pub fn read_or_create_node_id(data_dir: &Path) -> std::io::Result<String> {
 
 /// Serve until `shutdown`, then stop cleanly (revoke the lease, close the index).
 pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown) -> Result<(), BlobdError> {
+    // The metrics recorder first: what is recorded before it is installed is lost.
+    let _ = aether_common::admin::prometheus();
     let data_dir = cfg.data_dir.clone();
     let node_id = match &cfg.node_id {
         Some(id) => id.clone(),
@@ -109,7 +111,7 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
     })
     .await??;
     let index = index::Index::open(&data_dir).await?;
-    let store = match service::Store::new(dir, index.clone()).await {
+    let store = match service::Store::new(dir, index.clone(), node_id.clone()).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
             index.close().await;
@@ -131,12 +133,32 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
     let registered = Readiness::default();
 
     let local = listeners.grpc.local_addr()?;
-    let addr = cfg.advertise_addr.clone().unwrap_or_else(|| local.to_string());
+    let addr = match &cfg.advertise_addr {
+        Some(a) => a.clone(),
+        // Listening on every interface says nothing about which address others reach:
+        // advertise the one the route to metad leaves from (a container's own address).
+        None if local.ip().is_unspecified() => match outward_ip(&cfg.metad_endpoints).await {
+            Some(ip) => std::net::SocketAddr::new(ip, local.port()).to_string(),
+            None => local.to_string(),
+        },
+        None => local.to_string(),
+    };
+    metrics::gauge!("blobd_node_info", "node_id" => node_id.clone(), "zone" => cfg.zone.clone()).set(1.0);
+    // Every counter exists (at zero) from the start, for scrapers and dashboards.
+    for name in [
+        "blobd_puts_total",
+        "blobd_gets_total",
+        "blobd_bytes_written_total",
+        "blobd_bytes_read_total",
+        "blobd_mpu_reaped_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
     tracing::info!(%node_id, grpc = %local, advertise = %addr, data_dir = %data_dir.display(), "blobd starting");
 
     let admin = listeners.admin.map(|l| {
-        let checks = vec![index_ready.clone(), registered.clone()];
-        tokio::spawn(aether_common::admin::serve(l, checks, stop.clone()))
+        let checks = vec![index_ready.check("index not open"), registered.check("not registered in metad")];
+        tokio::spawn(aether_common::admin::serve(l, checks, Default::default(), stop.clone()))
     });
 
     let reg = register::Registration {
@@ -186,6 +208,25 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
     index.close().await;
     tracing::info!(%node_id, "blobd stopped");
     served.map_err(BlobdError::from)
+}
+
+/// The local address of the route to the first metad endpoint that resolves (a UDP
+/// `connect` sends nothing; it only picks the route).
+async fn outward_ip(endpoints: &[String]) -> Option<std::net::IpAddr> {
+    for ep in endpoints {
+        let hostport = ep.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/');
+        let Ok(mut addrs) = tokio::net::lookup_host(hostport).await else { continue };
+        let Some(target) = addrs.next() else { continue };
+        let bind: std::net::SocketAddr =
+            if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+        let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else { continue };
+        if sock.connect(target).await.is_ok()
+            && let Ok(local) = sock.local_addr()
+        {
+            return Some(local.ip());
+        }
+    }
+    None
 }
 
 fn now_rfc3339() -> String {

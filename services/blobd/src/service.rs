@@ -10,8 +10,8 @@ use aether_proto::blob::v1::{
     AbortUploadRequest, AbortUploadResponse, BucketStatsRequest, BucketStatsResponse, CompleteUploadRequest,
     CreateUploadRequest, CreateUploadResponse, DeleteRequest, FenceOp, GetRequest, GetResponse, GetUploadRequest,
     GetUploadResponse, HeadRequest, ListEntry, ListRequest, ListResponse, ListUploadsRequest, ListUploadsResponse,
-    ObjectMeta, PutCommit, PutPartRequest, PutPartResponse, PutRequest, SetTagsRequest, SetTagsResponse, WriteResponse,
-    get_response, put_part_request, put_request,
+    NodeStatsRequest, NodeStatsResponse, ObjectMeta, PutCommit, PutPartRequest, PutPartResponse, PutRequest,
+    SetTagsRequest, SetTagsResponse, WriteResponse, get_response, put_part_request, put_request,
 };
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -36,20 +36,34 @@ const MAX_PART_NUMBER: u32 = 10_000;
 pub struct Store {
     pub dir: BlobDir,
     pub index: Index,
+    pub node_id: String,
     live: AtomicI64,
+    live_bytes: AtomicI64,
 }
 
 impl Store {
-    pub async fn new(dir: BlobDir, index: Index) -> Result<Self> {
-        let live = index.count_live().await?;
+    pub async fn new(dir: BlobDir, index: Index, node_id: String) -> Result<Self> {
+        let (live, bytes) = index.count_live().await?;
         metrics::gauge!("blobd_objects").set(live as f64);
-        Ok(Self { dir, index, live: AtomicI64::new(live) })
+        metrics::gauge!("blobd_bytes").set(bytes as f64);
+        Ok(Self { dir, index, node_id, live: AtomicI64::new(live), live_bytes: AtomicI64::new(bytes) })
+    }
+
+    /// Live objects and their bytes (kept current by every applied write).
+    pub fn totals(&self) -> (u64, u64) {
+        let n = self.live.load(Ordering::Acquire).max(0) as u64;
+        let b = self.live_bytes.load(Ordering::Acquire).max(0) as u64;
+        (n, b)
     }
 
     async fn finish_write(&self, applied: Applied) -> WriteResponse {
         if applied.live_delta != 0 {
             let n = self.live.fetch_add(applied.live_delta, Ordering::AcqRel) + applied.live_delta;
             metrics::gauge!("blobd_objects").set(n as f64);
+        }
+        if applied.bytes_delta != 0 {
+            let b = self.live_bytes.fetch_add(applied.bytes_delta, Ordering::AcqRel) + applied.bytes_delta;
+            metrics::gauge!("blobd_bytes").set(b as f64);
         }
         self.dir.unlink(applied.unlink).await;
         WriteResponse { applied: applied.applied, current: Some(applied.current.to_wire()) }
@@ -459,7 +473,11 @@ impl BlobService for BlobSvc {
         async {
             let (objects, uploads) = match req.fence() {
                 FenceOp::FenceNone => self.store.index.stats(&req.bucket).await?,
-                op => self.store.index.fenced_stats(&req.bucket, req.fence_rev, op).await?,
+                op => {
+                    let (counts, unlink) = self.store.index.fenced_stats(&req.bucket, req.fence_rev, op).await?;
+                    self.store.dir.unlink(unlink).await;
+                    counts
+                }
             };
             Ok::<_, BlobdError>(BucketStatsResponse { objects, uploads })
         }
@@ -467,6 +485,11 @@ impl BlobService for BlobSvc {
         .await
         .map(Response::new)
         .map_err(Into::into)
+    }
+
+    async fn node_stats(&self, _request: Request<NodeStatsRequest>) -> Result<Response<NodeStatsResponse>, Status> {
+        let (objects, bytes) = self.store.totals();
+        Ok(Response::new(NodeStatsResponse { node_id: self.store.node_id.clone(), objects, bytes }))
     }
 
     async fn create_upload(
