@@ -2,7 +2,7 @@
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set) and W3C trace-context propagation over gRPC
 //! metadata and HTTP headers.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
@@ -36,6 +36,26 @@ impl Drop for TelemetryGuard {
 
 static INIT: OnceLock<()> = OnceLock::new();
 
+type Reload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static RELOAD: OnceLock<Reload> = OnceLock::new();
+static LOG_LEVEL: OnceLock<Mutex<String>> = OnceLock::new();
+
+/// The log filter in force (`None` when [`init`] did not install the subscriber).
+pub fn log_level() -> Option<String> {
+    LOG_LEVEL.get().map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone())
+}
+
+/// Change the log filter at runtime (EnvFilter syntax, e.g. `aether_gateway=debug,info`).
+pub fn set_log_level(directives: &str) -> Result<(), String> {
+    let (Some(reload), Some(level)) = (RELOAD.get(), LOG_LEVEL.get()) else {
+        return Err("logging is not set up by this process".to_string());
+    };
+    reload(directives)?;
+    *level.lock().unwrap_or_else(|e| e.into_inner()) = directives.to_string();
+    tracing::info!(log_level = directives, "log level changed");
+    Ok(())
+}
+
 /// Install the global subscriber once per process (later calls are no-ops, so tests and
 /// `aether server` may call it for each service).
 pub fn init(cfg: &TelemetryConfig) -> TelemetryGuard {
@@ -45,7 +65,20 @@ pub fn init(cfg: &TelemetryConfig) -> TelemetryGuard {
     }
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
 
-    let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, level) = match EnvFilter::try_new(&cfg.log_level) {
+        Ok(f) => (f, cfg.log_level.clone()),
+        Err(e) => {
+            eprintln!("invalid log level {:?} ({e}); using info", cfg.log_level);
+            (EnvFilter::new("info"), "info".to_string())
+        }
+    };
+    // The filter sits behind a reload handle: `PUT /log_level` on the admin port changes it.
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_LEVEL.set(Mutex::new(level));
+    let _ = RELOAD.set(Box::new(move |directives: &str| {
+        let f = EnvFilter::try_new(directives).map_err(|e| format!("invalid log filter {directives:?}: {e}"))?;
+        handle.reload(f).map_err(|e| e.to_string())
+    }));
     let otel_layer = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|s| !s.is_empty()).and_then(|_| {
         // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT itself.
         let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {

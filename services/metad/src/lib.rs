@@ -208,6 +208,8 @@ async fn join_identity(boot: &Bootstrap, peers: &Peers) -> Result<Identity, Meta
 
 /// Serve until `shutdown` resolves, then stop Raft, close files and return.
 pub async fn run(cfg: MetadConfig, listeners: MetadListeners, shutdown: Shutdown) -> Result<(), MetadError> {
+    // The metrics recorder first: what is recorded before it is installed is lost.
+    let _ = aether_common::admin::prometheus();
     let data_dir = cfg.data_dir.clone();
     let io = |source| MetadError::Io { path: data_dir.clone(), source };
     tokio::fs::create_dir_all(&data_dir).await.map_err(io)?;
@@ -297,10 +299,10 @@ async fn serve(
     let readiness = Readiness::default();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(l) = listeners.admin {
-        let checks = vec![readiness.clone()];
+        let checks = vec![readiness.check("no known leader")];
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            if let Err(e) = aether_common::admin::serve(l, checks, shutdown).await {
+            if let Err(e) = aether_common::admin::serve(l, checks, Default::default(), shutdown).await {
                 tracing::warn!(error = %e, "admin server failed");
             }
         });
@@ -374,6 +376,22 @@ async fn serve(
             readiness.set(false);
         });
     }
+    // Gauges for dashboards: sampled once a second (Prometheus scrapes every few seconds).
+    {
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = shutdown.wait() => break,
+                }
+                record_gauges(&node);
+            }
+        });
+    }
     tasks.spawn(lease::expiry_loop(
         node.clone(),
         Duration::from_millis(cfg.lease_check_interval_ms.max(10)),
@@ -415,6 +433,26 @@ async fn serve(
     shutdown.trigger();
     while tasks.join_next().await.is_some() {}
     result.map_err(MetadError::from)
+}
+
+fn record_gauges(node: &Node) {
+    let (term, last_index, applied, leader) = {
+        let m = node.raft.metrics();
+        let m = m.borrow();
+        (m.current_term, m.last_log_index.unwrap_or(0), m.last_applied.map(|l| l.index).unwrap_or(0), m.current_leader)
+    };
+    let (revision, compact_revision, leases) = {
+        let st = node.shared.read();
+        (st.revision, st.compact_revision, st.leases.len())
+    };
+    metrics::gauge!("metad_is_leader").set(if leader == Some(node.id) { 1.0 } else { 0.0 });
+    metrics::gauge!("metad_has_leader").set(if leader.is_some() { 1.0 } else { 0.0 });
+    metrics::gauge!("metad_raft_term").set(term as f64);
+    metrics::gauge!("metad_raft_index").set(last_index as f64);
+    metrics::gauge!("metad_raft_applied_index").set(applied as f64);
+    metrics::gauge!("metad_revision").set(revision as f64);
+    metrics::gauge!("metad_compact_revision").set(compact_revision as f64);
+    metrics::gauge!("metad_leases").set(leases as f64);
 }
 
 /// Announce this member's name and client URLs in the membership config (once a leader

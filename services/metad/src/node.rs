@@ -11,6 +11,7 @@ use aether_common::shutdown::Shutdown;
 use aether_proto::etcd::etcdserverpb as pb;
 use openraft::ChangeMembers;
 use prost::Message as _;
+use tracing::Instrument as _;
 
 use crate::error::{EtcdError, from_read_error, from_write_error};
 use crate::lease::LeaseClock;
@@ -296,7 +297,8 @@ impl Node {
             return self.write_local(cmd).await.map(|(out, _)| out);
         }
         let started = std::time::Instant::now();
-        match self.to_leader(&member, &PeerCall::Write(cmd)).await? {
+        let span = tracing::info_span!("raft.forward", leader = %format!("{leader:x}"));
+        match self.to_leader(&member, &PeerCall::Write(cmd)).instrument(span).await? {
             PeerReply::Written { revision, index, has_txn, txn } => {
                 metrics::histogram!("metad_forwarded_write_seconds").record(started.elapsed().as_secs_f64());
                 // Answered as soon as the leader has applied it. A serializable read or a
@@ -319,21 +321,33 @@ impl Node {
     /// Propose only if this member leads (never forwarded); the outcome and the log index
     /// of the entry that carried it.
     pub async fn write_local(&self, cmd: Command) -> Result<(WriteOutcome, u64), EtcdError> {
-        // Nothing queued and a slot free: propose here, without the proposer's hand-offs.
-        if self.proposals.capacity() == PROPOSAL_QUEUE
-            && let Ok(_slot) = Arc::clone(&self.proposal_slots).try_acquire_owned()
-        {
-            return propose(&self.raft, cmd, 1).await.next().unwrap_or(Err(EtcdError::Timeout));
+        // One span per proposal as its caller sees it: proposed, committed by a quorum and
+        // applied (a batch of concurrent proposals shares one Raft entry).
+        let span = tracing::info_span!("raft.propose_apply", index = tracing::field::Empty);
+        async {
+            // Nothing queued and a slot free: propose here, without the proposer's hand-offs.
+            let r = if self.proposals.capacity() == PROPOSAL_QUEUE
+                && let Ok(_slot) = Arc::clone(&self.proposal_slots).try_acquire_owned()
+            {
+                propose(&self.raft, cmd, 1).await.next().unwrap_or(Err(EtcdError::Timeout))
+            } else {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let queued = async {
+                    self.proposals.send((cmd, tx)).await.map_err(|_| EtcdError::Stopped)?;
+                    rx.await.map_err(|_| EtcdError::Stopped)?
+                };
+                match tokio::time::timeout(REQUEST_TIMEOUT, queued).await {
+                    Ok(r) => r,
+                    Err(_) => Err(EtcdError::Timeout),
+                }
+            };
+            if let Ok((_, index)) = &r {
+                tracing::Span::current().record("index", index);
+            }
+            r
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let queued = async {
-            self.proposals.send((cmd, tx)).await.map_err(|_| EtcdError::Stopped)?;
-            rx.await.map_err(|_| EtcdError::Stopped)?
-        };
-        match tokio::time::timeout(REQUEST_TIMEOUT, queued).await {
-            Ok(r) => r,
-            Err(_) => Err(EtcdError::Timeout),
-        }
+        .instrument(span)
+        .await
     }
 
     /// A read-index round unless the client asked for a serializable read: the leader

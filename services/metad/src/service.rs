@@ -36,7 +36,7 @@ impl EtcdService {
 }
 
 fn rpc_span(rpc: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
-    let span = tracing::info_span!("etcd", rpc);
+    let span = tracing::info_span!("etcd", otel.name = format!("etcd.{rpc}"), rpc);
     continue_grpc(&span, metadata);
     span
 }
