@@ -807,3 +807,37 @@ async fn ten_thousand_parts() -> anyhow::Result<()> {
     assert_eq!(head.content_length(), Some(data(5_000).len() as i64));
     Ok(())
 }
+
+/// As on S3, uploads in progress do not keep a bucket from being deleted: the delete ends
+/// them on every node, and a re-created bucket of the same name does not see them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_bucket_ends_uploads_in_progress() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("mpu-gone").send().await?;
+    let up = s3.create_multipart_upload().bucket("mpu-gone").key("k").send().await?;
+    let id = up.upload_id().expect("upload id").to_string();
+    s3.upload_part().bucket("mpu-gone").key("k").upload_id(&id).part_number(1).body(bs(&pattern(MIB, 7))).send().await?;
+
+    s3.delete_bucket().bucket("mpu-gone").send().await?;
+    let r = s3.list_multipart_uploads().bucket("mpu-gone").send().await;
+    assert_eq!(err_code(r), "NoSuchBucket");
+
+    s3.create_bucket().bucket("mpu-gone").send().await?;
+    let listed = s3.list_multipart_uploads().bucket("mpu-gone").send().await?;
+    assert!(listed.uploads().is_empty(), "the old incarnation's upload is gone: {:?}", listed.uploads());
+    let r = s3.upload_part().bucket("mpu-gone").key("k").upload_id(&id).part_number(2).body(bs(b"x")).send().await;
+    assert_eq!(err_code(r), "NoSuchUpload");
+    let r = s3
+        .complete_multipart_upload()
+        .bucket("mpu-gone")
+        .key("k")
+        .upload_id(&id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder().parts(CompletedPart::builder().part_number(1).e_tag("\"x\"").build()).build(),
+        )
+        .send()
+        .await;
+    assert_eq!(err_code(r), "NoSuchUpload");
+    Ok(())
+}

@@ -54,15 +54,18 @@ async fn one_trace_spans_gateway_blobd_and_metad() -> anyhow::Result<()> {
     let trace1 = TraceId::from_hex(t1)?;
     let spans = wait_for("CreateBucket spans from gateway and metad", Duration::from_secs(10), || async {
         let s = spans_of(trace1);
-        (s.iter().any(|s| s.name == "CreateBucket") && s.iter().any(|s| s.name == "etcd")).then_some(s)
+        (s.iter().any(|s| s.name == "CreateBucket") && s.iter().any(|s| s.name.starts_with("etcd."))).then_some(s)
     })
     .await?;
     let gw = spans.iter().find(|s| s.name == "CreateBucket").expect("gateway span");
     assert_eq!(gw.parent_span_id, SpanId::from_hex(client_span)?, "gateway continues the incoming traceparent");
     let ids: Vec<SpanId> = spans.iter().map(|s| s.span_context.span_id()).collect();
-    for m in spans.iter().filter(|s| s.name == "etcd") {
+    for m in spans.iter().filter(|s| s.name.starts_with("etcd.")) {
         assert!(ids.contains(&m.parent_span_id), "metad span's parent is a span of this trace");
     }
+    let txn = spans.iter().find(|s| s.name == "etcd.Txn").expect("the bucket's Txn in metad");
+    let propose = spans.iter().find(|s| s.name == "raft.propose_apply").expect("metad's proposal span");
+    assert_eq!(propose.parent_span_id, txn.span_context.span_id(), "the proposal is a child of the Txn");
 
     // PutObject: gateway span + one blob.put per replica, children of the gateway's spans.
     let t2 = "0af7651916cd43dd8448eb211c80319c";
@@ -78,6 +81,22 @@ async fn one_trace_spans_gateway_blobd_and_metad() -> anyhow::Result<()> {
     let ids: Vec<SpanId> = spans.iter().map(|s| s.span_context.span_id()).collect();
     for b in spans.iter().filter(|s| s.name == "blob.put") {
         assert!(ids.contains(&b.parent_span_id), "blob.put's parent is a span of this trace");
+    }
+    // Each replica's write: a gateway span per replica, and blobd's fsync and index commit
+    // under its blob.put.
+    let spans = wait_for("blobd's fsync and index spans", Duration::from_secs(10), || async {
+        let s = spans_of(trace2);
+        (s.iter().filter(|s| s.name == "index.commit").count() == 2).then_some(s)
+    })
+    .await?;
+    assert_eq!(spans.iter().filter(|s| s.name == "replica.put").count(), 2, "one gateway span per replica");
+    let puts: Vec<SpanId> = spans.iter().filter(|s| s.name == "blob.put").map(|s| s.span_context.span_id()).collect();
+    for name in ["blob.fsync", "index.commit"] {
+        let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+        assert_eq!(found.len(), 2, "{name} once per replica");
+        for s in found {
+            assert!(puts.contains(&s.parent_span_id), "{name}'s parent is a blob.put");
+        }
     }
     Ok(())
 }

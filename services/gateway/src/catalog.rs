@@ -44,6 +44,14 @@ impl Snapshot {
             .collect()
     }
 
+    /// The layout's size and how many of its active nodes hold a live lease, as gauges.
+    fn record_gauges(&self) {
+        let active = self.placement_nodes();
+        let live = active.iter().filter(|n| self.is_alive(&n.id)).count();
+        metrics::gauge!("gateway_layout_nodes").set(self.nodes.len() as f64);
+        metrics::gauge!("gateway_live_nodes").set(live as f64);
+    }
+
     pub fn is_alive(&self, node_id: &str) -> bool {
         self.alive.contains_key(node_id)
     }
@@ -202,6 +210,7 @@ impl Catalog {
     }
 
     fn replace(&self, snap: Snapshot) {
+        snap.record_gauges();
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
     }
 
@@ -311,6 +320,7 @@ impl Catalog {
                 }
             }
             st.applied = Some(st.applied.unwrap_or(0).max(next.revision));
+            next.record_gauges();
             *guard = Arc::new(next);
         }
         Ok(())

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod endpoint;
 pub mod error;

@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::auth::checksum::{ChecksumAlgorithm, Hasher};
 use crate::catalog::{Catalog, Snapshot};
+use crate::cluster;
 use crate::error::S3Error;
 
 pub type BlobClient = BlobServiceClient<InterceptedService<Channel, TraceInterceptor>>;
@@ -37,6 +38,8 @@ pub type BlobClient = BlobServiceClient<InterceptedService<Channel, TraceInterce
 pub const CHUNK_SIZE: usize = 256 << 10;
 /// Chunks queued per replica before the writer waits (bounded memory per request).
 const REPLICA_QUEUE: usize = 1;
+/// How long a quorum read waits on a replica before also asking the next one.
+const HEDGE_AFTER: Duration = Duration::from_millis(500);
 
 /// One replica of a key: its node id, address and whether it holds a live lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +128,11 @@ impl Store {
                 Some(Replica { alive: snap.is_alive(&n.id), id: n.id, addr })
             })
             .collect()
+    }
+
+    /// This gateway's HLC writer id.
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
     }
 
     pub fn write_quorum(&self, n: usize) -> usize {
@@ -224,6 +232,7 @@ impl Store {
             if errs.iter().any(bucket_deleted) {
                 return Err(S3Error::NoSuchBucket);
             }
+            cluster::quorum_failed("write");
             return Err(S3Error::ServiceUnavailable);
         }
         Ok(oks)
@@ -252,6 +261,9 @@ impl Store {
                 }
             };
             let (tx, rx) = mpsc::channel::<Frame>(REPLICA_QUEUE);
+            // One span per replica written (HRW rank, node, address): blobd's own spans nest
+            // under it.
+            let span = tracing::info_span!("replica.put", node = %r.id, addr = %r.addr);
             let handle = match &target {
                 PutTarget::Object(meta) => {
                     let first = pb::PutRequest {
@@ -265,7 +277,7 @@ impl Store {
                     });
                     let stream = futures::stream::once(async move { first }).chain(rest);
                     tokio::spawn(
-                        async move { client.put(stream).await.map(|r| r.into_inner().applied) }.in_current_span(),
+                        async move { client.put(stream).await.map(|r| r.into_inner().applied) }.instrument(span),
                     )
                 }
                 PutTarget::Part(header) => {
@@ -277,13 +289,15 @@ impl Store {
                         }),
                     });
                     let stream = futures::stream::once(async move { first }).chain(rest);
-                    tokio::spawn(async move { client.put_part(stream).await.map(|_| true) }.in_current_span())
+                    tokio::spawn(async move { client.put_part(stream).await.map(|_| true) }.instrument(span))
                 }
             };
             slots.0.push(Slot { node: r.id.clone(), tx: Some(tx), handle: Some(handle) });
         }
+        cluster::replica_writes_missed(replicas.len() - slots.0.len());
         if slots.live() < need {
             tracing::warn!(live = slots.live(), need, "not enough live replicas for the write quorum");
+            cluster::quorum_failed("write");
             return Err(S3Error::ServiceUnavailable);
         }
 
@@ -362,11 +376,18 @@ impl Store {
                         tracing::debug!(node = %node, code = ?status.code(), message = status.message(), "replica refused the write");
                     } else {
                         tracing::warn!(node = %node, code = ?status.code(), message = status.message(), "replica write failed");
+                        cluster::replica_writes_missed(1);
                     }
                     slots.1.push(status);
                 }
-                Ok(Err(e)) => tracing::warn!(node = %node, error = %e, "replica write task failed"),
-                Err(_) => tracing::warn!(node = %node, "replica write timed out"),
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %node, error = %e, "replica write task failed");
+                    cluster::replica_writes_missed(1);
+                }
+                Err(_) => {
+                    tracing::warn!(node = %node, "replica write timed out");
+                    cluster::replica_writes_missed(1);
+                }
             }
         }
         let err = quorum_error(&slots.1);
@@ -374,6 +395,7 @@ impl Store {
         // not a replica problem.
         if matches!(err, S3Error::ServiceUnavailable) {
             tracing::warn!(acks, need, "write quorum not reached");
+            cluster::quorum_failed("write");
         } else {
             tracing::debug!(acks, need, code = err.code(), "write refused by the replicas");
         }
@@ -398,6 +420,7 @@ impl Store {
             };
             let slot = &mut slots.0[i];
             tracing::warn!(node = %slot.node, reason = failed, "dropping replica from this write");
+            cluster::replica_writes_missed(1);
             slot.tx = None;
             if let Some(mut h) = slot.handle.take() {
                 if closed {
@@ -414,7 +437,11 @@ impl Store {
         }
         if slots.live() < need {
             tracing::warn!(live = slots.live(), need, "write quorum lost while streaming");
-            return Err(quorum_error(&slots.1));
+            let err = quorum_error(&slots.1);
+            if matches!(err, S3Error::ServiceUnavailable) {
+                cluster::quorum_failed("write");
+            }
+            return Err(err);
         }
         Ok(())
     }
@@ -433,11 +460,13 @@ impl Store {
         let candidates: Vec<&Replica> = replicas.iter().filter(|r| r.alive).collect();
         if candidates.is_empty() {
             tracing::warn!("no live replica for a read");
+            cluster::quorum_failed("read");
             return Err(S3Error::ServiceUnavailable);
         }
         let need = self.read_quorum(replicas.len());
         if candidates.len() < need {
             tracing::warn!(live = candidates.len(), need, "not enough live replicas for the read quorum");
+            cluster::quorum_failed("read");
             return Err(S3Error::ServiceUnavailable);
         }
         let ask = |r: &Replica, get: bool| {
@@ -464,28 +493,45 @@ impl Store {
         }
         let mut answers: Vec<(Replica, Option<pb::ObjectMeta>)> = Vec::new();
         let mut open: Option<(Replica, tonic::Streaming<pb::GetResponse>)> = None;
-        while let Some((replica, res)) = pending.next().await {
-            match res {
-                Ok((meta, stream)) => {
-                    if let Some(stream) = stream {
-                        open = Some((replica.clone(), stream));
-                    }
-                    answers.push((replica, meta));
-                    if answers.len() >= need {
-                        break;
+        // A replica that has not answered within HEDGE_AFTER (a node killed or cut off
+        // still holds its lease for a while, and its connection takes the keep-alive
+        // timeout to fail) does not hold the read up: the next candidate is asked too.
+        let hedge = tokio::time::sleep(HEDGE_AFTER);
+        tokio::pin!(hedge);
+        loop {
+            tokio::select! {
+                answer = pending.next() => {
+                    let Some((replica, res)) = answer else { break };
+                    match res {
+                        Ok((meta, stream)) => {
+                            if let Some(stream) = stream {
+                                open = Some((replica.clone(), stream));
+                            }
+                            answers.push((replica, meta));
+                            if answers.len() >= need {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(node = %replica.id, error = %e, "replica read failed");
+                            if next < candidates.len() {
+                                pending.push(ask(candidates[next], false));
+                                next += 1;
+                            }
+                        }
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(node = %replica.id, error = %e, "replica read failed");
-                    if next < candidates.len() {
-                        pending.push(ask(candidates[next], false));
-                        next += 1;
-                    }
+                () = &mut hedge, if next < candidates.len() => {
+                    tracing::debug!(node = %candidates[next].id, "a replica is slow to answer; asking the next one too");
+                    pending.push(ask(candidates[next], false));
+                    next += 1;
+                    hedge.as_mut().reset(tokio::time::Instant::now() + HEDGE_AFTER);
                 }
             }
         }
         if answers.len() < need {
             tracing::warn!(answers = answers.len(), need, "read quorum not reached");
+            cluster::quorum_failed("read");
             return Err(S3Error::ServiceUnavailable);
         }
         let newest = answers

@@ -39,6 +39,8 @@ pub enum GatewayError {
 
 /// Serve S3 until `shutdown` is triggered; in-flight requests finish first.
 pub async fn run(cfg: GatewayConfig, listeners: GatewayListeners, shutdown: Shutdown) -> Result<(), GatewayError> {
+    // The metrics recorder first: what is recorded before it is installed is lost.
+    let _ = aether_common::admin::prometheus();
     if cfg.access_key == DEV_ACCESS_KEY || cfg.secret_key == DEV_SECRET_KEY {
         // Only the published development secret is ever logged.
         let secret = if cfg.secret_key == DEV_SECRET_KEY { DEV_SECRET_KEY } else { "<configured>" };
@@ -54,10 +56,6 @@ pub async fn run(cfg: GatewayConfig, listeners: GatewayListeners, shutdown: Shut
     let gateway_id = cfg.gateway_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let catalog = Catalog::new(&cfg.catalog_prefix);
     let catalog_task = tokio::spawn(catalog.clone().run(cfg.metad_endpoints.clone(), shutdown.clone()));
-    let admin_task = listeners.admin.map(|l| {
-        let checks = vec![catalog.readiness()];
-        tokio::spawn(aether_common::admin::serve(l, checks, shutdown.clone()))
-    });
     let store = Store::new(
         catalog,
         gateway_id.clone(),
@@ -67,6 +65,12 @@ pub async fn run(cfg: GatewayConfig, listeners: GatewayListeners, shutdown: Shut
         Duration::from_secs(cfg.request_timeout_secs.max(1)),
     );
     let state = Arc::new(AppState { cfg, store });
+    crate::cluster::register_metrics();
+    let admin_task = listeners.admin.map(|l| {
+        let checks = crate::cluster::readiness(&state);
+        let routes = crate::cluster::routes(state.clone(), checks.clone());
+        tokio::spawn(aether_common::admin::serve(l, checks, routes, shutdown.clone()))
+    });
     let addr = listeners.s3.local_addr().ok();
     tracing::info!(addr = ?addr, gateway_id = %gateway_id, "gateway serving S3");
 
@@ -107,6 +111,7 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         bucket = tracing::field::Empty,
         key = tracing::field::Empty,
         status = tracing::field::Empty,
+        size = tracing::field::Empty,
     );
     aether_common::telemetry::continue_http(&span, &parts.headers);
     if let Ok(e) = &parsed {
@@ -133,6 +138,11 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim() != "0");
+    // The object bytes the request carries (aws-chunked bodies declare them apart).
+    let header_u64 = |h: &http::HeaderMap, name: &str| h.get(name).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let request_size = header_u64(&parts.headers, "x-amz-decoded-content-length")
+        .or_else(|| header_u64(&parts.headers, "content-length"))
+        .filter(|n| *n > 0);
     let cors = match (parts.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()), &parsed) {
         (Some(origin), Ok(e)) if method != Method::OPTIONS => e.bucket().map(|b| (origin.to_string(), b.to_string())),
         _ => None,
@@ -174,6 +184,10 @@ async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
         resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     span.record("status", status.as_u16());
+    // Bytes in for a write, else the answer's bytes out.
+    if let Some(n) = request_size.or_else(|| header_u64(resp.headers(), "content-length")) {
+        span.record("size", n);
+    }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         resp.headers_mut().insert("x-amz-request-id", v);
     }

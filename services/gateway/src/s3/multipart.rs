@@ -19,6 +19,7 @@ use super::{
     xml_response,
 };
 use crate::error::S3Error;
+use crate::replicas::Replica;
 use crate::replicas::{BodyChecks, NewestRead, PutTarget};
 use crate::xml;
 
@@ -511,6 +512,7 @@ pub async fn handle_complete_multipart_upload(
         l.release().await;
     }
     written?;
+    end_leftover_uploads(state, &replicas, bucket, key, upload_id);
     let doc = xml::CompleteMultipartUploadResult {
         xmlns: xml::S3_NS,
         location: super::object_url(&ctx.headers, state.cfg.root_domain.as_deref(), bucket, key),
@@ -525,6 +527,30 @@ pub async fn handle_complete_multipart_upload(
         resp.headers_mut().insert(http::header::ETAG, v);
     }
     Ok(resp)
+}
+
+/// After a completed upload: a replica whose complete failed (it had not stored every part
+/// yet) or never ran still holds the upload, which ListMultipartUploads would show. Once
+/// every replica's complete has settled (each call is bounded by the request timeout), the
+/// upload is ended wherever it is left; a replica that completed answers NotFound. (Its
+/// missing copy of the object is anti-entropy's to restore.)
+fn end_leftover_uploads(state: &AppState, replicas: &[Replica], bucket: &str, key: &str, upload_id: &str) {
+    let clients: Vec<_> = replicas.iter().filter_map(|r| state.store.client(&r.addr).ok()).collect();
+    let req =
+        pb::AbortUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
+    let settle = state.store.timeout;
+    // Not in the request's span: the request's trace ends with its answer.
+    tokio::spawn(async move {
+        tokio::time::sleep(settle).await;
+        for mut c in clients {
+            match tokio::time::timeout(settle, c.abort_upload(req.clone())).await {
+                Ok(Ok(_)) => tracing::info!(upload_id = %req.upload_id, "ended an upload a replica could not complete"),
+                Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
+                Ok(Err(s)) => tracing::debug!(code = ?s.code(), message = s.message(), "leftover upload not ended"),
+                Err(_) => tracing::debug!("leftover upload: abort timed out"),
+            }
+        }
+    });
 }
 
 pub async fn handle_abort_multipart_upload(
