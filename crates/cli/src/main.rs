@@ -1,6 +1,8 @@
 //! The one `aether` binary. `main` parses flags over environment over the TOML file and
 //! calls the services' `run`; nothing else lives here.
 
+mod admin;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -40,6 +42,41 @@ enum Command {
     Blobd(BlobdArgs),
     /// The metadata service (etcd v3 API).
     Metad(MetadArgs),
+    /// GET an admin URL and exit 0 on a 2xx answer (a container healthcheck).
+    Probe {
+        /// e.g. http://127.0.0.1:9001/ready
+        url: String,
+        /// Print the answer's body (e.g. `/metrics` from a container that has no curl).
+        #[arg(long)]
+        print: bool,
+    },
+    /// Cluster-wide views, from a gateway's admin port.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Read or change a running service's log filter (its admin port's `/log_level`).
+    LogLevel {
+        /// The service's admin URL, e.g. http://127.0.0.1:9001
+        #[arg(long, env = "AETHER_ADMIN_URL", default_value = "http://127.0.0.1:9001")]
+        admin: String,
+        /// A new filter (EnvFilter syntax, e.g. `aether_gateway=debug,info`); none: print it.
+        filter: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Every node's view: metad members (leader, term, raft index), storage nodes (layout,
+    /// liveness, objects and bytes), the gateway's readiness and repair backlog.
+    Status {
+        /// A gateway's admin URL.
+        #[arg(long, env = "AETHER_ADMIN_URL", default_value = "http://127.0.0.1:9001")]
+        admin: String,
+        /// Print the JSON document as the gateway returns it.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +244,13 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Admin commands: no config file, no runtime, no logging set-up.
+    match &cli.cmd {
+        Command::Probe { url, print } => return admin::probe(url, *print),
+        Command::Cluster { cmd: ClusterCmd::Status { admin, json } } => return admin::cluster_status(admin, *json),
+        Command::LogLevel { admin, filter } => return admin::log_level(admin, filter.as_deref()),
+        _ => {}
+    }
     let file: FileConfig = match &cli.config {
         Some(p) => load_toml(p)?,
         None => FileConfig::default(),
@@ -216,6 +260,7 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(_) => "aether-gateway",
         Command::Blobd(_) => "aether-blobd",
         Command::Metad(_) => "aether-metad",
+        Command::Probe { .. } | Command::Cluster { .. } | Command::LogLevel { .. } => unreachable!("handled above"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -300,6 +345,7 @@ fn main() -> anyhow::Result<()> {
                 aether_metad::run(cfg, listeners, shutdown).await?;
                 Ok(())
             }
+            Command::Probe { .. } | Command::Cluster { .. } | Command::LogLevel { .. } => Ok(()),
         }
     })
 }
