@@ -2,15 +2,24 @@
 # aws-cli (default settings: CRC checksums, aws-chunked uploads, multipart over 8 MiB)
 # and etcdctl against `aether server` with auth on.
 # Usage: tests/e2e/aws_cli.sh [path/to/aether]
+# Against a running cluster instead (the compose test): set AETHER_E2E_S3_URL (the S3
+# endpoint), AETHER_E2E_METAD (etcdctl endpoints) and AETHER_ACCESS_KEY/AETHER_SECRET_KEY.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
-bin=$(realpath "${1:-target/debug/aether}")
-export AETHER_ACCESS_KEY=AKIAE2ETESTKEY000001 AETHER_SECRET_KEY=e2e-secret-key-with-enough-length
-start_server "$bin"
+if [ -n "${AETHER_E2E_S3_URL:-}" ]; then
+  s3_url=$AETHER_E2E_S3_URL metad_endpoints=$AETHER_E2E_METAD
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+else
+  bin=$(realpath "${1:-target/debug/aether}")
+  export AETHER_ACCESS_KEY=AKIAE2ETESTKEY000001 AETHER_SECRET_KEY=e2e-secret-key-with-enough-length
+  start_server "$bin"
+  s3_url=http://127.0.0.1:$s3_port metad_endpoints=127.0.0.1:$metad_port
+fi
 
 aws_env
-s3() { aws --endpoint-url "http://127.0.0.1:$s3_port" "$@"; }
+s3() { aws --endpoint-url "$s3_url" "$@"; }
 
 echo "--- mb, cp small, cp 50 MiB (multipart), sync, ls, rm, rb"
 s3 s3 mb s3://e2e-bucket
@@ -57,7 +66,7 @@ cmp "$work/big.bin" "$work/big-copy.out"
 [ "$(s3 s3 ls --recursive s3://e2e-bucket/copy/ | wc -l)" -eq 2 ]
 
 echo "--- etcdctl sees the catalog"
-catalog=$(etcdctl --endpoints "127.0.0.1:$metad_port" get --prefix /aether/ --keys-only)
+catalog=$(etcdctl --endpoints "$metad_endpoints" get --prefix /aether/ --keys-only)
 echo "$catalog"
 grep -q "/aether/buckets/e2e-bucket" <<<"$catalog"
 grep -q "/aether/nodes/" <<<"$catalog"
@@ -71,7 +80,7 @@ echo "--- rm, rb"
 s3 s3 rm --recursive s3://e2e-bucket/
 [ -z "$(s3 s3 ls --recursive s3://e2e-bucket/)" ]
 s3 s3 rb s3://e2e-bucket
-if grep -q e2e-bucket <<<"$(etcdctl --endpoints "127.0.0.1:$metad_port" get --prefix /aether/buckets/ --keys-only)"; then
+if grep -q e2e-bucket <<<"$(etcdctl --endpoints "$metad_endpoints" get --prefix /aether/buckets/ --keys-only)"; then
   echo "bucket still in metad after rb" >&2; exit 1
 fi
 echo "aws_cli.sh: all checks passed"
