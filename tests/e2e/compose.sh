@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The compose stack (compose/docker-compose.yml) on a real Docker engine, from images built
 # here (no image can be pulled on this machine; tests/e2e/docker/local-image.sh):
-# 3 metad, 3 blobd, 2 gateways behind HAProxy, and an OTLP receiver in Jaeger's place.
+# 3 metad, 3 blobd, 2 gateways behind HAProxy, Prometheus, and an OTLP receiver in
+# Jaeger's place (Grafana's image cannot be made here: its dashboard's queries are checked
+# against Prometheus instead).
 #   1. up, wait for readiness; the aws-cli e2e script through the load balancer; both
 #      gateways served requests (their own metrics say so); `aether cluster status`.
 #   2. traces: one conditional PutObject gives spans from gateway, blobd and metad in one
 #      trace with correct parent links.
-#   3. every service's Prometheus text parses and the dashboard's metrics all exist.
+#   3. every service's Prometheus text parses and the dashboard's metrics all exist;
+#      Prometheus (Debian's binary in place of prom/prometheus) scrapes every service and
+#      evaluates every dashboard query.
 #   4. kill a gateway: once the health check notices, no request fails.
 #   5. kill a blobd: reads and writes go on (write quorum 2 of 3).
 #   6. kill the metad leader: objects keep flowing meanwhile; CreateBucket works again
@@ -25,7 +29,8 @@ docker info >/dev/null 2>&1 || { echo "compose.sh: no Docker engine reachable" >
 work=$(mktemp -d)
 project=aether-e2e-$$
 export AETHER_IMAGE=aether:e2e HAPROXY_IMAGE=aether-haproxy:e2e JAEGER_IMAGE=aether-otlpsink:e2e
-export AETHER_PUBLISH_ADDR=127.0.0.1 AETHER_S3_PORT=$(free_port) JAEGER_UI_PORT=$(free_port)
+export PROMETHEUS_IMAGE=aether-prometheus:e2e
+export AETHER_PUBLISH_ADDR=127.0.0.1 AETHER_S3_PORT=$(free_port) JAEGER_UI_PORT=$(free_port) PROMETHEUS_PORT=$(free_port)
 # Compose v2 (`docker compose`) where installed, else v1 (`docker-compose`, Debian's).
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
 dc() { "${compose[@]}" -p "$project" -f "$repo/compose/docker-compose.yml" "$@"; }
@@ -65,10 +70,13 @@ echo "--- images from this machine's binaries"
 bash "$here/docker/local-image.sh" aether "$AETHER_IMAGE" "$bin"
 bash "$here/docker/local-image.sh" haproxy "$HAPROXY_IMAGE"
 bash "$here/docker/local-image.sh" otlpsink "$JAEGER_IMAGE" "$sink"
+bash "$here/docker/local-image.sh" prometheus "$PROMETHEUS_IMAGE"
+# The whole file (Grafana too, whose image is not here) is valid for Compose.
+dc config -q
 
-echo "--- docker compose up (metad x3, blobd x3, gateway x2, lb, OTLP receiver)"
+echo "--- docker compose up (metad x3, blobd x3, gateway x2, lb, OTLP receiver, Prometheus)"
 # The scale flags: Compose v1 ignores deploy.replicas.
-dc up -d --no-build --scale blobd=3 --scale gateway=2 metad1 metad2 metad3 blobd gateway lb jaeger
+dc up -d --no-build --scale blobd=3 --scale gateway=2 metad1 metad2 metad3 blobd gateway lb jaeger prometheus
 set -a
 source <(grep -E '^AETHER_(ACCESS|SECRET)_KEY=' "$repo/compose/aether.env")
 set +a
@@ -128,6 +136,9 @@ for b in "${blobds[@]}"; do urls+=("http://$(ip_of "$b"):9101/metrics"); done
 for g in "${gateways[@]}"; do urls+=("http://$(ip_of "$g"):9001/metrics"); done
 python3 "$here/check_metrics.py" --self-test
 python3 "$here/check_metrics.py" --dashboard "$repo/compose/grafana/dashboards/aether-overview.json" "${urls[@]}"
+echo "--- Prometheus scrapes all 8 services (DNS discovery of the replicas); every dashboard query evaluates"
+python3 "$here/docker/check_prometheus.py" "http://127.0.0.1:$PROMETHEUS_PORT" \
+  "$repo/compose/grafana/dashboards/aether-overview.json" 8 60
 
 echo "--- kill a gateway: once the health check notices, no request fails"
 aws --endpoint-url "$s3_url" s3 mb s3://faults

@@ -817,7 +817,14 @@ async fn delete_bucket_ends_uploads_in_progress() -> anyhow::Result<()> {
     s3.create_bucket().bucket("mpu-gone").send().await?;
     let up = s3.create_multipart_upload().bucket("mpu-gone").key("k").send().await?;
     let id = up.upload_id().expect("upload id").to_string();
-    s3.upload_part().bucket("mpu-gone").key("k").upload_id(&id).part_number(1).body(bs(&pattern(MIB, 7))).send().await?;
+    s3.upload_part()
+        .bucket("mpu-gone")
+        .key("k")
+        .upload_id(&id)
+        .part_number(1)
+        .body(bs(&pattern(MIB, 7)))
+        .send()
+        .await?;
 
     s3.delete_bucket().bucket("mpu-gone").send().await?;
     let r = s3.list_multipart_uploads().bucket("mpu-gone").send().await;
@@ -834,7 +841,9 @@ async fn delete_bucket_ends_uploads_in_progress() -> anyhow::Result<()> {
         .key("k")
         .upload_id(&id)
         .multipart_upload(
-            CompletedMultipartUpload::builder().parts(CompletedPart::builder().part_number(1).e_tag("\"x\"").build()).build(),
+            CompletedMultipartUpload::builder()
+                .parts(CompletedPart::builder().part_number(1).e_tag("\"x\"").build())
+                .build(),
         )
         .send()
         .await;

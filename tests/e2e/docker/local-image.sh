@@ -8,6 +8,8 @@
 #   local-image.sh haproxy  TAG [HAPROXY_BIN]  # like the official image: the config at
 #                                              # /usr/local/etc/haproxy/haproxy.cfg
 #   local-image.sh otlpsink TAG OTLPSINK_BIN   # the test's OTLP receiver (Jaeger stand-in)
+#   local-image.sh prometheus TAG [PROM_BIN]   # like prom/prometheus: config at
+#                                              # /etc/prometheus/prometheus.yml
 set -euo pipefail
 
 kind=$1 tag=$2 bin=${3:-}
@@ -66,6 +68,17 @@ DOCKERFILE
 FROM scratch
 ADD rootfs.tar /
 ENTRYPOINT ["/usr/local/bin/otlpsink", "0.0.0.0:4317"]
+DOCKERFILE
+    ;;
+  prometheus)
+    add_binary "${bin:-$(command -v prometheus || echo /usr/bin/prometheus)}" /bin/prometheus
+    mkdir -p "$root/etc/prometheus" "$root/prometheus"
+    cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+ADD rootfs.tar /
+EXPOSE 9090
+ENTRYPOINT ["/bin/prometheus"]
+CMD ["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus"]
 DOCKERFILE
     ;;
   *) echo "unknown image kind: $kind" >&2; exit 2 ;;
