@@ -153,7 +153,14 @@ type Segment = (std::fs::File, u64, u64);
 /// Open the files covering `[start, end]` now, so a concurrent overwrite that unlinks
 /// them cannot break the read.
 fn open_segments(dir: &BlobDir, row: &ObjRow, start: u64, end: u64) -> std::io::Result<Vec<Segment>> {
-    let sizes: Vec<u64> = if row.meta.part_sizes.is_empty() { vec![row.size] } else { row.meta.part_sizes.clone() };
+    // A completed upload keeps one blob per part; a single blob holds the whole body (a
+    // plain PUT, or a verbatim replica copy of a multipart object, whose part sizes stay in
+    // its meta).
+    let sizes: Vec<u64> = if row.meta.part_sizes.is_empty() || row.blobs.len() == 1 {
+        vec![row.size]
+    } else {
+        row.meta.part_sizes.clone()
+    };
     if sizes.len() != row.blobs.len() {
         return Err(std::io::Error::other("index row: blob count and part sizes differ"));
     }
@@ -226,6 +233,7 @@ impl BlobSvc {
         let Some(PutRequest { msg: Some(put_request::Msg::Header(header)) }) = first else {
             return Err(BlobdError::InvalidArgument("the first message must be the header".into()));
         };
+        let verbatim = header.verbatim;
         let mut meta = header.meta.ok_or_else(|| BlobdError::InvalidArgument("header without meta".into()))?;
         validate_target(&meta.bucket, &meta.key)?;
         let ver = Ver::from_wire(meta.version.as_ref())?;
@@ -244,11 +252,13 @@ impl BlobSvc {
             let span = tracing::Span::current();
             span.record("size", placed.size);
             meta.size = placed.size;
-            meta.etag = placed.md5_hex.clone();
             meta.tombstone = false;
             meta.checksums.extend(commit.checksums);
-            meta.part_sizes.clear();
-            meta.part_checksums.clear();
+            if !verbatim {
+                meta.etag = placed.md5_hex.clone();
+                meta.part_sizes.clear();
+                meta.part_checksums.clear();
+            }
             let (bucket, key) = (meta.bucket.clone(), meta.key.clone());
             let new = NewObject { ver, tombstone: false, size: placed.size, blobs: vec![placed.id.clone()], meta };
             let applied = store.index.apply_object(&bucket, &key, new).await?;

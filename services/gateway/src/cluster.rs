@@ -46,6 +46,7 @@ pub fn register_metrics() {
     for name in ["gateway_bytes_in_total", "gateway_bytes_out_total", "gateway_bytes_copied_total"] {
         metrics::counter!(name).increment(0);
     }
+    crate::repair::register_metrics();
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod endpoint;
 pub mod error;
+pub mod repair;
 pub mod replicas;
 pub mod s3;
 pub mod server;

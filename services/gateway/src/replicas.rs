@@ -267,7 +267,10 @@ impl Store {
             let handle = match &target {
                 PutTarget::Object(meta) => {
                     let first = pb::PutRequest {
-                        msg: Some(pb::put_request::Msg::Header(pb::PutHeader { meta: Some((**meta).clone()) })),
+                        msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
+                            meta: Some((**meta).clone()),
+                            verbatim: false,
+                        })),
                     };
                     let rest = ReceiverStream::new(rx).map(|f| pb::PutRequest {
                         msg: Some(match f {
@@ -546,11 +549,18 @@ impl Store {
         let Some(newest) = newest else { return Ok(None) };
         self.observe(newest.version.as_ref());
         let want = version_key(newest.version.as_ref());
+        // Replicas that answered without this version (missing the key or behind it).
+        let stale: Vec<Replica> = answers
+            .iter()
+            .filter(|(_, m)| m.as_ref().is_none_or(|m| version_key(m.version.as_ref()) < want))
+            .map(|(r, _)| r.clone())
+            .collect();
         let holders: Vec<Replica> = answers
             .into_iter()
             .filter(|(_, m)| m.as_ref().is_some_and(|m| version_key(m.version.as_ref()) == want))
             .map(|(r, _)| r)
             .collect();
+        crate::repair::repair_in_background(self, &newest, &holders, &stale);
         let stream = open.filter(|(r, _)| holders.contains(r)).map(|(_, s)| s);
         Ok(Some(NewestRead { meta: newest, holders, stream }))
     }

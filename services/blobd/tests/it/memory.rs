@@ -52,8 +52,9 @@ async fn measure() {
         }
         hex::encode(h.finalize())
     };
-    let header =
-        PutRequest { msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta("b", "big", ver(2, "w"))) })) };
+    let header = PutRequest {
+        msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta("b", "big", ver(2, "w"))), verbatim: false })),
+    };
     let commit = PutRequest {
         msg: Some(put_request::Msg::Commit(PutCommit {
             size: (TOTAL_MIB * MIB) as u64,

@@ -168,8 +168,9 @@ async fn incomplete_or_bad_puts_store_nothing() {
 
     // The client goes away mid-stream: the staging file is removed.
     let (tx, rx) = tokio::sync::mpsc::channel::<PutRequest>(4);
-    let header =
-        PutRequest { msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta("b", "k", ver(1, "a"))) })) };
+    let header = PutRequest {
+        msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta("b", "k", ver(1, "a"))), verbatim: false })),
+    };
     tx.send(header).await.unwrap();
     tx.send(PutRequest { msg: Some(put_request::Msg::Chunk(data.clone().into())) }).await.unwrap();
     let mut c2 = node.client().await;
@@ -226,7 +227,7 @@ async fn concurrent_writes_converge_on_the_newest() {
 /// A put of `body` into incarnation `rev` of bucket `b`.
 async fn put_rev(c: &mut Client, key: &str, v: Version, rev: i64) -> Result<(), tonic::Status> {
     let mut msgs = put_msgs("b", key, v, b"x", 1024);
-    if let Some(put_request::Msg::Header(PutHeader { meta: Some(m) })) = &mut msgs[0].msg {
+    if let Some(put_request::Msg::Header(PutHeader { meta: Some(m), .. })) = &mut msgs[0].msg {
         m.bucket_rev = rev;
     }
     c.put(tokio_stream::iter(msgs)).await.map(|_| ())
