@@ -5,9 +5,11 @@
 //! tombstone. Versions are HLC-ordered, so a repair that races a newer write loses to it.
 //!
 //! Bounded: at most [`IN_FLIGHT`] repair tasks per gateway, each holding at most two body
-//! chunks; a repair that finds no free slot is skipped (counted; anti-entropy's to do).
+//! chunks, one per key at a time; a repair that finds no free slot is skipped (counted;
+//! anti-entropy's to do).
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use aether_proto::blob::v1 as pb;
@@ -23,6 +25,24 @@ const IN_FLIGHT: usize = 8;
 const REPAIR_TIMEOUT: Duration = Duration::from_secs(300);
 
 static SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| Arc::new(Semaphore::new(IN_FLIGHT)));
+/// Keys being repaired: reads of a hot key that is behind start one repair, not one each.
+static REPAIRING: LazyLock<Mutex<HashSet<(String, String)>>> = LazyLock::new(Mutex::default);
+
+/// Holds a key in [`REPAIRING`] until dropped.
+struct Claim((String, String));
+
+impl Claim {
+    fn take(bucket: &str, key: &str) -> Option<Self> {
+        let id = (bucket.to_string(), key.to_string());
+        REPAIRING.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone()).then_some(Self(id))
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        REPAIRING.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.0);
+    }
+}
 
 fn count(result: &'static str, n: usize) {
     metrics::counter!("gateway_read_repairs_total", "result" => result).increment(n as u64);
@@ -40,6 +60,7 @@ pub fn repair_in_background(store: &Store, newest: &pb::ObjectMeta, holders: &[R
     if stale.is_empty() {
         return;
     }
+    let Some(claim) = Claim::take(&newest.bucket, &newest.key) else { return };
     let Ok(permit) = SLOTS.clone().try_acquire_owned() else {
         count("skipped", stale.len());
         return;
@@ -52,7 +73,7 @@ pub fn repair_in_background(store: &Store, newest: &pb::ObjectMeta, holders: &[R
     let span = tracing::info_span!(parent: None, "read_repair", bucket = %meta.bucket, key = %meta.key, replicas = targets.len());
     tokio::spawn(
         async move {
-            let _permit = permit;
+            let (_permit, _claim) = (permit, claim);
             for (node, target) in targets {
                 let res = tokio::time::timeout(REPAIR_TIMEOUT, repair_one(source.clone(), target, &meta)).await;
                 match res {
