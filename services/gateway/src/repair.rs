@@ -34,7 +34,10 @@ struct Claim((String, String));
 impl Claim {
     fn take(bucket: &str, key: &str) -> Option<Self> {
         let id = (bucket.to_string(), key.to_string());
-        REPAIRING.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone()).then_some(Self(id))
+        // The guard is dropped at the end of this statement: a `Claim` built (and dropped)
+        // while it is held would lock again in `drop` and deadlock.
+        let claimed = REPAIRING.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone());
+        claimed.then(|| Self(id))
     }
 }
 
@@ -160,4 +163,22 @@ async fn repair_one(
     drop(tx);
     let answer = put.await.map_err(|e| tonic::Status::internal(format!("repair task: {e}")))??;
     Ok(answer.into_inner().applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Claim;
+
+    #[test]
+    fn a_key_is_claimed_once_until_released() {
+        let first = Claim::take("b", "k").expect("first claim");
+        // A second claim of the same key is refused (and must neither deadlock nor release
+        // the first one's claim).
+        assert!(Claim::take("b", "k").is_none());
+        assert!(Claim::take("b", "k").is_none());
+        let other = Claim::take("b", "other").expect("another key");
+        drop(first);
+        assert!(Claim::take("b", "k").is_some());
+        drop(other);
+    }
 }
