@@ -19,7 +19,6 @@ use super::{
     xml_response,
 };
 use crate::error::S3Error;
-use crate::replicas::Replica;
 use crate::replicas::{BodyChecks, NewestRead, PutTarget};
 use crate::xml;
 
@@ -501,18 +500,29 @@ pub async fn handle_complete_multipart_upload(
             _ => Default::default(),
         },
     };
+    // Set once the write quorum completed the upload (dropped unset if it did not).
+    let (completed, decision) = tokio::sync::watch::channel(false);
     let written = state
         .store
         .write_unary(&replicas, "complete_upload", |mut c| {
             let req = req.clone();
-            async move { c.complete_upload(req).await.map(|r| r.into_inner()) }
+            let decision = decision.clone();
+            async move {
+                let r = c.complete_upload(req.clone()).await;
+                if let Err(s) = &r
+                    && s.code() != tonic::Code::NotFound
+                {
+                    end_leftover_upload(c, req, decision);
+                }
+                r.map(|r| r.into_inner())
+            }
         })
         .await;
     if let Some(l) = lock {
         l.release().await;
     }
     written?;
-    end_leftover_uploads(state, &replicas, bucket, key, upload_id);
+    let _ = completed.send(true);
     let doc = xml::CompleteMultipartUploadResult {
         xmlns: xml::S3_NS,
         location: super::object_url(&ctx.headers, state.cfg.root_domain.as_deref(), bucket, key),
@@ -529,26 +539,27 @@ pub async fn handle_complete_multipart_upload(
     Ok(resp)
 }
 
-/// After a completed upload: a replica whose complete failed (it had not stored every part
-/// yet) or never ran still holds the upload, which ListMultipartUploads would show. Once
-/// every replica's complete has settled (each call is bounded by the request timeout), the
-/// upload is ended wherever it is left; a replica that completed answers NotFound. (Its
-/// missing copy of the object is anti-entropy's to restore.)
-fn end_leftover_uploads(state: &AppState, replicas: &[Replica], bucket: &str, key: &str, upload_id: &str) {
-    let clients: Vec<_> = replicas.iter().filter_map(|r| state.store.client(&r.addr).ok()).collect();
-    let req =
-        pb::AbortUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
-    let settle = state.store.timeout;
+/// A replica whose complete failed (it had not stored every part yet) still holds the
+/// upload, which ListMultipartUploads would show once the others completed it. In the
+/// background: once the request decides the upload completed (`decision` turns true), end
+/// it on this replica; if the complete failed as a whole (`decision` dropped unset), leave
+/// it for the client's retry. The replica's missing copy of the object is anti-entropy's
+/// (or read repair's) to restore.
+fn end_leftover_upload(
+    mut client: crate::replicas::BlobClient,
+    req: pb::CompleteUploadRequest,
+    mut decision: tokio::sync::watch::Receiver<bool>,
+) {
     // Not in the request's span: the request's trace ends with its answer.
     tokio::spawn(async move {
-        tokio::time::sleep(settle).await;
-        for mut c in clients {
-            match tokio::time::timeout(settle, c.abort_upload(req.clone())).await {
-                Ok(Ok(_)) => tracing::info!(upload_id = %req.upload_id, "ended an upload a replica could not complete"),
-                Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
-                Ok(Err(s)) => tracing::debug!(code = ?s.code(), message = s.message(), "leftover upload not ended"),
-                Err(_) => tracing::debug!("leftover upload: abort timed out"),
-            }
+        if decision.wait_for(|completed| *completed).await.is_err() {
+            return;
+        }
+        let abort = pb::AbortUploadRequest { bucket: req.bucket, key: req.key, upload_id: req.upload_id };
+        match client.abort_upload(abort).await {
+            Ok(_) => tracing::info!("ended an upload a replica could not complete"),
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => tracing::debug!(code = ?s.code(), message = s.message(), "leftover upload not ended"),
         }
     });
 }
