@@ -228,13 +228,10 @@ impl Index {
         Ok(row.is_some())
     }
 
-    /// `stats` after applying a fence op for incarnation `rev`, in one
-    /// write transaction: every write committed before it is counted, every later one
-    /// sees the fence.
-    /// Fence (or lift the fence of) bucket incarnation `rev` and count what the bucket
-    /// holds, in one transaction. Sealing also ends the multipart uploads of that
-    /// incarnation or older (S3 deletes a bucket with uploads in progress); the blobs of
-    /// their parts are returned for unlinking.
+    /// `stats` after applying a fence op for incarnation `rev`, in one write transaction:
+    /// every write committed before it is counted, every later one sees the fence. Sealing
+    /// also ends the multipart uploads of that incarnation or older (S3 deletes a bucket
+    /// with uploads in progress); the blobs of their parts are returned for unlinking.
     pub async fn fenced_stats(&self, bucket: &str, rev: i64, op: FenceOp) -> Result<((u64, u64), Vec<String>)> {
         const TEMPORARY_MS: i64 = 10 * 60 * 1000;
         let span = tracing::info_span!("index.commit", op = "fence");
