@@ -111,7 +111,12 @@ async fn restart_keeps_every_acknowledged_object_and_bucket() -> anyhow::Result<
 
 /// What blobd `i` holds for bucket/key: its meta (tombstones too) and body, read from it
 /// alone; None when it does not know the key.
-async fn copy_on(c: &Cluster, i: usize, bucket: &str, key: &str) -> anyhow::Result<Option<(ObjectMeta, Vec<u8>)>> {
+pub(crate) async fn copy_on(
+    c: &Cluster,
+    i: usize,
+    bucket: &str,
+    key: &str,
+) -> anyhow::Result<Option<(ObjectMeta, Vec<u8>)>> {
     let mut cl = c.blob_client(i).await?;
     let req = GetRequest { bucket: bucket.into(), key: key.into(), ..Default::default() };
     let mut stream = match cl.get(req).await {

@@ -10,6 +10,7 @@ mod listing;
 mod multipart;
 mod objects;
 mod post_object;
+mod rebalance;
 mod trace;
 
 use aws_sdk_s3::error::ProvideErrorMetadata;

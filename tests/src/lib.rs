@@ -105,6 +105,11 @@ pub struct ClusterOptions {
     pub read_quorum: Quorum,
     /// The gateways' smallest non-final part (S3's 5 MiB by default).
     pub min_part_size: u64,
+    /// blobd's anti-entropy / handoff interval in seconds (0: off, the default here so
+    /// tests of placement and read repair see exactly what the gateways did).
+    pub sync_interval_secs: u64,
+    pub tombstone_grace_secs: u64,
+    pub evict_grace_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -119,6 +124,9 @@ impl Default for ClusterOptions {
             write_quorum: Quorum::Quorum,
             read_quorum: Quorum::Quorum,
             min_part_size: GatewayConfig::default().min_part_size,
+            sync_interval_secs: 0,
+            tombstone_grace_secs: BlobdConfig::default().tombstone_grace_secs,
+            evict_grace_secs: None,
         }
     }
 }
@@ -128,6 +136,9 @@ pub struct BlobdNode {
     pub data_dir: PathBuf,
     pub addr: Option<String>,
     running: Option<Running>,
+    /// Each blobd runs on its own runtime, so killing it (dropping the runtime) ends
+    /// every task it started at once, like a SIGKILL: no lease revoke, no clean close.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 pub struct GatewayNode {
@@ -170,7 +181,7 @@ impl Cluster {
             let data_dir = c.root.path().join(format!("blobd-{i}"));
             std::fs::create_dir_all(&data_dir)?;
             let node_id = aether_blobd::read_or_create_node_id(&data_dir)?;
-            c.blobds.push(BlobdNode { node_id, data_dir, addr: None, running: None });
+            c.blobds.push(BlobdNode { node_id, data_dir, addr: None, running: None, runtime: None });
         }
         c.start_all().await?;
         Ok(c)
@@ -327,7 +338,9 @@ impl Cluster {
     }
 
     pub async fn start_blobd(&mut self, i: usize) -> anyhow::Result<()> {
-        let (grpc, addr) = local().await?;
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0")?;
+        grpc.set_nonblocking(true)?;
+        let addr = grpc.local_addr()?.to_string();
         let metad_endpoints = self.catalog_endpoints();
         let node = &mut self.blobds[i];
         let cfg = BlobdConfig {
@@ -335,16 +348,51 @@ impl Cluster {
             node_id: Some(node.node_id.clone()),
             metad_endpoints,
             lease_ttl_secs: 5,
+            replication_factor: self.opts.replication_factor,
+            sync_interval_secs: self.opts.sync_interval_secs,
+            tombstone_grace_secs: self.opts.tombstone_grace_secs,
+            evict_grace_secs: self.opts.evict_grace_secs,
             ..BlobdConfig::default()
         };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(format!("blobd-{i}"))
+            .enable_all()
+            .build()?;
         let shutdown = Shutdown::new();
         let sd = shutdown.clone();
-        let task = tokio::spawn(async move {
+        let task = rt.spawn(async move {
+            let grpc = TcpListener::from_std(grpc)?;
             aether_blobd::run(cfg, BlobdListeners { grpc, admin: None }, sd).await.map_err(anyhow::Error::from)
         });
+        if let Some(old) = node.runtime.replace(rt) {
+            old.shutdown_background();
+        }
         node.addr = Some(addr);
         node.running = Some(Running { shutdown, task });
         Ok(())
+    }
+
+    /// Add a blobd with a new data dir and start it; its index. It joins the layout as
+    /// `active` by itself (auto-join).
+    pub async fn add_blobd(&mut self) -> anyhow::Result<usize> {
+        let i = self.blobds.len();
+        let data_dir = self.root.path().join(format!("blobd-{i}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let node_id = aether_blobd::read_or_create_node_id(&data_dir)?;
+        self.blobds.push(BlobdNode { node_id, data_dir, addr: None, running: None, runtime: None });
+        self.start_blobd(i).await?;
+        Ok(i)
+    }
+
+    /// Kill blobd `i` as SIGKILL would: every task it runs ends where it is (its runtime
+    /// is dropped), its sockets close, its lease stays until it expires.
+    pub fn kill_blobd(&mut self, i: usize) {
+        let node = &mut self.blobds[i];
+        node.running = None;
+        if let Some(rt) = node.runtime.take() {
+            rt.shutdown_background();
+        }
     }
 
     /// Stop blobd `i` gracefully (it revokes its lease) and wait until metad shows it dead.
@@ -352,8 +400,28 @@ impl Cluster {
         if let Some(r) = self.blobds[i].running.take() {
             r.stop().await?;
         }
+        if let Some(rt) = self.blobds[i].runtime.take() {
+            rt.shutdown_background();
+        }
         let live = self.blobds.iter().filter(|b| b.running.is_some()).count();
         self.wait_alive(live).await
+    }
+
+    /// Change blobd `i`'s layout entry in metad (state, weight or zone), as `aether node`
+    /// does.
+    pub async fn set_node(
+        &self,
+        i: usize,
+        change: impl FnOnce(&mut aether_common::catalog::NodeEntry),
+    ) -> anyhow::Result<()> {
+        let key = Keys::default().node(&self.blobds[i].node_id);
+        let mut c = self.etcd().await?;
+        let r = c.get(key.as_str(), None).await?;
+        let kv = r.kvs().first().context("no layout entry")?;
+        let mut entry: aether_common::catalog::NodeEntry = serde_json::from_slice(kv.value())?;
+        change(&mut entry);
+        c.put(key, serde_json::to_vec(&entry)?, None).await?;
+        Ok(())
     }
 
     pub async fn start_gateway(&mut self) -> anyhow::Result<usize> {
@@ -406,6 +474,9 @@ impl Cluster {
             if let Some(r) = b.running.take() {
                 r.stop().await?;
             }
+            if let Some(rt) = b.runtime.take() {
+                rt.shutdown_background();
+            }
         }
         if let Some(m) = self.metad.take() {
             m.stop().await?;
@@ -448,6 +519,11 @@ impl Drop for Cluster {
         for r in all {
             r.shutdown.trigger();
             r.task.abort();
+        }
+        for b in &mut self.blobds {
+            if let Some(rt) = b.runtime.take() {
+                rt.shutdown_background();
+            }
         }
         // Before the temp dir goes (fields drop after this): etcd writes into it.
         for m in &mut self.etcd_members {

@@ -2,6 +2,7 @@
 //! calls the services' `run`; nothing else lives here.
 
 mod admin;
+mod node;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,22 @@ enum Command {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// The storage layout in metad: list nodes, drain, remove, re-weight, move zones.
+    Node {
+        /// metad (or etcd) endpoints.
+        #[arg(
+            long,
+            env = "AETHER_METAD_ENDPOINTS",
+            value_delimiter = ',',
+            default_value = "127.0.0.1:2379",
+            global = true
+        )]
+        metad_endpoints: Vec<String>,
+        #[arg(long, env = "AETHER_CATALOG_PREFIX", default_value = aether_common::catalog::DEFAULT_PREFIX, global = true)]
+        catalog_prefix: String,
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// Read or change a running service's log filter (its admin port's `/log_level`).
     LogLevel {
         /// The service's admin URL, e.g. http://127.0.0.1:9001
@@ -63,6 +80,27 @@ enum Command {
         /// A new filter (EnvFilter syntax, e.g. `aether_gateway=debug,info`); none: print it.
         filter: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Every layout entry: address, zone, weight, state, liveness, objects and bytes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop placing keys on the node; its daemon hands every key it holds to the new
+    /// owners and drops its copies (watch OBJECTS reach 0 in `aether node ls`).
+    Drain { id: String },
+    /// Put a drained (or removed) node back into placement.
+    Activate { id: String },
+    /// Take the node out of the layout for good; its keys get new owners, which the
+    /// other replicas fill by anti-entropy. Drain a live node first.
+    Remove { id: String },
+    /// Relative capacity (0: receives nothing).
+    SetWeight { id: String, weight: u32 },
+    /// Failure domain; replicas prefer distinct zones.
+    SetZone { id: String, zone: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,6 +205,21 @@ struct BlobdArgs {
     /// Abort multipart uploads idle this many seconds (unset: never).
     #[arg(long, env = "AETHER_MPU_REAP_AGE")]
     mpu_reap_age: Option<u64>,
+    /// Replicas per object; must match the gateways'.
+    #[arg(long, env = "AETHER_REPLICATION_FACTOR")]
+    replication_factor: Option<usize>,
+    /// Seconds between anti-entropy / handoff cycles (0: off).
+    #[arg(long, env = "AETHER_SYNC_INTERVAL")]
+    sync_interval: Option<u64>,
+    /// Bytes per second anti-entropy and handoff may push (unset: no cap).
+    #[arg(long, env = "AETHER_SYNC_MAX_BYTES_PER_SEC")]
+    sync_max_bytes_per_sec: Option<u64>,
+    /// Seconds tombstones are kept before they are collected.
+    #[arg(long, env = "AETHER_TOMBSTONE_GRACE")]
+    tombstone_grace: Option<u64>,
+    /// Seconds an active node may be without a lease before it is marked removed (unset: never).
+    #[arg(long, env = "AETHER_EVICT_GRACE")]
+    evict_grace: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +302,17 @@ fn main() -> anyhow::Result<()> {
         Command::Probe { url, print } => return admin::probe(url, *print),
         Command::Cluster { cmd: ClusterCmd::Status { admin, json } } => return admin::cluster_status(admin, *json),
         Command::LogLevel { admin, filter } => return admin::log_level(admin, filter.as_deref()),
+        Command::Node { metad_endpoints: ep, catalog_prefix: p, cmd } => {
+            use aether_common::catalog::NodeState;
+            return match cmd {
+                NodeCmd::Ls { json } => node::ls(ep, p, *json),
+                NodeCmd::Drain { id } => node::change(ep, p, id, node::Change::State(NodeState::Draining)),
+                NodeCmd::Activate { id } => node::change(ep, p, id, node::Change::State(NodeState::Active)),
+                NodeCmd::Remove { id } => node::change(ep, p, id, node::Change::State(NodeState::Removed)),
+                NodeCmd::SetWeight { id, weight } => node::change(ep, p, id, node::Change::Weight(*weight)),
+                NodeCmd::SetZone { id, zone } => node::change(ep, p, id, node::Change::Zone(zone.clone())),
+            };
+        }
         _ => {}
     }
     let file: FileConfig = match &cli.config {
@@ -260,7 +324,9 @@ fn main() -> anyhow::Result<()> {
         Command::Gateway(_) => "aether-gateway",
         Command::Blobd(_) => "aether-blobd",
         Command::Metad(_) => "aether-metad",
-        Command::Probe { .. } | Command::Cluster { .. } | Command::LogLevel { .. } => unreachable!("handled above"),
+        Command::Probe { .. } | Command::Cluster { .. } | Command::LogLevel { .. } | Command::Node { .. } => {
+            unreachable!("handled above")
+        }
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
@@ -310,6 +376,21 @@ fn main() -> anyhow::Result<()> {
                 if a.mpu_reap_age.is_some() {
                     cfg.mpu_reap_age_secs = a.mpu_reap_age;
                 }
+                if let Some(v) = a.replication_factor {
+                    cfg.replication_factor = v;
+                }
+                if let Some(v) = a.sync_interval {
+                    cfg.sync_interval_secs = v;
+                }
+                if a.sync_max_bytes_per_sec.is_some() {
+                    cfg.sync_max_bytes_per_sec = a.sync_max_bytes_per_sec;
+                }
+                if let Some(v) = a.tombstone_grace {
+                    cfg.tombstone_grace_secs = v;
+                }
+                if a.evict_grace.is_some() {
+                    cfg.evict_grace_secs = a.evict_grace;
+                }
                 let listeners = BlobdListeners {
                     grpc: bind(a.listen, "gRPC").await?,
                     admin: Some(bind(a.admin_listen, "admin").await?),
@@ -345,7 +426,7 @@ fn main() -> anyhow::Result<()> {
                 aether_metad::run(cfg, listeners, shutdown).await?;
                 Ok(())
             }
-            Command::Probe { .. } | Command::Cluster { .. } | Command::LogLevel { .. } => Ok(()),
+            Command::Probe { .. } | Command::Cluster { .. } | Command::LogLevel { .. } | Command::Node { .. } => Ok(()),
         }
     })
 }
@@ -370,6 +451,7 @@ async fn server(file: FileConfig, a: ServerArgs, shutdown: Shutdown) -> anyhow::
     let mut gateway = file.gateway;
     gateway.metad_endpoints = vec![metad_addr.clone()];
     a.gw.apply(&mut gateway);
+    blobd.replication_factor = gateway.replication_factor;
 
     tracing::info!(
         s3 = %s3.local_addr()?, admin = %admin.local_addr()?, metad = %metad_addr,

@@ -49,7 +49,12 @@ pub fn score(node_id: &str, weight: u32, digest: &[u8; 32]) -> f64 {
 
 /// The ordered replica set (node ids) for `bucket/key`: at most `rf` nodes.
 pub fn replicas<'a>(nodes: &'a [PlacementNode], bucket: &str, key: &str, rf: usize) -> Vec<&'a PlacementNode> {
-    let digest = object_digest(bucket, key);
+    replicas_of_digest(nodes, &object_digest(bucket, key), rf)
+}
+
+/// [`replicas`] for an object digest computed already ([`object_digest`]).
+pub fn replicas_of_digest<'a>(nodes: &'a [PlacementNode], digest: &[u8; 32], rf: usize) -> Vec<&'a PlacementNode> {
+    let digest = *digest;
     let mut scored: Vec<(f64, &PlacementNode)> =
         nodes.iter().filter(|n| n.weight > 0).map(|n| (score(&n.id, n.weight, &digest), n)).collect();
     // Ties (practically impossible) break by id so every caller agrees.

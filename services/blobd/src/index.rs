@@ -30,6 +30,16 @@ pub struct ObjRow {
     pub meta: ObjectMeta,
 }
 
+/// One key as anti-entropy compares it (no blob ids, no body).
+#[derive(Debug, Clone)]
+pub struct SyncRow {
+    pub key: String,
+    pub ver: Ver,
+    pub tombstone: bool,
+    pub tags_hlc: u64,
+    pub last_modified_ms: i64,
+}
+
 /// What a write wants to store.
 #[derive(Debug, Clone)]
 pub struct NewObject {
@@ -214,6 +224,84 @@ impl Index {
                 Ok((key, decode_meta(&meta)?))
             })
             .collect()
+    }
+
+    /// Every bucket this index holds a key of (anti-entropy walks them).
+    pub async fn buckets(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT bucket FROM objects ORDER BY bucket").fetch_all(&self.read).await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("bucket")?)).collect()
+    }
+
+    /// Up to `limit` keys of `bucket` after `after` (all from the start when `None`), in
+    /// key order, as anti-entropy compares them.
+    pub async fn sync_rows(&self, bucket: &str, after: Option<&str>, limit: i64) -> Result<Vec<SyncRow>> {
+        let rows = match after {
+            Some(a) => {
+                sqlx::query(
+                    "SELECT key, hlc, writer, tombstone, meta FROM objects \
+                 WHERE bucket = ?1 AND key > ?2 ORDER BY key LIMIT ?3",
+                )
+                .bind(bucket)
+                .bind(a.as_bytes())
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT key, hlc, writer, tombstone, meta FROM objects WHERE bucket = ?1 ORDER BY key LIMIT ?2",
+                )
+                .bind(bucket)
+                .bind(limit)
+                .fetch_all(&self.read)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                let key: Vec<u8> = r.try_get("key")?;
+                let key = String::from_utf8(key).map_err(|_| BlobdError::Corrupt("key is not UTF-8".into()))?;
+                let meta = decode_meta(&r.try_get::<Vec<u8>, _>("meta")?)?;
+                Ok(SyncRow {
+                    key,
+                    ver: Ver::from_db(r.try_get("hlc")?, r.try_get("writer")?),
+                    tombstone: r.try_get::<i64, _>("tombstone")? != 0,
+                    tags_hlc: meta.tags_hlc,
+                    last_modified_ms: meta.last_modified_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Drop this index's copy of `bucket/key` if it is still at version `ver` (a copy handed
+    /// off to the key's owners, or a tombstone past its grace). Not a delete: nothing
+    /// newer is written, the row and its blobs go. `None`: the key changed meanwhile.
+    pub async fn purge(&self, bucket: &str, key: &str, ver: &Ver) -> Result<Option<Applied>> {
+        let span = tracing::info_span!("index.commit", op = "purge");
+        async {
+            let mut tx = self.write.begin().await?;
+            let row = sqlx::query(SELECT_OBJECT).bind(bucket).bind(key.as_bytes()).fetch_optional(&mut *tx).await?;
+            let Some(row) = row.as_ref().map(row_to_obj).transpose()? else { return Ok(None) };
+            if row.ver != *ver {
+                return Ok(None);
+            }
+            sqlx::query("DELETE FROM objects WHERE bucket = ?1 AND key = ?2")
+                .bind(bucket)
+                .bind(key.as_bytes())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            let live = !row.tombstone;
+            Ok(Some(Applied {
+                applied: true,
+                current: row.ver,
+                unlink: row.blobs,
+                live_delta: -i64::from(live),
+                bytes_delta: if live { -(row.size as i64) } else { 0 },
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Whether any live (non-tombstone) key of `bucket` lies in `[lower, upper)`.

@@ -9,6 +9,7 @@ mod index;
 mod reap;
 mod register;
 mod service;
+mod sync;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,21 @@ pub struct BlobdConfig {
     /// Abort multipart uploads idle this long (initiated and no part uploaded since),
     /// freeing their parts; `None`: never (S3 keeps them until a lifecycle rule says).
     pub mpu_reap_age_secs: Option<u64>,
+    /// Replicas per object: must equal the gateways' (placement decides which keys this
+    /// daemon owns and hands off the rest).
+    pub replication_factor: usize,
+    /// Seconds between anti-entropy / handoff cycles; 0 turns the loop off.
+    pub sync_interval_secs: u64,
+    /// Body bytes per second anti-entropy and handoff push at most; `None`: no cap.
+    pub sync_max_bytes_per_sec: Option<u64>,
+    /// Pushes in flight at once per peer.
+    pub sync_concurrency: usize,
+    /// Tombstones are kept this long, then dropped; it must exceed the longest time a
+    /// replica can stay behind (down or cut off) and still rejoin.
+    pub tombstone_grace_secs: u64,
+    /// Mark an `active` node `removed` after this many seconds without a liveness lease,
+    /// so its keys re-replicate to other nodes; `None`: never (opt-in).
+    pub evict_grace_secs: Option<u64>,
 }
 
 impl Default for BlobdConfig {
@@ -60,6 +76,12 @@ impl Default for BlobdConfig {
             lease_ttl_secs: 10,
             auto_join: true,
             mpu_reap_age_secs: None,
+            replication_factor: 3,
+            sync_interval_secs: 30,
+            sync_max_bytes_per_sec: None,
+            sync_concurrency: 4,
+            tombstone_grace_secs: 7 * 24 * 3600,
+            evict_grace_secs: None,
         }
     }
 }
@@ -176,6 +198,20 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
         .mpu_reap_age_secs
         .map(|age| tokio::spawn(reap::run(Arc::clone(&store), Duration::from_secs(age), stop.clone())));
 
+    let syncer = (cfg.sync_interval_secs > 0).then(|| {
+        let sc = sync::SyncConfig {
+            interval: Duration::from_secs(cfg.sync_interval_secs),
+            replication_factor: cfg.replication_factor.max(1),
+            max_bytes_per_sec: cfg.sync_max_bytes_per_sec,
+            concurrency: cfg.sync_concurrency.max(1),
+            tombstone_grace: Duration::from_secs(cfg.tombstone_grace_secs),
+            evict_grace: cfg.evict_grace_secs.map(Duration::from_secs),
+            endpoints: cfg.metad_endpoints.clone(),
+            keys: Keys::new(&cfg.catalog_prefix),
+        };
+        tokio::spawn(sync::run(Arc::clone(&store), sc, stop.clone()))
+    });
+
     let svc = BlobServiceServer::new(service::BlobSvc::new(store))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -194,6 +230,9 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
     index_ready.set(false);
     if let Some(r) = reaper {
         let _ = r.await;
+    }
+    if let Some(s) = syncer {
+        let _ = s.await;
     }
     if tokio::time::timeout(Duration::from_secs(5), registration).await.is_err() {
         tracing::warn!("registration did not stop in time");

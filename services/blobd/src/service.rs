@@ -56,7 +56,7 @@ impl Store {
         (n, b)
     }
 
-    async fn finish_write(&self, applied: Applied) -> WriteResponse {
+    pub(crate) async fn finish_write(&self, applied: Applied) -> WriteResponse {
         if applied.live_delta != 0 {
             let n = self.live.fetch_add(applied.live_delta, Ordering::AcqRel) + applied.live_delta;
             metrics::gauge!("blobd_objects").set(n as f64);
@@ -148,11 +148,11 @@ fn range_of(req: &GetRequest, size: u64) -> Result<Option<(u64, u64)>> {
 }
 
 /// One file's share of a ranged read: (file, offset in the file, bytes to read).
-type Segment = (std::fs::File, u64, u64);
+pub(crate) type Segment = (std::fs::File, u64, u64);
 
 /// Open the files covering `[start, end]` now, so a concurrent overwrite that unlinks
 /// them cannot break the read.
-fn open_segments(dir: &BlobDir, row: &ObjRow, start: u64, end: u64) -> std::io::Result<Vec<Segment>> {
+pub(crate) fn open_segments(dir: &BlobDir, row: &ObjRow, start: u64, end: u64) -> std::io::Result<Vec<Segment>> {
     // A completed upload keeps one blob per part; a single blob holds the whole body (a
     // plain PUT, or a verbatim replica copy of a multipart object, whose part sizes stay in
     // its meta).
@@ -587,6 +587,42 @@ impl BlobService for BlobSvc {
         .await
         .map(Response::new)
         .map_err(Into::into)
+    }
+
+    async fn digest(
+        &self,
+        request: Request<aether_proto::blob::v1::DigestRequest>,
+    ) -> Result<Response<aether_proto::blob::v1::DigestResponse>, Status> {
+        let span = new_span("blob.sync_digest", request.metadata(), &request.get_ref().bucket, "");
+        crate::sync::digest(&self.store, request.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+
+    async fn entries(
+        &self,
+        request: Request<aether_proto::blob::v1::EntriesRequest>,
+    ) -> Result<Response<aether_proto::blob::v1::EntriesResponse>, Status> {
+        let span = new_span("blob.sync_entries", request.metadata(), &request.get_ref().bucket, "");
+        crate::sync::entries(&self.store, request.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+
+    async fn versions(
+        &self,
+        request: Request<aether_proto::blob::v1::VersionsRequest>,
+    ) -> Result<Response<aether_proto::blob::v1::VersionsResponse>, Status> {
+        let span = new_span("blob.sync_versions", request.metadata(), &request.get_ref().bucket, "");
+        crate::sync::versions(&self.store, request.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
     }
 
     async fn set_tags(&self, request: Request<SetTagsRequest>) -> Result<Response<SetTagsResponse>, Status> {

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aether_common::catalog::NodeState;
 use aether_common::config::Quorum;
 use aether_common::grpc::ChannelPool;
 use aether_common::hlc::Hlc;
@@ -119,14 +120,14 @@ impl Store {
         Ok(replicas)
     }
 
-    /// Every active node that holds a live lease (list and stats scatter over these).
-    pub fn live_nodes(&self, snap: &Snapshot) -> Vec<Replica> {
-        snap.placement_nodes()
-            .into_iter()
-            .filter_map(|n| {
-                let addr = snap.addr(&n.id)?.to_string();
-                Some(Replica { alive: snap.is_alive(&n.id), id: n.id, addr })
-            })
+    /// Every node that may hold data (listing, bucket stats and read fallback scatter over
+    /// these): `active` and `draining` nodes, alive or not, and `removed` nodes still
+    /// alive (they hand their keys off before they hold nothing).
+    pub fn data_nodes(&self, snap: &Snapshot) -> Vec<Replica> {
+        snap.nodes
+            .iter()
+            .filter(|(id, n)| n.state != NodeState::Removed || snap.is_alive(id))
+            .map(|(id, n)| Replica { id: id.clone(), addr: n.addr.clone(), alive: snap.is_alive(id) })
             .collect()
     }
 
@@ -546,7 +547,10 @@ impl Store {
                 (version_key(a.version.as_ref()), a.tags_hlc).cmp(&(version_key(b.version.as_ref()), b.tags_hlc))
             })
             .cloned();
-        let Some(newest) = newest else { return Ok(None) };
+        let Some(newest) = newest else {
+            let asked: Vec<Replica> = answers.into_iter().map(|(r, _)| r).collect();
+            return Ok(self.read_elsewhere(replicas, &asked, bucket, key).await);
+        };
         self.observe(newest.version.as_ref());
         let want = version_key(newest.version.as_ref());
         // Replicas that answered without this version (missing the key or behind it).
@@ -563,6 +567,69 @@ impl Store {
         crate::repair::repair_in_background(self, &newest, &holders, &stale);
         let stream = open.filter(|(r, _)| holders.contains(r)).map(|(_, s)| s);
         Ok(Some(NewestRead { meta: newest, holders, stream }))
+    }
+
+    /// No replica asked holds the key: ask every other live node that may hold data.
+    /// During a layout change (a node added, drained or removed) a key's new replicas may
+    /// not hold it yet while its old ones still do; a read that finds it there copies it to
+    /// the replicas it asked (read repair). Handoff sends a key to all its new replicas
+    /// before the old holder drops it, so when that race makes this round miss, the replica
+    /// set holds it by now: it is asked once more. Nodes that fail to answer count as not
+    /// holding the key.
+    async fn read_elsewhere(
+        &self,
+        replicas: &[Replica],
+        asked: &[Replica],
+        bucket: &str,
+        key: &str,
+    ) -> Option<NewestRead> {
+        let snap = self.catalog.snapshot();
+        let others: Vec<Replica> =
+            self.data_nodes(&snap).into_iter().filter(|n| n.alive && !asked.iter().any(|r| r.id == n.id)).collect();
+        if others.is_empty() {
+            return None;
+        }
+        let mut found = self.heads(&others, bucket, key).await;
+        if found.is_empty() {
+            let set: Vec<Replica> = replicas.iter().filter(|r| r.alive).cloned().collect();
+            found = self.heads(&set, bucket, key).await;
+        }
+        let newest = found
+            .iter()
+            .map(|(_, m)| m)
+            .max_by(|a, b| {
+                (version_key(a.version.as_ref()), a.tags_hlc).cmp(&(version_key(b.version.as_ref()), b.tags_hlc))
+            })
+            .cloned()?;
+        metrics::counter!("gateway_read_fallbacks_total").increment(1);
+        self.observe(newest.version.as_ref());
+        let want = version_key(newest.version.as_ref());
+        let holders: Vec<Replica> =
+            found.into_iter().filter(|(_, m)| version_key(m.version.as_ref()) == want).map(|(r, _)| r).collect();
+        let stale: Vec<Replica> = asked.iter().filter(|r| !holders.contains(r)).cloned().collect();
+        tracing::debug!(bucket, key, holders = holders.len(), "key found outside the replicas asked");
+        crate::repair::repair_in_background(self, &newest, &holders, &stale);
+        Some(NewestRead { meta: newest, holders, stream: None })
+    }
+
+    /// `Head` on each node at once: the nodes that hold the key, with its meta.
+    async fn heads(&self, nodes: &[Replica], bucket: &str, key: &str) -> Vec<(Replica, pb::ObjectMeta)> {
+        let timeout = self.timeout;
+        futures::future::join_all(nodes.iter().map(|r| {
+            let client = self.client(&r.addr);
+            let (bucket, key, r) = (bucket.to_string(), key.to_string(), r.clone());
+            async move {
+                let res = tokio::time::timeout(timeout, ask_replica(client.ok()?, bucket, key, false)).await;
+                match res {
+                    Ok(Ok((Some(meta), _))) => Some((r, meta)),
+                    _ => None,
+                }
+            }
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// Open a Get stream for exactly `meta`'s version from the first holder that answers;

@@ -169,7 +169,7 @@ pub async fn handle_delete_bucket(state: &AppState, _ctx: &Ctx, bucket: &str) ->
     };
 
     let snap = state.store.catalog.snapshot();
-    let nodes = state.store.live_nodes(&snap);
+    let nodes = state.store.data_nodes(&snap);
     let mut total: u64 = 0;
     if nodes.iter().any(|n| !n.alive) {
         tracing::warn!(bucket, "a storage node without a live lease cannot confirm the bucket is empty");

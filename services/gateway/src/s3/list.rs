@@ -258,7 +258,7 @@ pub async fn handle_list_objects(state: &AppState, ctx: &Ctx, bucket: &str, v2: 
     let show_owner = !v2 || ctx.query.get("fetch-owner") == Some("true");
     let params = parse_params(ctx, v2)?;
     let snap = state.store.catalog.snapshot();
-    let nodes: Vec<_> = state.store.live_nodes(&snap).into_iter().filter(|n| n.alive).collect();
+    let nodes: Vec<_> = state.store.data_nodes(&snap).into_iter().filter(|n| n.alive).collect();
     if nodes.is_empty() {
         tracing::warn!("no live storage node to list");
         return Err(S3Error::ServiceUnavailable);

@@ -281,7 +281,7 @@ pub async fn handle_list_multipart_uploads(state: &AppState, ctx: &Ctx, bucket: 
     // already, so its keys are skipped (as S3 does).
     let skip_under = rolled(&key_marker);
     let snap = state.store.catalog.snapshot();
-    let nodes: Vec<_> = state.store.live_nodes(&snap).into_iter().filter(|n| n.alive).collect();
+    let nodes: Vec<_> = state.store.data_nodes(&snap).into_iter().filter(|n| n.alive).collect();
 
     enum Item {
         Upload(String, String, i64),

@@ -1,0 +1,163 @@
+//! `aether node …`: the storage layout in metad (`nodes/<id>`), read and changed through
+//! etcd-client only (so it works against a real etcd too). Every change is a
+//! compare-and-swap on the entry's mod revision: a concurrent change (a daemon updating
+//! its address, another operator) makes the command fail instead of being overwritten.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use aether_common::catalog::{AliveEntry, Keys, NodeEntry, NodeState};
+use aether_proto::blob::v1::NodeStatsRequest;
+use aether_proto::blob::v1::blob_service_client::BlobServiceClient;
+use anyhow::{Context, bail};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+
+/// What `aether node` can change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    State(NodeState),
+    Weight(u32),
+    Zone(String),
+}
+
+async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(10));
+    aether_common::etcd::connect(endpoints, Some(opts)).await.with_context(|| format!("connecting to {endpoints:?}"))
+}
+
+async fn layout(
+    client: &mut Client,
+    keys: &Keys,
+) -> anyhow::Result<(BTreeMap<String, (NodeEntry, i64)>, HashMap<String, AliveEntry>)> {
+    let nodes = client.get(keys.nodes(), Some(GetOptions::new().with_prefix())).await?;
+    let alive = client.get(keys.alive_all(), Some(GetOptions::new().with_prefix())).await?;
+    let mut out = BTreeMap::new();
+    for kv in nodes.kvs() {
+        let Some(id) = kv.key_str()?.strip_prefix(&keys.nodes()) else { continue };
+        let entry: NodeEntry =
+            serde_json::from_slice(kv.value()).with_context(|| format!("malformed layout entry for {id}"))?;
+        out.insert(id.to_string(), (entry, kv.mod_revision()));
+    }
+    let mut live = HashMap::new();
+    for kv in alive.kvs() {
+        let Some(id) = kv.key_str()?.strip_prefix(&keys.alive_all()) else { continue };
+        if let Ok(a) = serde_json::from_slice::<AliveEntry>(kv.value()) {
+            live.insert(id.to_string(), a);
+        }
+    }
+    Ok((out, live))
+}
+
+/// `aether node ls`: the layout, liveness and what each live node holds.
+pub fn ls(endpoints: &[String], prefix: &str, json: bool) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let keys = Keys::new(prefix);
+        let mut client = connect(endpoints).await?;
+        let (nodes, alive) = layout(&mut client, &keys).await?;
+        let mut rows = Vec::new();
+        for (id, (n, _)) in &nodes {
+            let stats = if alive.contains_key(id) { node_stats(&n.addr).await } else { Err("not alive".to_string()) };
+            rows.push(serde_json::json!({
+                "id": id,
+                "addr": n.addr,
+                "zone": n.zone,
+                "weight": n.weight,
+                "state": n.state,
+                "alive": alive.contains_key(id),
+                "objects": stats.as_ref().ok().map(|s| s.0),
+                "bytes": stats.as_ref().ok().map(|s| s.1),
+                "error": if alive.contains_key(id) { stats.err() } else { None },
+            }));
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+            return Ok(());
+        }
+        println!(
+            "{:<36} {:<22} {:<8} {:>6} {:<9} {:<5} {:>10} {:>14}",
+            "NODE", "ADDRESS", "ZONE", "WEIGHT", "STATE", "ALIVE", "OBJECTS", "BYTES"
+        );
+        for r in rows {
+            let s = |k: &str| match &r[k] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => "-".to_string(),
+                v => v.to_string(),
+            };
+            println!(
+                "{:<36} {:<22} {:<8} {:>6} {:<9} {:<5} {:>10} {:>14}",
+                s("id"),
+                s("addr"),
+                s("zone"),
+                s("weight"),
+                s("state"),
+                if r["alive"] == true { "yes" } else { "no" },
+                s("objects"),
+                s("bytes")
+            );
+        }
+        Ok(())
+    })
+}
+
+async fn node_stats(addr: &str) -> Result<(u64, u64), String> {
+    let call = async {
+        let ch = aether_common::grpc::endpoint(addr)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let r =
+            BlobServiceClient::new(ch).node_stats(NodeStatsRequest {}).await.map_err(|s| s.message().to_string())?;
+        let r = r.into_inner();
+        Ok((r.objects, r.bytes))
+    };
+    tokio::time::timeout(Duration::from_secs(3), call).await.unwrap_or_else(|_| Err("timed out".to_string()))
+}
+
+/// Change one node's layout entry (compare-and-swap).
+pub fn change(endpoints: &[String], prefix: &str, id: &str, change: Change) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let keys = Keys::new(prefix);
+        let mut client = connect(endpoints).await?;
+        let (nodes, _) = layout(&mut client, &keys).await?;
+        let matches: Vec<&String> = nodes.keys().filter(|k| k.as_str() == id || k.starts_with(id)).collect();
+        let full = match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => bail!("no node {id} in the layout (see `aether node ls`)"),
+            many if many.iter().any(|k| k.as_str() == id) => id.to_string(),
+            many => bail!("{id} matches {} nodes: {:?}", many.len(), many),
+        };
+        let (entry, rev) = &nodes[&full];
+        let mut next = entry.clone();
+        match &change {
+            Change::State(s) => next.state = *s,
+            Change::Weight(w) => next.weight = *w,
+            Change::Zone(z) => next.zone = z.clone(),
+        }
+        if next == *entry {
+            println!("{full}: unchanged");
+            return Ok(());
+        }
+        let key = keys.node(&full);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, *rev)])
+            .and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&next)?, None)]);
+        if !client.txn(txn).await?.succeeded() {
+            bail!("{full}: the layout entry changed concurrently; run the command again");
+        }
+        println!(
+            "{full}: state {}, weight {}, zone {:?}",
+            format!("{:?}", next.state).to_lowercase(),
+            next.weight,
+            next.zone
+        );
+        if matches!(change, Change::State(NodeState::Draining)) {
+            println!("its keys move to the other active nodes; `aether node ls` shows 0 objects on it when done");
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,303 @@
+//! Anti-entropy, handoff (grow, drain), tombstone collection and a crash under load: blobd's
+//! sync loop on a real cluster, checked on each daemon's own index.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aether_common::catalog::NodeState;
+use aether_common::placement::{PlacementNode, replicas};
+use aether_proto::blob::v1::VersionsRequest;
+use aether_tests::{Cluster, ClusterOptions, wait_for};
+use futures::{StreamExt as _, TryStreamExt as _};
+use sha2::Digest as _;
+
+use crate::{body_bytes, bs, pattern};
+
+/// What blobd `i` holds of `keys`: key -> (hlc, tombstone), from its own index.
+async fn held(c: &Cluster, i: usize, bucket: &str, keys: &[String]) -> anyhow::Result<BTreeMap<String, (u64, bool)>> {
+    let mut cl = c.blob_client(i).await?;
+    let mut out = BTreeMap::new();
+    for chunk in keys.chunks(1000) {
+        let r = cl.versions(VersionsRequest { bucket: bucket.into(), keys: chunk.to_vec() }).await?.into_inner();
+        for e in r.entries {
+            out.insert(e.key, (e.version.map(|v| v.hlc).unwrap_or(0), e.tombstone));
+        }
+    }
+    Ok(out)
+}
+
+/// For every key, which running nodes hold a live copy.
+async fn copies(
+    c: &Cluster,
+    nodes: &[usize],
+    bucket: &str,
+    keys: &[String],
+) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = keys.iter().map(|k| (k.clone(), BTreeSet::new())).collect();
+    for &i in nodes {
+        for (k, (_, tomb)) in held(c, i, bucket, keys).await? {
+            if !tomb {
+                out.entry(k).or_default().insert(c.blobds[i].node_id.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn placement(c: &Cluster, active: &[usize]) -> Vec<PlacementNode> {
+    active.iter().map(|&i| PlacementNode { id: c.blobds[i].node_id.clone(), zone: String::new(), weight: 1 }).collect()
+}
+
+/// Keys whose live copies are not exactly on their owners (at most a few, for messages).
+fn misplaced(
+    have: &BTreeMap<String, BTreeSet<String>>,
+    nodes: &[PlacementNode],
+    bucket: &str,
+    rf: usize,
+) -> Vec<String> {
+    have.iter()
+        .filter(|(k, on)| {
+            let want: BTreeSet<String> = replicas(nodes, bucket, k, rf).iter().map(|n| n.id.clone()).collect();
+            **on != want
+        })
+        .map(|(k, on)| format!("{k} on {} node(s)", on.len()))
+        .take(5)
+        .collect()
+}
+
+fn body(i: usize) -> Vec<u8> {
+    pattern(64 + i % 300, i as u64)
+}
+
+/// Grow 3 -> 5 with 2,000 objects: afterwards every object has exactly RF = 3 copies, on
+/// its owners over five nodes, the two new nodes hold about 2/5 of the copies, and reads
+/// during the move never failed. Then drain a node: it ends up holding nothing, every key
+/// is on exactly its owners over the four others, and every object reads back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grow_three_to_five_then_drain_moves_only_what_must_move() -> anyhow::Result<()> {
+    const N: usize = 2000;
+    let mut c =
+        Cluster::start(ClusterOptions { gateways: 1, sync_interval_secs: 1, ..ClusterOptions::default() }).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("grow").send().await?;
+    let keys: Arc<Vec<String>> = Arc::new((0..N).map(|i| format!("obj/{i:05}")).collect());
+    futures::stream::iter(0..N)
+        .map(|i| {
+            let (s3, k) = (s3.clone(), keys[i].clone());
+            async move { s3.put_object().bucket("grow").key(k).body(bs(&body(i))).send().await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+
+    // Reads go on through the whole move; each must return the object's exact bytes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (reads, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let reader = {
+        let (s3, keys, stop, reads, failures) =
+            (s3.clone(), keys.clone(), stop.clone(), reads.clone(), failures.clone());
+        tokio::spawn(async move {
+            let mut first_failure = None;
+            for n in 0..200_000usize {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let i = (n * 7919) % N;
+                let outcome = match s3.get_object().bucket("grow").key(&keys[i]).send().await {
+                    Ok(out) => {
+                        if body_bytes(out).await == body(i) {
+                            Ok(())
+                        } else {
+                            Err("wrong bytes".to_string())
+                        }
+                    }
+                    Err(e) => Err(format!("{e:?}")),
+                };
+                match outcome {
+                    Ok(()) => {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        first_failure.get_or_insert(format!("{}: {e}", keys[i]));
+                    }
+                }
+            }
+            first_failure
+        })
+    };
+
+    c.add_blobd().await?;
+    c.add_blobd().await?;
+    c.wait_alive(5).await?;
+    let five = placement(&c, &[0, 1, 2, 3, 4]);
+    wait_for("every key on exactly its 3 owners of 5", Duration::from_secs(180), || async {
+        let have = copies(&c, &[0, 1, 2, 3, 4], "grow", &keys).await.ok()?;
+        misplaced(&have, &five, "grow", 3).is_empty().then_some(())
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let first_failure = reader.await?;
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "reads failed during the move, first: {first_failure:?}");
+    assert!(reads.load(Ordering::Relaxed) > 0, "no read ran during the move");
+
+    let have = copies(&c, &[0, 1, 2, 3, 4], "grow", &keys).await?;
+    let total: usize = have.values().map(BTreeSet::len).sum();
+    assert_eq!(total, 3 * N, "exactly RF copies of every object");
+    let on_new =
+        have.values().flatten().filter(|id| **id == c.blobds[3].node_id || **id == c.blobds[4].node_id).count();
+    // Ideal: 2/5 of 6,000 copies = 2,400.
+    assert!((2100..=2700).contains(&on_new), "the new nodes hold {on_new} of {total} copies");
+
+    // Drain node 0: its keys go to their owners among the four others.
+    c.set_node(0, |n| n.state = NodeState::Draining).await?;
+    let four = placement(&c, &[1, 2, 3, 4]);
+    wait_for("node 0 drained", Duration::from_secs(180), || async {
+        let have = copies(&c, &[0, 1, 2, 3, 4], "grow", &keys).await.ok()?;
+        misplaced(&have, &four, "grow", 3).is_empty().then_some(())
+    })
+    .await?;
+    assert!(held(&c, 0, "grow", &keys).await?.is_empty(), "a drained node holds nothing");
+    for (i, k) in keys.iter().enumerate().step_by(7) {
+        let got = s3.get_object().bucket("grow").key(k).send().await?;
+        assert_eq!(body_bytes(got).await, body(i), "{k}");
+    }
+    assert_eq!(
+        s3.list_objects_v2().bucket("grow").prefix("obj/0000").send().await?.key_count(),
+        Some(10),
+        "listing after the drain"
+    );
+    Ok(())
+}
+
+/// A replica that was down while keys were written, overwritten and deleted converges by
+/// anti-entropy alone (no read touches the keys): the same versions, tombstones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anti_entropy_brings_back_a_replica_that_missed_writes() -> anyhow::Result<()> {
+    let mut c =
+        Cluster::start(ClusterOptions { gateways: 1, sync_interval_secs: 1, ..ClusterOptions::default() }).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("anti-entropy").send().await?;
+    for i in 0..100 {
+        s3.put_object().bucket("anti-entropy").key(format!("old/{i:03}")).body(bs(&body(i))).send().await?;
+    }
+    c.stop_blobd(2).await?;
+    for i in 0..300 {
+        s3.put_object().bucket("anti-entropy").key(format!("new/{i:03}")).body(bs(&body(1000 + i))).send().await?;
+    }
+    for i in 0..50 {
+        s3.put_object().bucket("anti-entropy").key(format!("old/{i:03}")).body(bs(&body(5000 + i))).send().await?;
+    }
+    for i in 50..100 {
+        s3.delete_object().bucket("anti-entropy").key(format!("old/{i:03}")).send().await?;
+    }
+    let keys: Vec<String> =
+        (0..100).map(|i| format!("old/{i:03}")).chain((0..300).map(|i| format!("new/{i:03}"))).collect();
+    let reference = held(&c, 0, "anti-entropy", &keys).await?;
+    assert_eq!(reference.len(), 400);
+
+    c.start_blobd(2).await?;
+    c.wait_alive(3).await?;
+    wait_for("blobd 2 to converge", Duration::from_secs(60), || async {
+        (held(&c, 2, "anti-entropy", &keys).await.ok()? == reference).then_some(())
+    })
+    .await?;
+    let copy = crate::cluster::copy_on(&c, 2, "anti-entropy", "old/007").await?.expect("a copy");
+    assert_eq!(copy.1, body(5007), "the overwritten bytes");
+    let copy = crate::cluster::copy_on(&c, 2, "anti-entropy", "new/123").await?.expect("a copy");
+    assert_eq!(copy.1, body(1123));
+    Ok(())
+}
+
+/// Tombstones past their grace are collected on every replica, and the key stays deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tombstones_are_collected_after_the_grace() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions {
+        gateways: 1,
+        sync_interval_secs: 1,
+        tombstone_grace_secs: 2,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("tombstones").send().await?;
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        s3.put_object().bucket("tombstones").key(k).body(bs(b"x")).send().await?;
+    }
+    for k in &keys[..10] {
+        s3.delete_object().bucket("tombstones").key(k).send().await?;
+    }
+    assert!(held(&c, 0, "tombstones", &keys).await?.values().any(|(_, t)| *t), "tombstones written");
+    wait_for("tombstones collected", Duration::from_secs(30), || async {
+        for i in 0..3 {
+            let h = held(&c, i, "tombstones", &keys).await.ok()?;
+            if h.len() != 10 || h.values().any(|(_, t)| *t) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    for k in &keys[..10] {
+        assert_eq!(crate::err_code(s3.get_object().bucket("tombstones").key(k).send().await), "NoSuchKey");
+    }
+    assert_eq!(s3.list_objects_v2().bucket("tombstones").send().await?.key_count(), Some(10));
+    Ok(())
+}
+
+/// RF = 3, W = 2: a blobd killed (like SIGKILL) in the middle of 1,000 concurrent puts; every
+/// put that got a 200 reads back with its exact bytes (SHA-256 compared), and once the
+/// node is back anti-entropy gives it every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_during_1000_concurrent_puts_loses_no_acknowledged_write() -> anyhow::Result<()> {
+    const N: usize = 1000;
+    let mut c =
+        Cluster::start(ClusterOptions { gateways: 1, sync_interval_secs: 1, ..ClusterOptions::default() }).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("crash").send().await?;
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let puts = {
+        let (s3, acked) = (s3.clone(), acked.clone());
+        tokio::spawn(async move {
+            futures::stream::iter(0..N)
+                .map(|i| {
+                    let (s3, acked) = (s3.clone(), acked.clone());
+                    async move {
+                        let r = s3.put_object().bucket("crash").key(format!("k{i:04}")).body(bs(&body(i))).send().await;
+                        if r.is_ok() {
+                            acked.lock().unwrap_or_else(|e| e.into_inner()).push(i);
+                        }
+                    }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<()>>()
+                .await;
+        })
+    };
+    wait_for("300 puts acknowledged", Duration::from_secs(120), || async {
+        (acked.lock().unwrap_or_else(|e| e.into_inner()).len() >= 300).then_some(())
+    })
+    .await?;
+    c.kill_blobd(1);
+    puts.await?;
+    let acked: Vec<usize> = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert!(acked.len() > N / 2, "only {} of {N} puts succeeded with 2 of 3 nodes up", acked.len());
+    for &i in &acked {
+        let got = s3.get_object().bucket("crash").key(format!("k{i:04}")).send().await?;
+        let bytes = body_bytes(got).await;
+        assert_eq!(sha2::Sha256::digest(&bytes), sha2::Sha256::digest(body(i)), "k{i:04}");
+    }
+
+    c.start_blobd(1).await?;
+    c.wait_alive(3).await?;
+    let keys: Vec<String> = acked.iter().map(|i| format!("k{i:04}")).collect();
+    wait_for("the killed node to get every acknowledged key", Duration::from_secs(60), || async {
+        let h = held(&c, 1, "crash", &keys).await.ok()?;
+        (h.len() == keys.len()).then_some(())
+    })
+    .await?;
+    Ok(())
+}
