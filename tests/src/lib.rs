@@ -110,6 +110,8 @@ pub struct ClusterOptions {
     pub sync_interval_secs: u64,
     pub tombstone_grace_secs: u64,
     pub evict_grace_secs: Option<u64>,
+    /// blobd's scrub interval in seconds (0: off, the default here).
+    pub scrub_interval_secs: u64,
 }
 
 impl Default for ClusterOptions {
@@ -127,6 +129,7 @@ impl Default for ClusterOptions {
             sync_interval_secs: 0,
             tombstone_grace_secs: BlobdConfig::default().tombstone_grace_secs,
             evict_grace_secs: None,
+            scrub_interval_secs: 0,
         }
     }
 }
@@ -352,6 +355,7 @@ impl Cluster {
             sync_interval_secs: self.opts.sync_interval_secs,
             tombstone_grace_secs: self.opts.tombstone_grace_secs,
             evict_grace_secs: self.opts.evict_grace_secs,
+            scrub_interval_secs: self.opts.scrub_interval_secs,
             ..BlobdConfig::default()
         };
         let rt = tokio::runtime::Builder::new_multi_thread()

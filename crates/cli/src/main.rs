@@ -220,6 +220,12 @@ struct BlobdArgs {
     /// Seconds an active node may be without a lease before it is marked removed (unset: never).
     #[arg(long, env = "AETHER_EVICT_GRACE")]
     evict_grace: Option<u64>,
+    /// Seconds between scrub passes over every blob (0: off).
+    #[arg(long, env = "AETHER_SCRUB_INTERVAL")]
+    scrub_interval: Option<u64>,
+    /// Bytes per second the scrub reads at most (0: no cap).
+    #[arg(long, env = "AETHER_SCRUB_BYTES_PER_SEC")]
+    scrub_bytes_per_sec: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -390,6 +396,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 if a.evict_grace.is_some() {
                     cfg.evict_grace_secs = a.evict_grace;
+                }
+                if let Some(v) = a.scrub_interval {
+                    cfg.scrub_interval_secs = v;
+                }
+                if let Some(v) = a.scrub_bytes_per_sec {
+                    cfg.scrub_bytes_per_sec = v;
                 }
                 let listeners = BlobdListeners {
                     grpc: bind(a.listen, "gRPC").await?,

@@ -39,6 +39,8 @@ pub enum BlobdError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt index row: {0}")]
     Corrupt(String),
+    #[error("{0}")]
+    Bitrot(String),
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("background task failed: {0}")]
@@ -63,6 +65,8 @@ impl BlobdError {
             Self::Db(sqlx::Error::PoolClosed | sqlx::Error::PoolTimedOut) => (Code::Unavailable, "unavailable", true),
             Self::Db(_) | Self::Migrate(_) => (Code::Internal, "index", true),
             Self::Corrupt(_) => (Code::Internal, "corrupt", false),
+            // Another replica can serve it; this copy is being replaced.
+            Self::Bitrot(_) => (Code::DataLoss, "bitrot", true),
             Self::Transport(_) | Self::Join(_) => (Code::Internal, "internal", true),
         }
     }

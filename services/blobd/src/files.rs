@@ -66,7 +66,7 @@ impl BlobDir {
         Ok(StagedBlob {
             id,
             file: Some(file),
-            hasher: Some(Md5::new()),
+            hasher: Some((Md5::new(), crate::blocks::BlockSums::default())),
             size: 0,
             guard: RemoveOnDrop::new(path),
             dir: self.clone(),
@@ -127,7 +127,7 @@ impl Drop for RemoveOnDrop {
 pub struct StagedBlob {
     id: String,
     file: Option<std::fs::File>,
-    hasher: Option<Md5>,
+    hasher: Option<(Md5, crate::blocks::BlockSums)>,
     size: u64,
     guard: RemoveOnDrop,
     dir: BlobDir,
@@ -163,7 +163,8 @@ impl StagedBlob {
         };
         let len = chunk.len() as u64;
         let (file, hasher, res) = tokio::task::spawn_blocking(move || {
-            hasher.update(&chunk);
+            hasher.0.update(&chunk);
+            hasher.1.update(&chunk);
             let res = file.write_all(&chunk);
             (file, hasher, res)
         })
@@ -186,7 +187,8 @@ impl StagedBlob {
             (Some(f), Some(h)) => (f, h),
             _ => return Err(BlobdError::Io(std::io::Error::other("staged blob used after a failed write"))),
         };
-        let md5_hex = hex::encode(hasher.finalize());
+        let (md5, sums) = hasher;
+        let md5_hex = hex::encode(md5.finalize());
         if self.size != expect_size {
             return Err(BlobdError::SizeMismatch(format!("received {} bytes, commit says {expect_size}", self.size)));
         }
@@ -197,7 +199,10 @@ impl StagedBlob {
         let dst = self.dir.blob_path(&self.id);
         let span = tracing::info_span!("blob.fsync", size = self.size);
         let dst2 = dst.clone();
+        let mut file = file;
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            // The block checksums after the body (see `blocks`).
+            file.write_all(&sums.trailer())?;
             // fdatasync: the contents and the new size; the rename is made durable by
             // the directory fsync below.
             file.sync_data()?;

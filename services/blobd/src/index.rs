@@ -44,6 +44,9 @@ pub struct SyncRow {
 #[derive(Debug, Clone)]
 pub struct NewObject {
     pub ver: Ver,
+    /// Replace a stored copy of the same version too (healing a copy whose blobs failed
+    /// their checksums); otherwise an equal version is not applied.
+    pub heal: bool,
     pub tombstone: bool,
     pub size: u64,
     pub blobs: Vec<String>,
@@ -602,7 +605,7 @@ impl Index {
             meta.part_sizes = part_sizes;
             meta.part_checksums = if part_checksums.iter().all(String::is_empty) { Vec::new() } else { part_checksums };
             meta.checksums = c.checksums.clone();
-            let new = NewObject { ver: c.ver.clone(), tombstone: false, size, blobs: blobs.clone(), meta };
+            let new = NewObject { ver: c.ver.clone(), heal: false, tombstone: false, size, blobs: blobs.clone(), meta };
             let mut applied = apply_in_tx(&mut tx, &c.bucket, &c.key, new).await?;
             delete_upload(&mut tx, &c.upload_id).await?;
             tx.commit().await?;
@@ -659,7 +662,7 @@ async fn apply_in_tx(
     let old = sqlx::query(SELECT_OBJECT).bind(bucket).bind(key.as_bytes()).fetch_optional(&mut **tx).await?;
     let old = old.as_ref().map(row_to_obj).transpose()?;
     if let Some(old) = &old
-        && new.ver <= old.ver
+        && (new.ver < old.ver || (new.ver == old.ver && (!new.heal || old.tombstone)))
     {
         // Lost to a newer (or equal) version: the incoming blobs are not referenced.
         return Ok(Applied {

@@ -2,12 +2,14 @@
 //! (named by random blob ids, never by key), the object index in SQLite; served over the
 //! `blob.v1` gRPC API. Registers itself in metad (layout entry + liveness lease).
 
+mod blocks;
 mod convert;
 mod error;
 mod files;
 mod index;
 mod reap;
 mod register;
+mod scrub;
 mod service;
 mod sync;
 
@@ -61,6 +63,11 @@ pub struct BlobdConfig {
     /// Mark an `active` node `removed` after this many seconds without a liveness lease,
     /// so its keys re-replicate to other nodes; `None`: never (opt-in).
     pub evict_grace_secs: Option<u64>,
+    /// Seconds between the end of one scrub pass (every blob read against its block
+    /// checksums) and the next; 0 turns the scrub off.
+    pub scrub_interval_secs: u64,
+    /// Bytes per second the scrub reads at most (0: no cap).
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for BlobdConfig {
@@ -82,6 +89,8 @@ impl Default for BlobdConfig {
             sync_concurrency: 4,
             tombstone_grace_secs: 7 * 24 * 3600,
             evict_grace_secs: None,
+            scrub_interval_secs: 24 * 3600,
+            scrub_bytes_per_sec: 16 << 20,
         }
     }
 }
@@ -212,6 +221,15 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
         tokio::spawn(sync::run(Arc::clone(&store), sc, stop.clone()))
     });
 
+    let scrubber = (cfg.scrub_interval_secs > 0).then(|| {
+        tokio::spawn(scrub::run(
+            Arc::clone(&store),
+            Duration::from_secs(cfg.scrub_interval_secs),
+            cfg.scrub_bytes_per_sec,
+            stop.clone(),
+        ))
+    });
+
     let svc = BlobServiceServer::new(service::BlobSvc::new(store))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
@@ -232,6 +250,9 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
         let _ = r.await;
     }
     if let Some(s) = syncer {
+        let _ = s.await;
+    }
+    if let Some(s) = scrubber {
         let _ = s.await;
     }
     if tokio::time::timeout(Duration::from_secs(5), registration).await.is_err() {

@@ -1,6 +1,5 @@
 //! The `blob.v1.BlobService` gRPC handlers.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -39,14 +38,47 @@ pub struct Store {
     pub node_id: String,
     live: AtomicI64,
     live_bytes: AtomicI64,
+    /// Keys whose local copy failed a block checksum (read or scrub): the sync loop
+    /// replaces each with a good copy from a peer holding the same version.
+    suspects: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
+/// Suspect keys remembered at most (more are found again by the next scrub).
+const MAX_SUSPECTS: usize = 10_000;
+
 impl Store {
+    /// Remember that `bucket/key`'s local copy is corrupt.
+    pub fn suspect(&self, bucket: &str, key: &str) {
+        metrics::counter!("blobd_bitrot_detected_total").increment(1);
+        tracing::error!(bucket, key, "a blob failed its checksum; the copy will be replaced from a peer");
+        self.requeue_suspect(bucket, key);
+    }
+
+    /// Put back a suspect key that could not be healed yet (not counted again).
+    pub fn requeue_suspect(&self, bucket: &str, key: &str) {
+        let mut s = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        if s.len() < MAX_SUSPECTS {
+            s.insert((bucket.to_string(), key.to_string()));
+        }
+    }
+
+    /// The suspect keys, taken (the caller puts back those it could not heal).
+    pub fn take_suspects(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.suspects.lock().unwrap_or_else(|e| e.into_inner())).into_iter().collect()
+    }
+
     pub async fn new(dir: BlobDir, index: Index, node_id: String) -> Result<Self> {
         let (live, bytes) = index.count_live().await?;
         metrics::gauge!("blobd_objects").set(live as f64);
         metrics::gauge!("blobd_bytes").set(bytes as f64);
-        Ok(Self { dir, index, node_id, live: AtomicI64::new(live), live_bytes: AtomicI64::new(bytes) })
+        Ok(Self {
+            dir,
+            index,
+            node_id,
+            live: AtomicI64::new(live),
+            live_bytes: AtomicI64::new(bytes),
+            suspects: Default::default(),
+        })
     }
 
     /// Live objects and their bytes (kept current by every applied write).
@@ -147,8 +179,8 @@ fn range_of(req: &GetRequest, size: u64) -> Result<Option<(u64, u64)>> {
     Ok(Some((req.start, req.end)))
 }
 
-/// One file's share of a ranged read: (file, offset in the file, bytes to read).
-pub(crate) type Segment = (std::fs::File, u64, u64);
+/// One file's share of a ranged read: (file, offset in the body, bytes to read).
+pub(crate) type Segment = (crate::blocks::BlobFile, u64, u64);
 
 /// Open the files covering `[start, end]` now, so a concurrent overwrite that unlinks
 /// them cannot break the read.
@@ -174,42 +206,44 @@ pub(crate) fn open_segments(dir: &BlobDir, row: &ObjRow, start: u64, end: u64) -
         }
         let from = start.max(lo);
         let to = (end + 1).min(hi);
-        out.push((std::fs::File::open(dir.blob_path(id))?, from - lo, to - from));
+        let file = crate::blocks::BlobFile::new(std::fs::File::open(dir.blob_path(id))?, size)?;
+        out.push((file, from - lo, to - from));
     }
     Ok(out)
 }
 
-async fn stream_segments(segments: Vec<Segment>, tx: mpsc::Sender<Result<GetResponse, Status>>) {
+async fn stream_segments(
+    store: Arc<Store>,
+    target: (String, String),
+    segments: Vec<Segment>,
+    tx: mpsc::Sender<Result<GetResponse, Status>>,
+) {
     for (file, offset, len) in segments {
-        let mut file = Some(file);
+        let file = Arc::new(file);
         let mut pos = offset;
         let end = offset + len;
-        let mut first = true;
         while pos < end {
-            let want = (end - pos).min(READ_CHUNK as u64) as usize;
-            let Some(f) = file.take() else { return };
-            let seek = first;
-            first = false;
-            let res = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, Vec<u8>)> {
-                let mut f = f;
-                if seek {
-                    f.seek(SeekFrom::Start(pos))?;
-                }
-                let mut buf = Vec::with_capacity(want);
-                (&mut f).take(want as u64).read_to_end(&mut buf)?;
-                if buf.len() < want {
-                    return Err(std::io::Error::new(
+            let want = (end - pos).min(READ_CHUNK as u64);
+            let f = Arc::clone(&file);
+            let res = tokio::task::spawn_blocking(move || f.read(pos, want)).await;
+            let buf = match res {
+                Ok(Ok(v)) if !v.is_empty() => v,
+                Ok(Ok(_)) => {
+                    let e = std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "blob file is shorter than the index says",
-                    ));
-                }
-                Ok((f, buf))
-            })
-            .await;
-            let (f, buf) = match res {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
+                    );
                     let _ = tx.send(Err(BlobdError::Io(e).into())).await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    let err = if crate::blocks::is_bitrot(&e) {
+                        store.suspect(&target.0, &target.1);
+                        BlobdError::Bitrot(e.to_string())
+                    } else {
+                        BlobdError::Io(e)
+                    };
+                    let _ = tx.send(Err(err.into())).await;
                     return;
                 }
                 Err(e) => {
@@ -222,7 +256,6 @@ async fn stream_segments(segments: Vec<Segment>, tx: mpsc::Sender<Result<GetResp
             if tx.send(Ok(GetResponse { msg: Some(get_response::Msg::Chunk(Bytes::from(buf))) })).await.is_err() {
                 return; // client went away
             }
-            file = Some(f);
         }
     }
 }
@@ -234,6 +267,8 @@ impl BlobSvc {
             return Err(BlobdError::InvalidArgument("the first message must be the header".into()));
         };
         let verbatim = header.verbatim;
+        // Healing replaces a copy of the same version: only a verbatim copy may.
+        let heal = header.heal && verbatim;
         let mut meta = header.meta.ok_or_else(|| BlobdError::InvalidArgument("header without meta".into()))?;
         validate_target(&meta.bucket, &meta.key)?;
         let ver = Ver::from_wire(meta.version.as_ref())?;
@@ -260,7 +295,8 @@ impl BlobSvc {
                 meta.part_checksums.clear();
             }
             let (bucket, key) = (meta.bucket.clone(), meta.key.clone());
-            let new = NewObject { ver, tombstone: false, size: placed.size, blobs: vec![placed.id.clone()], meta };
+            let new =
+                NewObject { ver, heal, tombstone: false, size: placed.size, blobs: vec![placed.id.clone()], meta };
             let applied = store.index.apply_object(&bucket, &key, new).await?;
             // The index decided; whether kept or listed in `unlink`, the file is accounted for.
             let _ = placed.keep();
@@ -294,6 +330,10 @@ impl BlobSvc {
             match tokio::task::spawn_blocking(move || open_segments(&dir, &r2, start, end)).await? {
                 Ok(segs) => break (row, segs),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 3 => continue,
+                Err(e) if crate::blocks::is_bitrot(&e) => {
+                    self.store.suspect(&req.bucket, &req.key);
+                    return Err(BlobdError::Bitrot(e.to_string()));
+                }
                 Err(e) => return Err(e.into()),
             }
         };
@@ -303,7 +343,8 @@ impl BlobSvc {
         // The channel is empty: the first send cannot fail for lack of room.
         let _ = tx.try_send(Ok(GetResponse { msg: Some(get_response::Msg::Meta(meta)) }));
         if !segments.is_empty() {
-            tokio::spawn(stream_segments(segments, tx).in_current_span());
+            let target = (req.bucket.clone(), req.key.clone());
+            tokio::spawn(stream_segments(self.store.clone(), target, segments, tx).in_current_span());
         }
         Ok(ReceiverStream::new(rx))
     }
@@ -458,7 +499,7 @@ impl BlobService for BlobSvc {
                 last_modified_ms: req.last_modified_ms,
                 ..Default::default()
             };
-            let new = NewObject { ver, tombstone: true, size: 0, blobs: Vec::new(), meta };
+            let new = NewObject { ver, heal: false, tombstone: true, size: 0, blobs: Vec::new(), meta };
             let applied = store.index.apply_object(&req.bucket, &req.key, new).await?;
             tracing::Span::current().record("applied", applied.applied);
             Ok(store.finish_write(applied).await)

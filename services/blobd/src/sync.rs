@@ -57,9 +57,8 @@ pub const LEAVES: usize = 256;
 const SCAN_BATCH: i64 = 1000;
 /// Keys offered to owners per `Versions` call.
 const HANDOFF_BATCH: usize = 256;
-/// Differing leaves whose entries are fetched per `Entries` call (bounds memory: one call
-/// covers 1/8 of the shared keys at most).
-const LEAF_BATCH: usize = 32;
+/// Entries per `Entries` page (about 60 bytes each on the wire).
+const ENTRIES_PAGE: usize = 20_000;
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Leaf = [u8; 16];
@@ -205,15 +204,29 @@ pub async fn entries(store: &Store, req: pb::EntriesRequest) -> Result<pb::Entri
         return Err(BlobdError::InvalidArgument("leaves out of range".into()));
     }
     let want: HashSet<usize> = req.leaves.iter().map(|l| *l as usize).collect();
+    let limit = match req.limit {
+        0 => ENTRIES_PAGE,
+        n => (n as usize).min(ENTRIES_PAGE),
+    };
     let me = store.node_id.clone();
     let mut out = Vec::new();
-    scan(store, &req.bucket, |r| {
-        if shared_leaf(&scope, &req.bucket, &r.key, &me, &peer).is_some_and(|l| want.contains(&l)) {
-            out.push(to_entry(&r));
+    let mut after = (!req.start_after.is_empty()).then(|| req.start_after.clone());
+    loop {
+        let rows = store.index.sync_rows(&req.bucket, after.as_deref(), SCAN_BATCH).await?;
+        let n = rows.len();
+        for r in rows {
+            if shared_leaf(&scope, &req.bucket, &r.key, &me, &peer).is_some_and(|l| want.contains(&l)) {
+                out.push(to_entry(&r));
+            }
+            if out.len() >= limit {
+                return Ok(pb::EntriesResponse { entries: out, covered_to: r.key });
+            }
+            after = Some(r.key);
         }
-    })
-    .await?;
-    Ok(pb::EntriesResponse { entries: out })
+        if n < SCAN_BATCH as usize {
+            return Ok(pb::EntriesResponse { entries: out, covered_to: String::new() });
+        }
+    }
 }
 
 pub async fn versions(store: &Store, req: pb::VersionsRequest) -> Result<pb::VersionsResponse> {
@@ -235,6 +248,13 @@ pub async fn versions(store: &Store, req: pb::VersionsRequest) -> Result<pb::Ver
 }
 
 // ---- the loop ----
+
+/// What the owners of a batch of keys hold (see `Cycle::holders`).
+struct Holders<'b> {
+    holds: HashMap<&'b str, HashSet<&'b str>>,
+    newer: HashSet<&'b str>,
+    older: HashSet<&'b str>,
+}
 
 /// The layout as read from metad at the start of a cycle.
 #[derive(Debug, Default)]
@@ -423,6 +443,8 @@ async fn evict(
             tracing::warn!(node = %id, dead_secs = now.duration_since(since).as_secs(), "evicted a dead node from the layout");
             metrics::counter!("blobd_sync_evictions_total").increment(1);
             evicted.push(id.clone());
+            // One at a time: a cut-off zone is not evicted as a whole in one cycle.
+            break;
         }
     }
     for id in evicted {
@@ -470,6 +492,7 @@ async fn one_cycle(
         stats: CycleStats::default(),
         throttle: tokio::sync::Mutex::new(Throttle { max: cfg.max_bytes_per_sec, start: Instant::now(), bytes: 0 }),
     };
+    cycle.heal_suspects().await;
     for bucket in store.index.buckets().await? {
         if let Err(e) = cycle.bucket(&bucket).await {
             tracing::warn!(bucket, error = %e, "sync of a bucket failed");
@@ -495,6 +518,89 @@ impl Cycle<'_> {
         self.layout.alive.contains_key(id)
     }
 
+    /// Replace local copies that failed their checksums (on a read or in the scrub) with
+    /// a peer's copy of the same version: its Get stream, checked by the peer's block sums,
+    /// piped into a verbatim `heal` Put to this daemon itself.
+    async fn heal_suspects(&mut self) {
+        for (bucket, key) in self.store.take_suspects() {
+            match self.heal(&bucket, &key).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(bucket, key, "no peer holds a good copy of a corrupt blob's version yet");
+                    self.store.requeue_suspect(&bucket, &key);
+                }
+                Err(e) => {
+                    tracing::warn!(bucket, key, error = %e, "healing a corrupt copy failed");
+                    self.stats.errors += 1;
+                    self.store.requeue_suspect(&bucket, &key);
+                }
+            }
+        }
+    }
+
+    async fn heal(&mut self, bucket: &str, key: &str) -> Result<bool> {
+        let Some(local) = self.store.index.get_object(bucket, key).await? else { return Ok(true) };
+        if local.tombstone {
+            return Ok(true);
+        }
+        let me = self.me().to_string();
+        let peers: Vec<String> = self.layout.nodes.keys().filter(|id| **id != me && self.alive(id)).cloned().collect();
+        for peer in peers {
+            let mut client = self.client(&peer)?;
+            let req = pb::GetRequest {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                expect_version: Some(local.ver.to_wire()),
+                ..Default::default()
+            };
+            let Ok(mut stream) = rpc(client.get(req)).await else { continue };
+            let meta = match stream.message().await {
+                Ok(Some(pb::GetResponse { msg: Some(pb::get_response::Msg::Meta(m)) })) if !m.tombstone => m,
+                _ => continue,
+            };
+            let (tx, rx) = mpsc::channel::<pb::PutRequest>(2);
+            let header = pb::PutHeader { meta: Some(meta), verbatim: true, heal: true };
+            let _ = tx.try_send(pb::PutRequest { msg: Some(pb::put_request::Msg::Header(header)) });
+            let pump = tokio::spawn(async move {
+                let (mut md5, mut size) = (md5::Md5::new(), 0u64);
+                while let Some(m) = stream.message().await.map_err(BlobdError::ClientStream)? {
+                    if let Some(pb::get_response::Msg::Chunk(c)) = m.msg {
+                        md5.update(&c);
+                        size += c.len() as u64;
+                        if tx.send(pb::PutRequest { msg: Some(pb::put_request::Msg::Chunk(c)) }).await.is_err() {
+                            return Ok::<bool, BlobdError>(false);
+                        }
+                    }
+                }
+                let commit =
+                    pb::PutCommit { size, md5_hex: hex::encode(md5.finalize()), checksums: Default::default() };
+                Ok(tx.send(pb::PutRequest { msg: Some(pb::put_request::Msg::Commit(commit)) }).await.is_ok())
+            });
+            let put = self.client(&me)?.put(ReceiverStream::new(rx)).await;
+            let pumped = pump.await?;
+            match (put, pumped) {
+                (Ok(r), Ok(true)) if r.get_ref().applied => {
+                    metrics::counter!("blobd_bitrot_healed_total").increment(1);
+                    tracing::info!(bucket, key, peer, "replaced a corrupt copy with a peer's");
+                    return Ok(true);
+                }
+                // A newer version arrived meanwhile: nothing left to heal.
+                (Ok(r), Ok(true))
+                    if r.get_ref()
+                        .current
+                        .as_ref()
+                        .is_some_and(|c| Ver::from_wire(Some(c)).is_ok_and(|v| v > local.ver)) =>
+                {
+                    return Ok(true);
+                }
+                (put, pumped) => {
+                    tracing::warn!(bucket, key, peer, put = ?put.err(), pumped = ?pumped, "healing from a peer failed");
+                }
+            }
+        }
+        Ok(false)
+    }
+
     async fn bucket(&mut self, bucket: &str) -> Result<()> {
         let me = self.me().to_string();
         let grace_ms = self.cfg.tombstone_grace.as_millis() as i64;
@@ -508,21 +614,19 @@ impl Cycle<'_> {
             let n = rows.len();
             after = rows.last().map(|r| r.key.clone());
             let mut handoff: Vec<(SyncRow, Vec<String>)> = Vec::new();
+            let mut expired: Vec<(SyncRow, Vec<String>)> = Vec::new();
             for row in rows {
                 self.stats.keys += 1;
-                if row.tombstone && now_ms.saturating_sub(row.last_modified_ms) > grace_ms {
-                    if let Some(applied) = self.store.index.purge(bucket, &row.key, &row.ver).await? {
-                        self.store.finish_write(applied).await;
-                        self.stats.tombstones_dropped += 1;
-                        metrics::counter!("blobd_sync_tombstones_dropped_total").increment(1);
-                    }
-                    continue;
-                }
                 let digest = object_digest(bucket, &row.key);
                 let owners = self.scope.owners(&digest);
                 if !owners.contains(&me.as_str()) {
                     let owners = owners.into_iter().map(str::to_string).collect();
                     handoff.push((row, owners));
+                    continue;
+                }
+                if row.tombstone && now_ms.saturating_sub(row.last_modified_ms) > grace_ms {
+                    let others = owners.iter().filter(|o| **o != me).map(|o| o.to_string()).collect();
+                    expired.push((row, others));
                     continue;
                 }
                 let h = entry_hash(&row.key, &row.ver, row.tombstone, row.tags_hlc);
@@ -534,6 +638,9 @@ impl Cycle<'_> {
             }
             for chunk in handoff.chunks(HANDOFF_BATCH) {
                 self.hand_off(bucket, chunk).await;
+            }
+            for chunk in expired.chunks(HANDOFF_BATCH) {
+                self.collect_tombstones(bucket, chunk).await;
             }
             if n < SCAN_BATCH as usize {
                 break;
@@ -552,14 +659,13 @@ impl Cycle<'_> {
         Ok(())
     }
 
-    /// Offer keys this daemon does not own to their owners; drop the local copy of each
-    /// key every owner holds (at this version or newer). A key some live owner already
-    /// holds is left to anti-entropy among the owners (so the bytes cross the network
-    /// once per new owner, not once per old holder); a key no live owner holds is sent to
-    /// the first live owner in placement order.
-    async fn hand_off(&mut self, bucket: &str, batch: &[(SyncRow, Vec<String>)]) {
-        // Which owners hold each key at this version or newer.
+    /// Asks the given owners (`Versions`; dead owners are not asked): which of them hold
+    /// each key at its version or newer, the keys some owner holds strictly newer, and the
+    /// keys some owner holds older.
+    async fn holders<'b>(&mut self, bucket: &str, batch: &'b [(SyncRow, Vec<String>)]) -> Holders<'b> {
         let mut holds: HashMap<&str, HashSet<&str>> = HashMap::new();
+        let mut newer: HashSet<&str> = HashSet::new();
+        let mut older: HashSet<&str> = HashSet::new();
         let mut by_owner: BTreeMap<&str, Vec<&SyncRow>> = BTreeMap::new();
         for (row, owners) in batch {
             for o in owners {
@@ -573,9 +679,14 @@ impl Cycle<'_> {
             match self.owner_versions(bucket, owner, &rows).await {
                 Ok(held) => {
                     for row in rows {
-                        if let Some((ver, tags_hlc)) = held.get(row.key.as_str())
-                            && (*ver > row.ver || (*ver == row.ver && *tags_hlc >= row.tags_hlc))
-                        {
+                        let Some((ver, tags_hlc)) = held.get(row.key.as_str()) else { continue };
+                        if *ver > row.ver {
+                            newer.insert(row.key.as_str());
+                        }
+                        if *ver < row.ver {
+                            older.insert(row.key.as_str());
+                        }
+                        if *ver > row.ver || (*ver == row.ver && *tags_hlc >= row.tags_hlc) {
                             holds.entry(row.key.as_str()).or_default().insert(owner);
                         }
                     }
@@ -583,9 +694,39 @@ impl Cycle<'_> {
                 Err(e) => {
                     tracing::warn!(bucket, owner, error = %e, "cannot ask an owner what it holds");
                     self.stats.errors += 1;
+                    // Unknown counts as possibly older: no tombstone is collected on it.
+                    older.extend(rows.iter().map(|r| r.key.as_str()));
                 }
             }
         }
+        Holders { holds, newer, older }
+    }
+
+    /// Drop the local copy of `row` if it is still that version.
+    async fn drop_copy(&mut self, bucket: &str, row: &SyncRow) -> bool {
+        match self.store.index.purge(bucket, &row.key, &row.ver).await {
+            Ok(Some(applied)) => {
+                self.store.finish_write(applied).await;
+                true
+            }
+            // Written again meanwhile (a gateway with an older layout): next cycle.
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(bucket, key = %row.key, error = %e, "cannot drop a local copy");
+                self.stats.errors += 1;
+                false
+            }
+        }
+    }
+
+    /// Offer keys this daemon does not own to their owners; drop the local copy of each
+    /// key every owner holds (at this version or newer), or some live owner holds newer
+    /// (this copy is superseded). A key some live owner already holds is left to
+    /// anti-entropy among the owners (so the bytes cross the network once per new owner,
+    /// not once per old holder); a key no live owner holds is sent to the first live owner
+    /// in placement order.
+    async fn hand_off(&mut self, bucket: &str, batch: &[(SyncRow, Vec<String>)]) {
+        let Holders { mut holds, newer, .. } = self.holders(bucket, batch).await;
         // Keys no live owner holds: to the first live owner.
         let mut sends: BTreeMap<&str, Vec<&SyncRow>> = BTreeMap::new();
         for (row, owners) in batch {
@@ -606,22 +747,30 @@ impl Cycle<'_> {
         for (row, owners) in batch {
             let held_by_all =
                 holds.get(row.key.as_str()).is_some_and(|h| owners.iter().all(|o| h.contains(o.as_str())));
-            if owners.is_empty() || !held_by_all {
+            let superseded = newer.contains(row.key.as_str());
+            if owners.is_empty() || !(held_by_all || superseded) {
                 self.stats.pending_handoff += 1;
                 continue;
             }
-            match self.store.index.purge(bucket, &row.key, &row.ver).await {
-                Ok(Some(applied)) => {
-                    self.store.finish_write(applied).await;
-                    self.stats.handed_off += 1;
-                    metrics::counter!("blobd_sync_handed_off_total").increment(1);
-                }
-                // Written again meanwhile (a gateway with an older layout): next cycle.
-                Ok(None) => self.stats.pending_handoff += 1,
-                Err(e) => {
-                    tracing::warn!(bucket, key = %row.key, error = %e, "cannot drop a handed-off copy");
-                    self.stats.errors += 1;
-                }
+            if self.drop_copy(bucket, row).await {
+                self.stats.handed_off += 1;
+                metrics::counter!("blobd_sync_handed_off_total").increment(1);
+            } else {
+                self.stats.pending_handoff += 1;
+            }
+        }
+    }
+
+    /// Drop tombstones past the grace once no other owner can bring the deleted value
+    /// back: every other owner is alive and holds no older version of the key (it holds the
+    /// tombstone, something newer, or nothing, having collected it already).
+    async fn collect_tombstones(&mut self, bucket: &str, batch: &[(SyncRow, Vec<String>)]) {
+        let h = self.holders(bucket, batch).await;
+        for (row, others) in batch {
+            let safe = others.iter().all(|o| self.alive(o)) && !h.older.contains(row.key.as_str());
+            if safe && self.drop_copy(bucket, row).await {
+                self.stats.tombstones_dropped += 1;
+                metrics::counter!("blobd_sync_tombstones_dropped_total").increment(1);
             }
         }
     }
@@ -641,6 +790,7 @@ impl Cycle<'_> {
             .map_err(BlobdError::ClientStream)?
             .into_inner();
         self.stats.digest_bytes += prost::Message::encoded_len(&resp) as u64;
+        metrics::counter!("blobd_sync_digest_bytes_total").increment(prost::Message::encoded_len(&resp) as u64);
         Ok(resp
             .entries
             .into_iter()
@@ -740,24 +890,31 @@ impl Cycle<'_> {
         let expect_md5 = (meta.part_sizes.is_empty() && !meta.etag.contains('-')).then(|| meta.etag.clone());
         let (tx, rx) = mpsc::channel::<pb::PutRequest>(2);
         let header = pb::PutRequest {
-            msg: Some(pb::put_request::Msg::Header(pb::PutHeader { meta: Some(meta), verbatim: true })),
+            msg: Some(pb::put_request::Msg::Header(pb::PutHeader { meta: Some(meta), verbatim: true, heal: false })),
         };
         let _ = tx.try_send(header);
+        let store = Arc::clone(self.store);
+        let target = (bucket.to_string(), row.key.clone());
         let reader = tokio::spawn(async move {
             let mut md5 = md5::Md5::new();
             for (file, offset, len) in segments {
-                let mut file = Some(file);
+                let file = Arc::new(file);
                 let mut pos = offset;
                 let end = offset + len;
-                let mut first = true;
                 while pos < end {
-                    let want = (end - pos).min(READ_CHUNK as u64) as usize;
-                    let f = file.take().ok_or_else(|| BlobdError::Corrupt("file lost".into()))?;
-                    let seek = std::mem::take(&mut first);
-                    let (f, buf) = tokio::task::spawn_blocking(move || read_chunk(f, seek, pos, want)).await??;
+                    let f = Arc::clone(&file);
+                    let want = (end - pos).min(READ_CHUNK as u64);
+                    let buf = match tokio::task::spawn_blocking(move || f.read(pos, want)).await? {
+                        Ok(b) if !b.is_empty() => b,
+                        Ok(_) => return Err(BlobdError::Corrupt("blob file is shorter than the index says".into())),
+                        Err(e) if crate::blocks::is_bitrot(&e) => {
+                            store.suspect(&target.0, &target.1);
+                            return Err(BlobdError::Bitrot(e.to_string()));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     md5.update(&buf);
                     pos += buf.len() as u64;
-                    file = Some(f);
                     if tx
                         .send(pb::PutRequest { msg: Some(pb::put_request::Msg::Chunk(Bytes::from(buf))) })
                         .await
@@ -771,8 +928,8 @@ impl Cycle<'_> {
             if let Some(want) = expect_md5
                 && want != md5_hex
             {
-                metrics::counter!("blobd_bitrot_detected_total").increment(1);
-                return Err(BlobdError::Corrupt(format!("local blob MD5 {md5_hex} differs from its ETag {want}")));
+                store.suspect(&target.0, &target.1);
+                return Err(BlobdError::Bitrot(format!("local blob MD5 {md5_hex} differs from its ETag {want}")));
             }
             let commit = pb::PutCommit { size, md5_hex, checksums: Default::default() };
             let _ = tx.send(pb::PutRequest { msg: Some(pb::put_request::Msg::Commit(commit)) }).await;
@@ -794,65 +951,91 @@ impl Cycle<'_> {
             && tags_hlc > 0
         {
             let req = pb::SetTagsRequest { bucket: bucket.to_string(), key: row.key.clone(), version, tags, tags_hlc };
-            let _ = tokio::time::timeout(RPC_TIMEOUT, client.set_tags(req)).await;
+            rpc(client.set_tags(req)).await?;
         }
         Ok(size)
     }
 
-    /// Compare digests with `peer` and push what it lacks or holds older.
+    /// Compare digests with `peer` and push what it lacks or holds older. The peer's
+    /// entries of the leaves that differ come in pages (by key); each page is compared
+    /// with the local rows of the same key range, so memory stays bounded.
     async fn exchange(&mut self, bucket: &str, peer: &str, mine: &[Leaf]) -> Result<()> {
         let mut client = self.client(peer)?;
         let scope = self.scope.to_wire(self.me());
-        let ask = |leaves: bool| pb::DigestRequest { bucket: bucket.to_string(), scope: Some(scope.clone()), leaves };
-        let theirs = rpc(client.digest(ask(false))).await?;
-        self.stats.digest_bytes += prost::Message::encoded_len(&theirs) as u64;
-        metrics::counter!("blobd_sync_digest_bytes_total").increment(prost::Message::encoded_len(&theirs) as u64);
-        if theirs.root == root(mine) {
+        let req = pb::DigestRequest { bucket: bucket.to_string(), scope: Some(scope.clone()), leaves: true };
+        let theirs = rpc(client.digest(req)).await?;
+        self.count_digest(prost::Message::encoded_len(&theirs));
+        if theirs.root[..] == root(mine)[..] {
             self.stats.peers_in_sync += 1;
             return Ok(());
         }
         self.stats.peers_differing += 1;
-        let theirs = rpc(client.digest(ask(true))).await?;
-        self.stats.digest_bytes += prost::Message::encoded_len(&theirs) as u64;
-        metrics::counter!("blobd_sync_digest_bytes_total").increment(prost::Message::encoded_len(&theirs) as u64);
         if theirs.leaves.len() != LEAVES {
             return Err(BlobdError::InvalidArgument(format!("{peer} sent {} leaves", theirs.leaves.len())));
         }
-        let differing: Vec<u32> =
-            (0..LEAVES).filter(|i| theirs.leaves[*i][..] != mine[*i][..]).map(|i| i as u32).collect();
+        let differing: HashSet<usize> = (0..LEAVES).filter(|i| theirs.leaves[*i][..] != mine[*i][..]).collect();
+        let leaves: Vec<u32> = differing.iter().map(|l| *l as u32).collect();
         let me = self.me().to_string();
-        for chunk in differing.chunks(LEAF_BATCH) {
-            let req =
-                pb::EntriesRequest { bucket: bucket.to_string(), scope: Some(scope.clone()), leaves: chunk.to_vec() };
-            let resp = rpc(client.entries(req)).await?;
-            self.stats.digest_bytes += prost::Message::encoded_len(&resp) as u64;
-            metrics::counter!("blobd_sync_digest_bytes_total").increment(prost::Message::encoded_len(&resp) as u64);
-            let held: HashMap<String, (Ver, u64)> = resp
+        let mut cursor: Option<String> = None;
+        loop {
+            let req = pb::EntriesRequest {
+                bucket: bucket.to_string(),
+                scope: Some(scope.clone()),
+                leaves: leaves.clone(),
+                start_after: cursor.clone().unwrap_or_default(),
+                limit: ENTRIES_PAGE as u32,
+            };
+            let page = rpc(client.entries(req)).await?;
+            self.count_digest(prost::Message::encoded_len(&page));
+            let upper = (!page.covered_to.is_empty()).then_some(page.covered_to);
+            let held: HashMap<String, (Ver, u64)> = page
                 .entries
                 .into_iter()
                 .filter_map(|e| Some((e.key, (Ver::from_wire(e.version.as_ref()).ok()?, e.tags_hlc))))
                 .collect();
-            let want: HashSet<usize> = chunk.iter().map(|l| *l as usize).collect();
-            let mut newer_here: Vec<SyncRow> = Vec::new();
-            let scope = self.scope.clone();
-            scan(self.store, bucket, |r| {
-                if !shared_leaf(&scope, bucket, &r.key, &me, peer).is_some_and(|l| want.contains(&l)) {
-                    return;
+            // The local rows of (cursor, upper], pushed in batches as they are found.
+            let mut after = cursor.clone();
+            let mut batch: Vec<SyncRow> = Vec::new();
+            'scan: loop {
+                let rows = self.store.index.sync_rows(bucket, after.as_deref(), SCAN_BATCH).await?;
+                let n = rows.len();
+                for r in rows {
+                    if upper.as_ref().is_some_and(|u| r.key > *u) {
+                        break 'scan;
+                    }
+                    after = Some(r.key.clone());
+                    if !shared_leaf(&self.scope, bucket, &r.key, &me, peer).is_some_and(|l| differing.contains(&l)) {
+                        continue;
+                    }
+                    let behind = match held.get(&r.key) {
+                        None => true,
+                        Some((v, t)) => *v < r.ver || (*v == r.ver && *t < r.tags_hlc),
+                    };
+                    if behind {
+                        batch.push(r);
+                    }
+                    if batch.len() >= HANDOFF_BATCH {
+                        let rows = std::mem::take(&mut batch);
+                        self.push_all(bucket, peer, rows.iter().collect()).await;
+                    }
                 }
-                let behind = match held.get(&r.key) {
-                    None => true,
-                    Some((v, t)) => *v < r.ver || (*v == r.ver && *t < r.tags_hlc),
-                };
-                if behind {
-                    newer_here.push(r);
+                if n < SCAN_BATCH as usize {
+                    break;
                 }
-            })
-            .await?;
-            for batch in newer_here.chunks(HANDOFF_BATCH) {
+            }
+            if !batch.is_empty() {
                 self.push_all(bucket, peer, batch.iter().collect()).await;
             }
+            match upper {
+                Some(u) => cursor = Some(u),
+                None => return Ok(()),
+            }
         }
-        Ok(())
+    }
+
+    fn count_digest(&mut self, bytes: usize) {
+        self.stats.digest_bytes += bytes as u64;
+        metrics::counter!("blobd_sync_digest_bytes_total").increment(bytes as u64);
     }
 }
 
@@ -861,19 +1044,6 @@ async fn rpc<T>(f: impl Future<Output = Result<tonic::Response<T>, tonic::Status
         Ok(r) => Ok(r.map_err(BlobdError::ClientStream)?.into_inner()),
         Err(_) => Err(BlobdError::InvalidArgument("peer call timed out".into())),
     }
-}
-
-fn read_chunk(mut f: std::fs::File, seek: bool, pos: u64, want: usize) -> Result<(std::fs::File, Vec<u8>)> {
-    use std::io::{Read, Seek, SeekFrom};
-    if seek {
-        f.seek(SeekFrom::Start(pos))?;
-    }
-    let mut buf = Vec::with_capacity(want);
-    (&mut f).take(want as u64).read_to_end(&mut buf)?;
-    if buf.len() < want {
-        return Err(BlobdError::Corrupt("blob file is shorter than the index says".into()));
-    }
-    Ok((f, buf))
 }
 
 #[cfg(test)]

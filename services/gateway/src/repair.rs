@@ -130,7 +130,7 @@ async fn repair_one(
         _ => return Err(tonic::Status::internal("get stream did not start with meta")),
     }
     let (tx, rx) = mpsc::channel::<pb::PutRequest>(2);
-    let header = pb::PutHeader { meta: Some(meta.clone()), verbatim: true };
+    let header = pb::PutHeader { meta: Some(meta.clone()), verbatim: true, heal: false };
     // The channel is empty: the first send cannot fail for lack of room.
     let _ = tx.try_send(pb::PutRequest { msg: Some(pb::put_request::Msg::Header(header)) });
     let put = tokio::spawn(async move { target.put(ReceiverStream::new(rx)).await }.in_current_span());

@@ -271,6 +271,7 @@ impl Store {
                         msg: Some(pb::put_request::Msg::Header(pb::PutHeader {
                             meta: Some((**meta).clone()),
                             verbatim: false,
+                            heal: false,
                         })),
                     };
                     let rest = ReceiverStream::new(rx).map(|f| pb::PutRequest {
@@ -632,16 +633,40 @@ impl Store {
         .collect()
     }
 
-    /// Open a Get stream for exactly `meta`'s version from the first holder that answers;
-    /// the stream yields the body bytes.
-    pub async fn open_body(
+    /// The body of exactly `meta`'s version (`range` inclusive, else all of it): from the
+    /// open stream `first` when given (the whole body), else from the first holder that
+    /// answers (none: `ServiceUnavailable`, before any byte is sent). When a holder fails
+    /// in the middle (it crashed, or a block failed its checksum there), the rest is read
+    /// from the next holder at the offset reached: a corrupt copy is never served.
+    pub async fn body(
         &self,
+        first: Option<tonic::Streaming<pb::GetResponse>>,
         holders: &[Replica],
         meta: &pb::ObjectMeta,
         range: Option<(u64, u64)>,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, S3Error> {
-        let stream = self.open_stream(holders, meta, range).await?;
-        Ok(body_of(stream))
+        let (start, end) = match range {
+            Some(r) => r,
+            None if meta.size == 0 => (1, 0),
+            None => (0, meta.size - 1),
+        };
+        let first = match first {
+            Some(s) if range.is_none() => Some(s),
+            _ if start > end => None,
+            _ => Some(self.open_stream(holders, meta, range).await?),
+        };
+        let st = Resume {
+            pool: self.pool.clone(),
+            timeout: self.timeout,
+            holders: holders.to_vec(),
+            next_holder: 0,
+            meta: meta.clone(),
+            pos: start,
+            end,
+            cur: first,
+            done: false,
+        };
+        Ok(futures::stream::unfold(st, Resume::next))
     }
 
     async fn open_stream(
@@ -651,40 +676,107 @@ impl Store {
         range: Option<(u64, u64)>,
     ) -> Result<tonic::Streaming<pb::GetResponse>, S3Error> {
         for r in holders {
-            let mut client = match self.client(&r.addr) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(node = %r.id, error = %e, "replica unreachable");
-                    continue;
-                }
-            };
-            let req = pb::GetRequest {
-                bucket: meta.bucket.clone(),
-                key: meta.key.clone(),
-                has_range: range.is_some(),
-                start: range.map(|r| r.0).unwrap_or(0),
-                end: range.map(|r| r.1).unwrap_or(0),
-                meta_only: false,
-                expect_version: meta.version.clone(),
-            };
-            let opened = tokio::time::timeout(self.timeout, async {
-                let mut stream = client.get(req).await?.into_inner();
-                // The first message is the meta; anything else is a protocol error.
-                match stream.message().await? {
-                    Some(pb::GetResponse { msg: Some(pb::get_response::Msg::Meta(_)) }) => Ok(stream),
-                    _ => Err(tonic::Status::internal("get stream did not start with meta")),
-                }
-            })
-            .await;
-            match opened {
-                Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(s)) => {
-                    tracing::warn!(node = %r.id, code = ?s.code(), message = s.message(), "replica get failed")
-                }
-                Err(_) => tracing::warn!(node = %r.id, "replica get timed out"),
+            match open_at(&self.pool, self.timeout, r, meta, range).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => tracing::warn!(node = %r.id, error = %e, "replica get failed"),
             }
         }
         Err(S3Error::ServiceUnavailable)
+    }
+}
+
+/// A Get stream for exactly `meta`'s version from `r` (`range` inclusive), its meta read.
+async fn open_at(
+    pool: &ChannelPool,
+    timeout: Duration,
+    r: &Replica,
+    meta: &pb::ObjectMeta,
+    range: Option<(u64, u64)>,
+) -> Result<tonic::Streaming<pb::GetResponse>, String> {
+    let channel = pool.get(&r.addr).map_err(|e| e.to_string())?;
+    let mut client = BlobServiceClient::with_interceptor(channel, TraceInterceptor)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+    let req = pb::GetRequest {
+        bucket: meta.bucket.clone(),
+        key: meta.key.clone(),
+        has_range: range.is_some(),
+        start: range.map(|r| r.0).unwrap_or(0),
+        end: range.map(|r| r.1).unwrap_or(0),
+        meta_only: false,
+        expect_version: meta.version.clone(),
+    };
+    let opened = tokio::time::timeout(timeout, async {
+        let mut stream = client.get(req).await?.into_inner();
+        // The first message is the meta; anything else is a protocol error.
+        match stream.message().await? {
+            Some(pb::GetResponse { msg: Some(pb::get_response::Msg::Meta(_)) }) => Ok(stream),
+            _ => Err(tonic::Status::internal("get stream did not start with meta")),
+        }
+    })
+    .await;
+    match opened {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+        Err(_) => Err("timed out".to_string()),
+    }
+}
+
+/// The state of a body read that moves to the next holder when one fails.
+struct Resume {
+    pool: ChannelPool,
+    timeout: Duration,
+    holders: Vec<Replica>,
+    next_holder: usize,
+    meta: pb::ObjectMeta,
+    /// The next byte to send; `end` is the last (inclusive).
+    pos: u64,
+    end: u64,
+    cur: Option<tonic::Streaming<pb::GetResponse>>,
+    done: bool,
+}
+
+impl Resume {
+    async fn next(mut self) -> Option<(Result<Bytes, std::io::Error>, Self)> {
+        if self.done || self.pos > self.end {
+            return None;
+        }
+        loop {
+            let Some(cur) = self.cur.as_mut() else {
+                let Some(r) = self.holders.get(self.next_holder).cloned() else {
+                    self.done = true;
+                    let e = std::io::Error::other("no replica could serve the rest of the body");
+                    return Some((Err(e), self));
+                };
+                self.next_holder += 1;
+                match open_at(&self.pool, self.timeout, &r, &self.meta, Some((self.pos, self.end))).await {
+                    Ok(s) => {
+                        metrics::counter!("gateway_read_resumes_total").increment(1);
+                        tracing::info!(node = %r.id, offset = self.pos, "body resumed from another replica");
+                        self.cur = Some(s);
+                    }
+                    Err(e) => tracing::warn!(node = %r.id, error = %e, "replica cannot resume the body"),
+                }
+                continue;
+            };
+            match cur.message().await {
+                Ok(Some(pb::GetResponse { msg: Some(pb::get_response::Msg::Chunk(c)) })) => {
+                    let room = self.end + 1 - self.pos;
+                    let c = if c.len() as u64 > room { c.slice(..room as usize) } else { c };
+                    self.pos += c.len() as u64;
+                    return Some((Ok(c), self));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::warn!(offset = self.pos, "a replica's body ended early");
+                    self.cur = None;
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), message = s.message(), offset = self.pos, "a replica failed mid-body");
+                    self.cur = None;
+                }
+            }
+        }
     }
 }
 
@@ -724,19 +816,6 @@ async fn ask_replica(mut client: BlobClient, bucket: String, key: String, get: b
         Err(s) if absent(&s) => Ok((None, None)),
         Err(s) => Err(s.to_string()),
     }
-}
-
-/// The body bytes of a Get stream whose meta was consumed.
-pub fn body_of(
-    stream: tonic::Streaming<pb::GetResponse>,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    stream.filter_map(|item| async move {
-        match item {
-            Ok(pb::GetResponse { msg: Some(pb::get_response::Msg::Chunk(c)) }) => Some(Ok(c)),
-            Ok(_) => None,
-            Err(s) => Some(Err(std::io::Error::other(format!("replica stream failed: {s}")))),
-        }
-    })
 }
 
 /// What a streamed write creates: an object version or a multipart part.

@@ -125,7 +125,11 @@ pub fn meta(bucket: &str, key: &str, v: Version) -> ObjectMeta {
 /// The messages of a complete put of `body` in `chunk`-sized pieces.
 pub fn put_msgs(bucket: &str, key: &str, v: Version, body: &[u8], chunk: usize) -> Vec<PutRequest> {
     let mut msgs = vec![PutRequest {
-        msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta(bucket, key, v)), verbatim: false })),
+        msg: Some(put_request::Msg::Header(PutHeader {
+            meta: Some(meta(bucket, key, v)),
+            verbatim: false,
+            heal: false,
+        })),
     }];
     for c in body.chunks(chunk.max(1)) {
         msgs.push(PutRequest { msg: Some(put_request::Msg::Chunk(c.to_vec().into())) });

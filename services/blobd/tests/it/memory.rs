@@ -53,7 +53,11 @@ async fn measure() {
         hex::encode(h.finalize())
     };
     let header = PutRequest {
-        msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta("b", "big", ver(2, "w"))), verbatim: false })),
+        msg: Some(put_request::Msg::Header(PutHeader {
+            meta: Some(meta("b", "big", ver(2, "w"))),
+            verbatim: false,
+            heal: false,
+        })),
     };
     let commit = PutRequest {
         msg: Some(put_request::Msg::Commit(PutCommit {

@@ -169,7 +169,11 @@ async fn incomplete_or_bad_puts_store_nothing() {
     // The client goes away mid-stream: the staging file is removed.
     let (tx, rx) = tokio::sync::mpsc::channel::<PutRequest>(4);
     let header = PutRequest {
-        msg: Some(put_request::Msg::Header(PutHeader { meta: Some(meta("b", "k", ver(1, "a"))), verbatim: false })),
+        msg: Some(put_request::Msg::Header(PutHeader {
+            meta: Some(meta("b", "k", ver(1, "a"))),
+            verbatim: false,
+            heal: false,
+        })),
     };
     tx.send(header).await.unwrap();
     tx.send(PutRequest { msg: Some(put_request::Msg::Chunk(data.clone().into())) }).await.unwrap();

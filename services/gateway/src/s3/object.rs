@@ -12,7 +12,7 @@ use super::{AppState, Ctx, ReqBody, body_stream, empty_response, existing_bucket
 use crate::auth::PayloadCheck;
 use crate::auth::checksum::{ChecksumAlgorithm, content_md5, requested_checksums};
 use crate::error::S3Error;
-use crate::replicas::{BodyChecks, NewestRead, PutTarget, body_of};
+use crate::replicas::{BodyChecks, NewestRead, PutTarget};
 use futures::StreamExt as _;
 
 /// Content headers and `x-amz-meta-*` of a write, into an `ObjectMeta` skeleton.
@@ -234,10 +234,7 @@ pub async fn copy_body(
     stream: Option<tonic::Streaming<pb::GetResponse>>,
     range: Option<(u64, u64)>,
 ) -> Result<futures::stream::BoxStream<'static, Result<bytes::Bytes, S3Error>>, S3Error> {
-    let body = match stream {
-        Some(open) if range.is_none() => body_of(open).boxed(),
-        _ => state.store.open_body(holders, meta, range).await?.boxed(),
-    };
+    let body = state.store.body(stream, holders, meta, range).await?.boxed();
     Ok(body
         .map(|r| {
             r.map_err(|e| {
@@ -462,10 +459,7 @@ pub async fn handle_get_object(
         Body::empty()
     } else {
         metrics::counter!("gateway_bytes_out_total").increment(len);
-        match stream {
-            Some(open) if range.is_none() => Body::from_stream(body_of(open)),
-            _ => Body::from_stream(state.store.open_body(&holders, &meta, range).await?),
-        }
+        Body::from_stream(state.store.body(stream, &holders, &meta, range).await?)
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;

@@ -1,0 +1,109 @@
+//! The scrub: a background walk over every stored blob, reading each block against its
+//! checksum at a bounded rate (`scrub_bytes_per_sec`), one full pass every
+//! `scrub_interval`. A blob that fails (or is missing while the index still references
+//! it) makes its key a suspect; the sync loop replaces the copy with a peer's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aether_common::shutdown::Shutdown;
+
+use crate::blocks::{BlobFile, is_bitrot};
+use crate::error::Result;
+use crate::service::Store;
+
+const BATCH: i64 = 500;
+
+pub async fn run(store: Arc<Store>, interval: Duration, bytes_per_sec: u64, stop: Shutdown) {
+    metrics::counter!("blobd_scrub_bytes_total").increment(0);
+    metrics::counter!("blobd_bitrot_detected_total").increment(0);
+    loop {
+        tokio::select! {
+            () = stop.wait() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let started = Instant::now();
+        let res = tokio::select! {
+            () = stop.wait() => return,
+            r = pass(&store, bytes_per_sec) => r,
+        };
+        match res {
+            Ok((blobs, bytes, bad)) => {
+                metrics::counter!("blobd_scrub_passes_total").increment(1);
+                let level_info = bad > 0;
+                if level_info {
+                    tracing::warn!(
+                        blobs,
+                        bytes,
+                        bad,
+                        secs = started.elapsed().as_secs_f64(),
+                        "scrub pass found corrupt blobs"
+                    );
+                } else {
+                    tracing::debug!(blobs, bytes, secs = started.elapsed().as_secs_f64(), "scrub pass clean");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "scrub pass failed; retrying at the next"),
+        }
+    }
+}
+
+/// One pass: (blobs checked, bytes read, keys found corrupt).
+async fn pass(store: &Arc<Store>, bytes_per_sec: u64) -> Result<(u64, u64, u64)> {
+    let start = Instant::now();
+    let (mut blobs, mut bytes, mut bad) = (0u64, 0u64, 0u64);
+    for bucket in store.index.buckets().await? {
+        let mut after: Option<String> = None;
+        loop {
+            let rows = store.index.sync_rows(&bucket, after.as_deref(), BATCH).await?;
+            let n = rows.len();
+            after = rows.last().map(|r| r.key.clone());
+            for r in rows.into_iter().filter(|r| !r.tombstone) {
+                let Some(obj) = store.index.get_object(&bucket, &r.key).await? else { continue };
+                if obj.tombstone || obj.ver != r.ver {
+                    continue;
+                }
+                let sizes: Vec<u64> = if obj.meta.part_sizes.is_empty() || obj.blobs.len() == 1 {
+                    vec![obj.size]
+                } else {
+                    obj.meta.part_sizes.clone()
+                };
+                for (id, size) in obj.blobs.iter().zip(sizes) {
+                    let path = store.dir.blob_path(id);
+                    let checked = tokio::task::spawn_blocking(move || {
+                        BlobFile::new(std::fs::File::open(path)?, size)?.check_all()
+                    })
+                    .await?;
+                    blobs += 1;
+                    match checked {
+                        Ok(n) => {
+                            bytes += n;
+                            metrics::counter!("blobd_scrub_bytes_total").increment(n);
+                        }
+                        Err(e) if is_bitrot(&e) || e.kind() == std::io::ErrorKind::NotFound => {
+                            // A missing file may be an overwrite that unlinked it just now.
+                            let current = store.index.get_object(&bucket, &r.key).await?;
+                            if current.is_some_and(|c| c.ver == obj.ver && c.blobs.contains(id)) {
+                                tracing::error!(bucket, key = %r.key, blob = %id, error = %e, "scrub: corrupt blob");
+                                store.suspect(&bucket, &r.key);
+                                bad += 1;
+                            }
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    if bytes_per_sec > 0 {
+                        let due = Duration::from_secs_f64(bytes as f64 / bytes_per_sec as f64);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                }
+            }
+            if n < BATCH as usize {
+                break;
+            }
+        }
+    }
+    Ok((blobs, bytes, bad))
+}
