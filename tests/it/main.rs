@@ -6,6 +6,7 @@ mod bad_input;
 mod catalog_failover;
 mod cluster;
 mod cors;
+mod faults;
 mod listing;
 mod multipart;
 mod objects;

@@ -7,6 +7,7 @@
 //! `etcd_members: 3`), killed when the cluster is dropped.
 
 pub mod http1;
+pub mod proxy;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,9 @@ pub struct ClusterOptions {
     pub evict_grace_secs: Option<u64>,
     /// blobd's scrub interval in seconds (0: off, the default here).
     pub scrub_interval_secs: u64,
+    /// blobd (by index) that advertise a fault-injecting proxy's address instead of their
+    /// own, so a test can cut them off from the gateways and the other blobd.
+    pub proxied_blobds: Vec<usize>,
 }
 
 impl Default for ClusterOptions {
@@ -130,6 +134,7 @@ impl Default for ClusterOptions {
             tombstone_grace_secs: BlobdConfig::default().tombstone_grace_secs,
             evict_grace_secs: None,
             scrub_interval_secs: 0,
+            proxied_blobds: Vec::new(),
         }
     }
 }
@@ -142,6 +147,8 @@ pub struct BlobdNode {
     /// Each blobd runs on its own runtime, so killing it (dropping the runtime) ends
     /// every task it started at once, like a SIGKILL: no lease revoke, no clean close.
     runtime: Option<tokio::runtime::Runtime>,
+    /// The proxy everyone else reaches it through (`ClusterOptions::proxied_blobds`).
+    pub proxy: Option<proxy::FaultProxy>,
 }
 
 pub struct GatewayNode {
@@ -184,7 +191,7 @@ impl Cluster {
             let data_dir = c.root.path().join(format!("blobd-{i}"));
             std::fs::create_dir_all(&data_dir)?;
             let node_id = aether_blobd::read_or_create_node_id(&data_dir)?;
-            c.blobds.push(BlobdNode { node_id, data_dir, addr: None, running: None, runtime: None });
+            c.blobds.push(BlobdNode { node_id, data_dir, addr: None, running: None, runtime: None, proxy: None });
         }
         c.start_all().await?;
         Ok(c)
@@ -345,8 +352,19 @@ impl Cluster {
         grpc.set_nonblocking(true)?;
         let addr = grpc.local_addr()?.to_string();
         let metad_endpoints = self.catalog_endpoints();
+        let proxied = self.opts.proxied_blobds.contains(&i);
         let node = &mut self.blobds[i];
+        let advertise_addr = if proxied {
+            match &node.proxy {
+                Some(p) => p.retarget(&addr),
+                None => node.proxy = Some(proxy::FaultProxy::start(&addr).await?),
+            }
+            node.proxy.as_ref().map(|p| p.addr.clone())
+        } else {
+            None
+        };
         let cfg = BlobdConfig {
+            advertise_addr,
             data_dir: node.data_dir.clone(),
             node_id: Some(node.node_id.clone()),
             metad_endpoints,
@@ -384,7 +402,7 @@ impl Cluster {
         let data_dir = self.root.path().join(format!("blobd-{i}"));
         std::fs::create_dir_all(&data_dir)?;
         let node_id = aether_blobd::read_or_create_node_id(&data_dir)?;
-        self.blobds.push(BlobdNode { node_id, data_dir, addr: None, running: None, runtime: None });
+        self.blobds.push(BlobdNode { node_id, data_dir, addr: None, running: None, runtime: None, proxy: None });
         self.start_blobd(i).await?;
         Ok(i)
     }
