@@ -1016,7 +1016,7 @@ impl Cycle<'_> {
                     }
                     if batch.len() >= HANDOFF_BATCH {
                         let rows = std::mem::take(&mut batch);
-                        self.push_all(bucket, peer, rows.iter().collect()).await;
+                        self.push_designated(bucket, peer, &rows).await;
                     }
                 }
                 if n < SCAN_BATCH as usize {
@@ -1024,13 +1024,51 @@ impl Cycle<'_> {
                 }
             }
             if !batch.is_empty() {
-                self.push_all(bucket, peer, batch.iter().collect()).await;
+                self.push_designated(bucket, peer, &batch).await;
             }
             match upper {
                 Some(u) => cursor = Some(u),
                 None => return Ok(()),
             }
         }
+    }
+
+    /// Push `rows` that `peer` lacks, but each only once among the co-owners that hold it:
+    /// the designated pusher of a key for a peer is the first live owner other than the
+    /// peer (placement order). A key whose designated pusher is another node is pushed
+    /// from here only when that node does not hold this version (asked with `Versions`),
+    /// so a node that missed writes gets each key from one owner, not from all of them.
+    async fn push_designated(&mut self, bucket: &str, peer: &str, rows: &[SyncRow]) {
+        let me = self.me().to_string();
+        let mut mine: Vec<&SyncRow> = Vec::new();
+        let mut theirs: BTreeMap<String, Vec<&SyncRow>> = BTreeMap::new();
+        for r in rows {
+            let digest = object_digest(bucket, &r.key);
+            let owners = self.scope.owners(&digest);
+            let first = owners.into_iter().find(|o| *o != peer && self.alive(o)).unwrap_or(me.as_str()).to_string();
+            if first == me {
+                mine.push(r);
+            } else {
+                theirs.entry(first).or_default().push(r);
+            }
+        }
+        for (other, rows) in theirs {
+            match self.owner_versions(bucket, &other, &rows).await {
+                Ok(held) => {
+                    for r in rows {
+                        let covered = held
+                            .get(r.key.as_str())
+                            .is_some_and(|(v, t)| *v > r.ver || (*v == r.ver && *t >= r.tags_hlc));
+                        if !covered {
+                            mine.push(r);
+                        }
+                    }
+                }
+                // Cannot tell: push (a duplicate costs bytes, not correctness).
+                Err(_) => mine.extend(rows),
+            }
+        }
+        self.push_all(bucket, peer, mine).await;
     }
 
     fn count_digest(&mut self, bytes: usize) {

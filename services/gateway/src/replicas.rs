@@ -39,6 +39,9 @@ pub type BlobClient = BlobServiceClient<InterceptedService<Channel, TraceInterce
 pub const CHUNK_SIZE: usize = 256 << 10;
 /// Chunks queued per replica before the writer waits (bounded memory per request).
 const REPLICA_QUEUE: usize = 1;
+/// How long a replica may lag behind a write quorum on one frame before it is dropped
+/// from the write.
+const STRAGGLER_GRACE: Duration = Duration::from_secs(2);
 /// How long a quorum read waits on a replica before also asking the next one.
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
 
@@ -407,21 +410,55 @@ impl Store {
         Err(err)
     }
 
-    /// Send one frame to every live replica concurrently; a replica whose queue stays
-    /// full for the request timeout, or whose stream ended, is dropped.
+    /// Send one frame to every live replica concurrently; a replica whose stream ended is
+    /// dropped, and so is one whose queue stays full for the request timeout or, once a
+    /// write quorum has taken the frame, for `STRAGGLER_GRACE` longer (a replica that is cut
+    /// off without a reset, or stalled, does not hold the write up; anti-entropy gives it
+    /// the object later).
     async fn send_all(&self, slots: &mut SlotGuard, frame: Frame, need: usize) -> Result<(), S3Error> {
-        let timeout = self.timeout;
-        let sends = slots.0.iter().enumerate().filter_map(|(i, s)| {
-            let tx = s.tx.clone()?;
-            let frame = frame.clone();
-            Some(async move { (i, tokio::time::timeout(timeout, tx.send(frame)).await) })
-        });
-        let results = futures::future::join_all(sends).await;
+        let mut sends: FuturesUnordered<_> = slots
+            .0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let tx = s.tx.clone()?;
+                let frame = frame.clone();
+                Some(async move { (i, tx.send(frame).await.is_ok()) })
+            })
+            .collect();
+        let started: Vec<usize> = slots.0.iter().enumerate().filter(|(_, s)| s.tx.is_some()).map(|(i, _)| i).collect();
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let (mut taken, mut results) = (0usize, Vec::new());
+        loop {
+            tokio::select! {
+                r = sends.next() => match r {
+                    Some((i, ok)) => {
+                        taken += usize::from(ok);
+                        results.push((i, Some(ok)));
+                        if taken == need {
+                            let grace = tokio::time::Instant::now() + STRAGGLER_GRACE;
+                            if grace < deadline.deadline() {
+                                deadline.as_mut().reset(grace);
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                () = &mut deadline => break,
+            }
+        }
+        drop(sends);
+        for i in started {
+            if !results.iter().any(|(j, _)| *j == i) {
+                results.push((i, None));
+            }
+        }
         for (i, res) in results {
             let (failed, closed) = match res {
-                Ok(Ok(())) => continue,
-                Ok(Err(_)) => ("stream ended", true),
-                Err(_) => ("queue full for the request timeout", false),
+                Some(true) => continue,
+                Some(false) => ("stream ended", true),
+                None => ("queue full while a write quorum went on", false),
             };
             let slot = &mut slots.0[i];
             tracing::warn!(node = %slot.node, reason = failed, "dropping replica from this write");

@@ -3,8 +3,8 @@
 //!
 //! 1. convergence: blobd 2 is down while N objects are written; after it is back, the time
 //!    until anti-entropy alone (no reads) has given it all N;
-//! 2. steady state: with nothing changing, body bytes pushed (should be 0) and digest bytes
-//!    exchanged per cycle, over three cycles of every node;
+//! 2. steady state: with nothing changing (after two settling cycles), body bytes pushed
+//!    (should be 0) and digest bytes exchanged per cycle, over three cycles of every node;
 //! 3. grow: a 4th node joins; the body bytes pushed until every key sits on exactly its
 //!    owners, against the ideal (the copies the new node must hold: 1/4 of all).
 //!
@@ -96,8 +96,14 @@ async fn one_run(a: &Args) -> anyhow::Result<Run> {
     .await?;
     let converge_secs = t0.elapsed().as_secs_f64();
 
-    // 2. steady state: three more cycles of each of the three nodes.
+    // 2. steady state: after two more cycles of each node (pushes of the last converging
+    //    cycle finish), three cycles of each of the three nodes.
     let cycles = |m: &str| metric("blobd_sync_cycles_total", Some(m));
+    let settle = cycles("ok");
+    wait_for("six cycles to settle", Duration::from_secs(600), || async {
+        (cycles("ok") >= settle + 6.0).then_some(())
+    })
+    .await?;
     let (c0, p0, d0) =
         (cycles("ok"), metric("blobd_sync_pushed_bytes_total", None), metric("blobd_sync_digest_bytes_total", None));
     wait_for("nine more sync cycles", Duration::from_secs(600), || async { (cycles("ok") >= c0 + 9.0).then_some(()) })
