@@ -15,8 +15,11 @@
 #   5. kill a blobd: reads and writes go on (write quorum 2 of 3).
 #   6. kill the metad leader: objects keep flowing meanwhile; CreateBucket works again
 #      after the re-election.
-#   7. --scale blobd=4: the new replica joins with its own node id; docker stop (SIGTERM)
-#      of a blobd revokes its lease at once.
+#   7. --scale blobd=4: the new replica joins with its own node id; anti-entropy and
+#      handoff end with exactly 3 copies of every object over the 4 nodes (the blobd killed
+#      in 5 catches up too); a blobd frozen with docker pause while objects are written and
+#      deleted catches up, deleted keys stay deleted; docker stop (SIGTERM) of a blobd
+#      revokes its lease at once.
 # Usage: tests/e2e/compose.sh [path/to/aether] [path/to/otlpsink]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,6 +33,8 @@ work=$(mktemp -d)
 project=aether-e2e-$$
 export AETHER_IMAGE=aether:e2e HAPROXY_IMAGE=aether-haproxy:e2e JAEGER_IMAGE=aether-otlpsink:e2e
 export PROMETHEUS_IMAGE=aether-prometheus:e2e
+# Anti-entropy every 2 s (compose's default is 30 s), so convergence is seconds here.
+export AETHER_SYNC_INTERVAL=2
 export AETHER_PUBLISH_ADDR=127.0.0.1 AETHER_S3_PORT=$(free_port) JAEGER_UI_PORT=$(free_port) PROMETHEUS_PORT=$(free_port)
 # Compose v2 (`docker compose`) where installed, else v1 (`docker-compose`, Debian's).
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
@@ -184,6 +189,46 @@ live = {n["id"] for n in v["nodes"] if n["alive"]}
 sys.exit(0 if len(live) == 4 else 1)'
 }
 wait_until "4 live storage nodes, each with its own id" 90 live4
+
+echo "--- grow 3 -> 4 (and the blobd killed above back): anti-entropy and handoff end with exactly 3 copies of every object"
+count_objects() {
+  local total=0 n b
+  for b in $(aws --endpoint-url "$s3_url" s3api list-buckets --query 'Buckets[].Name' --output text); do
+    n=$(aws --endpoint-url "$s3_url" s3api list-objects-v2 --bucket "$b" --query 'length(Contents || `[]`)' --output text)
+    total=$((total + n))
+  done
+  echo "$total"
+}
+copies() {
+  "$bin" cluster status --admin "$gw0" --json | python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+print(sum(n["objects"] or 0 for n in v["nodes"] if n["alive"]), sum(1 for n in v["nodes"] if n["alive"] and (n["objects"] or 0) > 0))'
+}
+copies_exact() {
+  local want have nodes
+  want=$((3 * $(count_objects)))
+  read -r have nodes < <(copies)
+  [ "$have" = "$want" ] && [ "$nodes" = 4 ]
+}
+wait_until "exactly 3 copies of each of $(count_objects) objects, spread over all 4 nodes" 180 copies_exact
+read -r have nodes < <(copies); echo "copies: $have on $nodes nodes"
+aws --endpoint-url "$s3_url" s3 cp --recursive --quiet s3://faults "$work/faults-dl"
+echo "ok: every object of s3://faults reads back ($(find "$work/faults-dl" -type f | wc -l) files)"
+
+echo "--- a blobd frozen (docker pause: cut off without a reset) while objects are written and deleted; it catches up"
+frozen=$(ids_of blobd | head -n 1)
+docker pause "$frozen" >/dev/null
+probe load faults during-pause/ 20
+for i in $(seq 0 4); do aws --endpoint-url "$s3_url" s3api delete-object --bucket faults --key "during-pause/$i"; done
+docker unpause "$frozen" >/dev/null
+wait_until "exactly 3 copies of every object again after the pause" 180 copies_exact
+for i in $(seq 0 4); do
+  if aws --endpoint-url "$s3_url" s3api head-object --bucket faults --key "during-pause/$i" >/dev/null 2>&1; then
+    echo "during-pause/$i came back after its delete" >&2; exit 1
+  fi
+done
+echo "ok: deleted keys stay deleted"
 
 echo "--- docker stop (SIGTERM) of a blobd: it drains and revokes its lease on the way out"
 live3() {

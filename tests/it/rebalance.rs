@@ -378,3 +378,44 @@ async fn corrupt_blobs_are_never_served_and_are_healed() -> anyhow::Result<()> {
     assert_eq!(copy.1, small);
     Ok(())
 }
+
+/// Opt-in eviction: a blobd dead (killed, its lease expired) for longer than the grace is
+/// marked `removed` in the layout; its keys get a new replica from the survivors, so every
+/// object has 3 copies again, on exactly its owners among the three left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_dead_past_the_eviction_grace_is_removed_and_its_keys_re_replicate() -> anyhow::Result<()> {
+    let mut c = Cluster::start(ClusterOptions {
+        blobds: 4,
+        gateways: 1,
+        sync_interval_secs: 1,
+        evict_grace_secs: Some(2),
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("evict").send().await?;
+    let keys: Vec<String> = (0..120).map(|i| format!("e/{i:03}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        s3.put_object().bucket("evict").key(k).body(bs(&body(i))).send().await?;
+    }
+    c.kill_blobd(3);
+    let key = aether_common::catalog::Keys::default().node(&c.blobds[3].node_id);
+    wait_for("blobd 3 evicted", Duration::from_secs(60), || async {
+        let mut etcd = c.etcd().await.ok()?;
+        let r = etcd.get(key.as_str(), None).await.ok()?;
+        let entry: aether_common::catalog::NodeEntry = serde_json::from_slice(r.kvs().first()?.value()).ok()?;
+        (entry.state == NodeState::Removed).then_some(())
+    })
+    .await?;
+    let three = placement(&c, &[0, 1, 2]);
+    wait_for("every key on exactly its owners of the 3 left", Duration::from_secs(60), || async {
+        let have = copies(&c, &[0, 1, 2], "evict", &keys).await.ok()?;
+        misplaced(&have, &three, "evict", 3).is_empty().then_some(())
+    })
+    .await?;
+    for (i, k) in keys.iter().enumerate().step_by(11) {
+        let got = s3.get_object().bucket("evict").key(k).send().await?;
+        assert_eq!(body_bytes(got).await, body(i));
+    }
+    Ok(())
+}

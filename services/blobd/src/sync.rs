@@ -320,9 +320,18 @@ pub async fn run(store: Arc<Store>, cfg: SyncConfig, shutdown: Shutdown) {
     let pool = ChannelPool::new();
     let mut etcd: Option<etcd_client::Client> = None;
     let mut dead_since: HashMap<String, Instant> = HashMap::new();
-    for name in ["blobd_sync_pushed_total", "blobd_sync_pushed_bytes_total", "blobd_sync_handed_off_total"] {
+    for name in [
+        "blobd_sync_pushed_total",
+        "blobd_sync_pushed_bytes_total",
+        "blobd_sync_handed_off_total",
+        "blobd_sync_digest_bytes_total",
+        "blobd_sync_tombstones_dropped_total",
+        "blobd_sync_evictions_total",
+        "blobd_bitrot_healed_total",
+    ] {
         metrics::counter!(name).increment(0);
     }
+    metrics::gauge!("blobd_sync_pending_handoff").set(0.0);
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,

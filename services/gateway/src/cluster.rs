@@ -43,7 +43,13 @@ pub fn register_metrics() {
     for kind in ["write", "read"] {
         metrics::counter!("gateway_quorum_failures_total", "kind" => kind).increment(0);
     }
-    for name in ["gateway_bytes_in_total", "gateway_bytes_out_total", "gateway_bytes_copied_total"] {
+    for name in [
+        "gateway_bytes_in_total",
+        "gateway_bytes_out_total",
+        "gateway_bytes_copied_total",
+        "gateway_read_fallbacks_total",
+        "gateway_read_resumes_total",
+    ] {
         metrics::counter!(name).increment(0);
     }
     crate::repair::register_metrics();
