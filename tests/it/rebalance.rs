@@ -419,3 +419,34 @@ async fn a_node_dead_past_the_eviction_grace_is_removed_and_its_keys_re_replicat
     }
     Ok(())
 }
+
+/// Each scrub pass removes blob files nothing references and staging leftovers that are old
+/// enough not to be writes in flight (an hour), and keeps every referenced blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unreferenced_files_are_swept() -> anyhow::Result<()> {
+    let c = Cluster::start(ClusterOptions { gateways: 1, scrub_interval_secs: 1, ..ClusterOptions::default() }).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("sweep").send().await?;
+    s3.put_object().bucket("sweep").key("kept").body(bs(b"still here")).send().await?;
+    let dir = &c.blobds[0].data_dir;
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    let make = |path: std::path::PathBuf, old: bool| -> anyhow::Result<std::path::PathBuf> {
+        let f = std::fs::File::create(&path)?;
+        std::io::Write::write_all(&mut &f, b"orphan")?;
+        if old {
+            f.set_modified(two_hours_ago)?;
+        }
+        Ok(path)
+    };
+    let old_blob = make(dir.join("blobs/ab/ab0000000000000000000000000000ff"), true)?;
+    let young_blob = make(dir.join("blobs/cd/cd0000000000000000000000000000ff"), false)?;
+    let old_staging = make(dir.join("staging/0000000000000000000000000000beef"), true)?;
+    wait_for("old orphans removed", Duration::from_secs(30), || async {
+        (!old_blob.exists() && !old_staging.exists()).then_some(())
+    })
+    .await?;
+    assert!(young_blob.exists(), "a young file may be a write in flight");
+    let copy = crate::cluster::copy_on(&c, 0, "sweep", "kept").await?.expect("the referenced blob");
+    assert_eq!(copy.1, b"still here".to_vec());
+    Ok(())
+}

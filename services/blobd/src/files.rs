@@ -73,6 +73,53 @@ impl BlobDir {
         })
     }
 
+    /// Remove files older than `min_age` that nothing references: blob files the index
+    /// does not know (a crash between a blob's rename and its index commit, or between a
+    /// commit that dropped it and its unlink) and staging leftovers. `referenced` must be
+    /// read before this is called; a file younger than `min_age` may be a write in flight.
+    /// Returns (blob files, staging files) removed.
+    pub fn sweep(
+        &self,
+        referenced: &std::collections::HashSet<String>,
+        min_age: std::time::Duration,
+    ) -> Result<(usize, usize)> {
+        let now = std::time::SystemTime::now();
+        let old = |meta: &std::fs::Metadata| {
+            meta.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|age| age >= min_age)
+        };
+        let mut blobs = 0;
+        for shard in std::fs::read_dir(&self.blobs)? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(shard.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                if referenced.contains(&name) || !old(&f.metadata()?) {
+                    continue;
+                }
+                match std::fs::remove_file(f.path()) {
+                    Ok(()) => blobs += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let mut staging = 0;
+        for f in std::fs::read_dir(&self.staging)? {
+            let f = f?;
+            if f.file_type()?.is_file() && old(&f.metadata()?) {
+                match std::fs::remove_file(f.path()) {
+                    Ok(()) => staging += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok((blobs, staging))
+    }
+
     /// Unlink blobs no longer referenced (best effort: a leftover only wastes space).
     pub async fn unlink(&self, ids: Vec<String>) {
         if ids.is_empty() {

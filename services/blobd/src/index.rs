@@ -229,6 +229,21 @@ impl Index {
             .collect()
     }
 
+    /// Every blob id the index references (objects and multipart parts), read in one
+    /// transaction so a part that a CompleteUpload moves to its object is seen once.
+    pub async fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>> {
+        let mut tx = self.read.begin().await?;
+        let mut out = std::collections::HashSet::new();
+        for r in sqlx::query("SELECT blob_id FROM parts").fetch_all(&mut *tx).await? {
+            out.insert(r.try_get::<String, _>("blob_id")?);
+        }
+        for r in sqlx::query("SELECT blobs FROM objects WHERE blobs != ''").fetch_all(&mut *tx).await? {
+            out.extend(split_blobs(&r.try_get::<String, _>("blobs")?));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     /// Every bucket this index holds a key of (anti-entropy walks them).
     pub async fn buckets(&self) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT DISTINCT bucket FROM objects ORDER BY bucket").fetch_all(&self.read).await?;

@@ -68,6 +68,9 @@ pub struct BlobdConfig {
     pub scrub_interval_secs: u64,
     /// Bytes per second the scrub reads at most (0: no cap).
     pub scrub_bytes_per_sec: u64,
+    /// Each scrub pass first removes blob files the index does not reference, and staging
+    /// files, older than this (younger ones may be writes in flight).
+    pub orphan_min_age_secs: u64,
 }
 
 impl Default for BlobdConfig {
@@ -91,6 +94,7 @@ impl Default for BlobdConfig {
             evict_grace_secs: None,
             scrub_interval_secs: 24 * 3600,
             scrub_bytes_per_sec: 16 << 20,
+            orphan_min_age_secs: 3600,
         }
     }
 }
@@ -226,6 +230,7 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
             Arc::clone(&store),
             Duration::from_secs(cfg.scrub_interval_secs),
             cfg.scrub_bytes_per_sec,
+            Duration::from_secs(cfg.orphan_min_age_secs),
             stop.clone(),
         ))
     });

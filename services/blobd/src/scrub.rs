@@ -1,7 +1,8 @@
 //! The scrub: a background walk over every stored blob, reading each block against its
 //! checksum at a bounded rate (`scrub_bytes_per_sec`), one full pass every
 //! `scrub_interval`. A blob that fails (or is missing while the index still references
-//! it) makes its key a suspect; the sync loop replaces the copy with a peer's.
+//! it) makes its key a suspect; the sync loop replaces the copy with a peer's. Each pass
+//! starts by removing files nothing references (see `BlobDir::sweep`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +15,9 @@ use crate::service::Store;
 
 const BATCH: i64 = 500;
 
-pub async fn run(store: Arc<Store>, interval: Duration, bytes_per_sec: u64, stop: Shutdown) {
+pub async fn run(store: Arc<Store>, interval: Duration, bytes_per_sec: u64, orphan_age: Duration, stop: Shutdown) {
     metrics::counter!("blobd_scrub_bytes_total").increment(0);
+    metrics::counter!("blobd_orphans_removed_total").increment(0);
     metrics::counter!("blobd_bitrot_detected_total").increment(0);
     loop {
         tokio::select! {
@@ -23,6 +25,14 @@ pub async fn run(store: Arc<Store>, interval: Duration, bytes_per_sec: u64, stop
             () = tokio::time::sleep(interval) => {}
         }
         let started = Instant::now();
+        match sweep(&store, orphan_age).await {
+            Ok((0, 0)) => {}
+            Ok((blobs, staging)) => {
+                metrics::counter!("blobd_orphans_removed_total").increment((blobs + staging) as u64);
+                tracing::info!(blobs, staging, "removed files nothing references");
+            }
+            Err(e) => tracing::warn!(error = %e, "orphan sweep failed"),
+        }
         let res = tokio::select! {
             () = stop.wait() => return,
             r = pass(&store, bytes_per_sec) => r,
@@ -46,6 +56,13 @@ pub async fn run(store: Arc<Store>, interval: Duration, bytes_per_sec: u64, stop
             Err(e) => tracing::warn!(error = %e, "scrub pass failed; retrying at the next"),
         }
     }
+}
+
+/// Remove unreferenced blob files and staging leftovers older than `min_age`.
+async fn sweep(store: &Arc<Store>, min_age: Duration) -> Result<(usize, usize)> {
+    let referenced = store.index.referenced_blobs().await?;
+    let dir = store.dir.clone();
+    tokio::task::spawn_blocking(move || dir.sweep(&referenced, min_age)).await?
 }
 
 /// One pass: (blobs checked, bytes read, keys found corrupt).
