@@ -18,8 +18,9 @@
 #   7. --scale blobd=4: the new replica joins with its own node id; anti-entropy and
 #      handoff end with exactly 3 copies of every object over the 4 nodes (the blobd killed
 #      in 5 catches up too); a blobd frozen with docker pause while objects are written and
-#      deleted catches up, deleted keys stay deleted; docker stop (SIGTERM) of a blobd
-#      revokes its lease at once.
+#      deleted catches up, deleted keys stay deleted; so does a blobd disconnected from the
+#      network past its lease (it re-registers, with its new address if it got one);
+#      docker stop (SIGTERM) of a blobd revokes its lease at once.
 # Usage: tests/e2e/compose.sh [path/to/aether] [path/to/otlpsink]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -226,6 +227,29 @@ wait_until "exactly 3 copies of every object again after the pause" 180 copies_e
 for i in $(seq 0 4); do
   if aws --endpoint-url "$s3_url" s3api head-object --bucket faults --key "during-pause/$i" >/dev/null 2>&1; then
     echo "during-pause/$i came back after its delete" >&2; exit 1
+  fi
+done
+echo "ok: deleted keys stay deleted"
+
+echo "--- a blobd disconnected from the network (docker network disconnect) past its lease; reconnected, it re-registers and catches up"
+cut=$(ids_of blobd | sed -n 2p)
+net=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$cut")
+alive_is() {
+  "$bin" cluster status --admin "$gw0" --json | python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+sys.exit(0 if sum(n["alive"] for n in v["nodes"]) == int(sys.argv[1]) else 1)' "$1"
+}
+docker network disconnect "$net" "$cut"
+probe load faults during-disconnect/ 20
+for i in $(seq 0 4); do aws --endpoint-url "$s3_url" s3api delete-object --bucket faults --key "during-disconnect/$i"; done
+wait_until "the cut-off blobd's lease to expire" 60 alive_is 3
+docker network connect --alias blobd "$net" "$cut"
+wait_until "it to register again" 60 alive_is 4
+wait_until "exactly 3 copies of every object again after the reconnect" 180 copies_exact
+for i in $(seq 0 4); do
+  if aws --endpoint-url "$s3_url" s3api head-object --bucket faults --key "during-disconnect/$i" >/dev/null 2>&1; then
+    echo "during-disconnect/$i came back after its delete" >&2; exit 1
   fi
 done
 echo "ok: deleted keys stay deleted"

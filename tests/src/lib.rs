@@ -632,6 +632,10 @@ pub fn s3_client(endpoint: &str, access_key: &str, secret: &str) -> aws_sdk_s3::
         .endpoint_url(endpoint)
         .credentials_provider(creds)
         .force_path_style(true)
+        // A gateway that hangs fails the test instead of hanging it forever.
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder().operation_timeout(Duration::from_secs(300)).build(),
+        )
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }

@@ -204,6 +204,7 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
         auto_join: cfg.auto_join,
         lease_ttl_secs: cfg.lease_ttl_secs,
         started_at: now_rfc3339(),
+        auto_port: (cfg.advertise_addr.is_none() && local.ip().is_unspecified()).then_some(local.port()),
     };
     let registration = tokio::spawn(register::run(reg, registered.clone(), stop.clone()));
 
@@ -277,7 +278,7 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
 
 /// The local address of the route to the first metad endpoint that resolves (a UDP
 /// `connect` sends nothing; it only picks the route).
-async fn outward_ip(endpoints: &[String]) -> Option<std::net::IpAddr> {
+pub(crate) async fn outward_ip(endpoints: &[String]) -> Option<std::net::IpAddr> {
     for ep in endpoints {
         let hostport = ep.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/');
         let Ok(mut addrs) = tokio::net::lookup_host(hostport).await else { continue };

@@ -34,6 +34,10 @@ pub struct Registration {
     pub auto_join: bool,
     pub lease_ttl_secs: i64,
     pub started_at: String,
+    /// Listening on every interface with no address given: the advertised address is the
+    /// local end of the route to metad on this port, found again at every registration (a
+    /// container reconnected to its network may have a new address).
+    pub auto_port: Option<u16>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -93,6 +97,13 @@ async fn timed<T>(f: impl Future<Output = Result<T, etcd_client::Error>>) -> Res
 }
 
 async fn register_once(reg: &Registration) -> Result<(Client, i64), RegisterError> {
+    let mut reg = reg.clone();
+    if let Some(port) = reg.auto_port
+        && let Some(ip) = crate::outward_ip(&reg.endpoints).await
+    {
+        reg.node.addr = std::net::SocketAddr::new(ip, port).to_string();
+    }
+    let reg = &reg;
     let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3)).with_timeout(RPC_TIMEOUT);
     let mut client = timed(aether_common::etcd::connect(&reg.endpoints, Some(opts))).await?;
     if reg.auto_join {
