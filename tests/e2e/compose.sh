@@ -212,6 +212,16 @@ copies_exact() {
   read -r have nodes < <(copies)
   [ "$have" = "$want" ] && [ "$nodes" = 4 ]
 }
+# stays_deleted PREFIX: PREFIX0..PREFIX4 were deleted; none may come back.
+stays_deleted() {
+  local i
+  for i in $(seq 0 4); do
+    if aws --endpoint-url "$s3_url" s3api head-object --bucket faults --key "$1$i" >/dev/null 2>&1; then
+      echo "$1$i came back after its delete" >&2; exit 1
+    fi
+  done
+  echo "ok: deleted keys stay deleted"
+}
 wait_until "exactly 3 copies of each of $(count_objects) objects, spread over all 4 nodes" 180 copies_exact
 read -r have nodes < <(copies); echo "copies: $have on $nodes nodes"
 aws --endpoint-url "$s3_url" s3 cp --recursive --quiet s3://faults "$work/faults-dl"
@@ -224,12 +234,7 @@ probe load faults during-pause/ 20
 for i in $(seq 0 4); do aws --endpoint-url "$s3_url" s3api delete-object --bucket faults --key "during-pause/$i"; done
 docker unpause "$frozen" >/dev/null
 wait_until "exactly 3 copies of every object again after the pause" 180 copies_exact
-for i in $(seq 0 4); do
-  if aws --endpoint-url "$s3_url" s3api head-object --bucket faults --key "during-pause/$i" >/dev/null 2>&1; then
-    echo "during-pause/$i came back after its delete" >&2; exit 1
-  fi
-done
-echo "ok: deleted keys stay deleted"
+stays_deleted during-pause/
 
 echo "--- a blobd disconnected from the network (docker network disconnect) past its lease; reconnected, it re-registers and catches up"
 cut=$(ids_of blobd | sed -n 2p)
@@ -247,12 +252,7 @@ wait_until "the cut-off blobd's lease to expire" 60 alive_is 3
 docker network connect --alias blobd "$net" "$cut"
 wait_until "it to register again" 60 alive_is 4
 wait_until "exactly 3 copies of every object again after the reconnect" 180 copies_exact
-for i in $(seq 0 4); do
-  if aws --endpoint-url "$s3_url" s3api head-object --bucket faults --key "during-disconnect/$i" >/dev/null 2>&1; then
-    echo "during-disconnect/$i came back after its delete" >&2; exit 1
-  fi
-done
-echo "ok: deleted keys stay deleted"
+stays_deleted during-disconnect/
 
 echo "--- docker stop (SIGTERM) of a blobd: it drains and revokes its lease on the way out"
 live3() {

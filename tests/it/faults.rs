@@ -7,29 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aether_proto::blob::v1::VersionsRequest;
 use aether_tests::{Cluster, ClusterOptions, wait_for};
 use aws_sdk_s3::error::ProvideErrorMetadata as _;
 
+use crate::rebalance::held;
 use crate::{body_bytes, bs};
-
-/// What blobd `i` holds of `keys`: key -> (hlc, writer, tombstone).
-async fn held(
-    c: &Cluster,
-    i: usize,
-    bucket: &str,
-    keys: &[String],
-) -> anyhow::Result<BTreeMap<String, (u64, String, bool)>> {
-    let mut cl = c.blob_client(i).await?;
-    let r = cl.versions(VersionsRequest { bucket: bucket.into(), keys: keys.to_vec() }).await?.into_inner();
-    Ok(r.entries
-        .into_iter()
-        .map(|e| {
-            let v = e.version.unwrap_or_default();
-            (e.key, (v.hlc, v.writer, e.tombstone))
-        })
-        .collect())
-}
 
 async fn converged(c: &Cluster, bucket: &str, keys: &[String]) -> Option<BTreeMap<String, (u64, String, bool)>> {
     let first = held(c, 0, bucket, keys).await.ok()?;

@@ -15,14 +15,20 @@ use sha2::Digest as _;
 
 use crate::{body_bytes, bs, pattern};
 
-/// What blobd `i` holds of `keys`: key -> (hlc, tombstone), from its own index.
-async fn held(c: &Cluster, i: usize, bucket: &str, keys: &[String]) -> anyhow::Result<BTreeMap<String, (u64, bool)>> {
+/// What blobd `i` holds of `keys`: key -> (hlc, writer, tombstone), from its own index.
+pub(crate) async fn held(
+    c: &Cluster,
+    i: usize,
+    bucket: &str,
+    keys: &[String],
+) -> anyhow::Result<BTreeMap<String, (u64, String, bool)>> {
     let mut cl = c.blob_client(i).await?;
     let mut out = BTreeMap::new();
     for chunk in keys.chunks(1000) {
         let r = cl.versions(VersionsRequest { bucket: bucket.into(), keys: chunk.to_vec() }).await?.into_inner();
         for e in r.entries {
-            out.insert(e.key, (e.version.map(|v| v.hlc).unwrap_or(0), e.tombstone));
+            let v = e.version.unwrap_or_default();
+            out.insert(e.key, (v.hlc, v.writer, e.tombstone));
         }
     }
     Ok(out)
@@ -37,7 +43,7 @@ async fn copies(
 ) -> anyhow::Result<BTreeMap<String, BTreeSet<String>>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = keys.iter().map(|k| (k.clone(), BTreeSet::new())).collect();
     for &i in nodes {
-        for (k, (_, tomb)) in held(c, i, bucket, keys).await? {
+        for (k, (_, _, tomb)) in held(c, i, bucket, keys).await? {
             if !tomb {
                 out.entry(k).or_default().insert(c.blobds[i].node_id.clone());
             }
@@ -230,11 +236,11 @@ async fn tombstones_are_collected_after_the_grace() -> anyhow::Result<()> {
     for k in &keys[..10] {
         s3.delete_object().bucket("tombstones").key(k).send().await?;
     }
-    assert!(held(&c, 0, "tombstones", &keys).await?.values().any(|(_, t)| *t), "tombstones written");
+    assert!(held(&c, 0, "tombstones", &keys).await?.values().any(|(_, _, t)| *t), "tombstones written");
     wait_for("tombstones collected", Duration::from_secs(30), || async {
         for i in 0..3 {
             let h = held(&c, i, "tombstones", &keys).await.ok()?;
-            if h.len() != 10 || h.values().any(|(_, t)| *t) {
+            if h.len() != 10 || h.values().any(|(_, _, t)| *t) {
                 return None;
             }
         }

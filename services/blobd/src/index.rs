@@ -30,6 +30,19 @@ pub struct ObjRow {
     pub meta: ObjectMeta,
 }
 
+impl ObjRow {
+    /// The body bytes in each of `blobs`: a completed upload keeps one blob per part; a
+    /// single blob holds the whole body (a plain PUT, or a verbatim replica copy of a
+    /// multipart object, whose part sizes stay in its meta).
+    pub fn blob_sizes(&self) -> Vec<u64> {
+        if self.meta.part_sizes.is_empty() || self.blobs.len() == 1 {
+            vec![self.size]
+        } else {
+            self.meta.part_sizes.clone()
+        }
+    }
+}
+
 /// One key as anti-entropy compares it (no blob ids, no body).
 #[derive(Debug, Clone)]
 pub struct SyncRow {
@@ -38,6 +51,30 @@ pub struct SyncRow {
     pub tombstone: bool,
     pub tags_hlc: u64,
     pub last_modified_ms: i64,
+}
+
+/// Rows read per query by [`Rows`].
+const ROWS_BATCH: i64 = 1000;
+
+/// A walk over a bucket's rows in key order (see [`Index::rows`]).
+pub struct Rows<'a> {
+    index: &'a Index,
+    bucket: String,
+    after: Option<String>,
+    buf: std::collections::VecDeque<SyncRow>,
+    done: bool,
+}
+
+impl Rows<'_> {
+    pub async fn next(&mut self) -> Result<Option<SyncRow>> {
+        if self.buf.is_empty() && !self.done {
+            let rows = self.index.sync_rows(&self.bucket, self.after.as_deref(), ROWS_BATCH).await?;
+            self.done = rows.len() < ROWS_BATCH as usize;
+            self.after = rows.last().map(|r| r.key.clone());
+            self.buf.extend(rows);
+        }
+        Ok(self.buf.pop_front())
+    }
 }
 
 /// What a write wants to store.
@@ -250,9 +287,15 @@ impl Index {
         rows.iter().map(|r| Ok(r.try_get::<String, _>("bucket")?)).collect()
     }
 
+    /// Every row of `bucket` after `after` (from the start when `None`), in key order, read
+    /// `ROWS_BATCH` at a time (anti-entropy, handoff, the scrub).
+    pub fn rows(&self, bucket: &str, after: Option<String>) -> Rows<'_> {
+        Rows { index: self, bucket: bucket.to_string(), after, buf: Default::default(), done: false }
+    }
+
     /// Up to `limit` keys of `bucket` after `after` (all from the start when `None`), in
     /// key order, as anti-entropy compares them.
-    pub async fn sync_rows(&self, bucket: &str, after: Option<&str>, limit: i64) -> Result<Vec<SyncRow>> {
+    async fn sync_rows(&self, bucket: &str, after: Option<&str>, limit: i64) -> Result<Vec<SyncRow>> {
         let rows = match after {
             Some(a) => {
                 sqlx::query(

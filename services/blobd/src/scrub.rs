@@ -12,8 +12,7 @@ use aether_common::shutdown::Shutdown;
 use crate::blocks::{BlobFile, is_bitrot};
 use crate::error::Result;
 use crate::service::Store;
-
-const BATCH: i64 = 500;
+use crate::sync::Throttle;
 
 pub async fn run(store: Arc<Store>, interval: Duration, bytes_per_sec: u64, orphan_age: Duration, stop: Shutdown) {
     metrics::counter!("blobd_scrub_bytes_total").increment(0);
@@ -67,58 +66,42 @@ async fn sweep(store: &Arc<Store>, min_age: Duration) -> Result<(usize, usize)> 
 
 /// One pass: (blobs checked, bytes read, keys found corrupt).
 async fn pass(store: &Arc<Store>, bytes_per_sec: u64) -> Result<(u64, u64, u64)> {
-    let start = Instant::now();
+    let mut throttle = Throttle::new(Some(bytes_per_sec));
     let (mut blobs, mut bytes, mut bad) = (0u64, 0u64, 0u64);
     for bucket in store.index.buckets().await? {
-        let mut after: Option<String> = None;
-        loop {
-            let rows = store.index.sync_rows(&bucket, after.as_deref(), BATCH).await?;
-            let n = rows.len();
-            after = rows.last().map(|r| r.key.clone());
-            for r in rows.into_iter().filter(|r| !r.tombstone) {
-                let Some(obj) = store.index.get_object(&bucket, &r.key).await? else { continue };
-                if obj.tombstone || obj.ver != r.ver {
-                    continue;
-                }
-                let sizes: Vec<u64> = if obj.meta.part_sizes.is_empty() || obj.blobs.len() == 1 {
-                    vec![obj.size]
-                } else {
-                    obj.meta.part_sizes.clone()
-                };
-                for (id, size) in obj.blobs.iter().zip(sizes) {
-                    let path = store.dir.blob_path(id);
-                    let checked = tokio::task::spawn_blocking(move || {
-                        BlobFile::new(std::fs::File::open(path)?, size)?.check_all()
-                    })
-                    .await?;
-                    blobs += 1;
-                    match checked {
-                        Ok(n) => {
-                            bytes += n;
-                            metrics::counter!("blobd_scrub_bytes_total").increment(n);
-                        }
-                        Err(e) if is_bitrot(&e) || e.kind() == std::io::ErrorKind::NotFound => {
-                            // A missing file may be an overwrite that unlinked it just now.
-                            let current = store.index.get_object(&bucket, &r.key).await?;
-                            if current.is_some_and(|c| c.ver == obj.ver && c.blobs.contains(id)) {
-                                tracing::error!(bucket, key = %r.key, blob = %id, error = %e, "scrub: corrupt blob");
-                                store.suspect(&bucket, &r.key);
-                                bad += 1;
-                            }
-                            break;
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                    if bytes_per_sec > 0 {
-                        let due = Duration::from_secs_f64(bytes as f64 / bytes_per_sec as f64);
-                        if let Some(wait) = due.checked_sub(start.elapsed()) {
-                            tokio::time::sleep(wait).await;
-                        }
-                    }
-                }
+        let mut rows = store.index.rows(&bucket, None);
+        while let Some(r) = rows.next().await? {
+            if r.tombstone {
+                continue;
             }
-            if n < BATCH as usize {
-                break;
+            let Some(obj) = store.index.get_object(&bucket, &r.key).await? else { continue };
+            if obj.tombstone || obj.ver != r.ver {
+                continue;
+            }
+            for (id, size) in obj.blobs.iter().zip(obj.blob_sizes()) {
+                let path = store.dir.blob_path(id);
+                let checked =
+                    tokio::task::spawn_blocking(move || BlobFile::new(std::fs::File::open(path)?, size)?.check_all())
+                        .await?;
+                blobs += 1;
+                match checked {
+                    Ok(n) => {
+                        bytes += n;
+                        metrics::counter!("blobd_scrub_bytes_total").increment(n);
+                        throttle.admit(n).await;
+                    }
+                    Err(e) if is_bitrot(&e) || e.kind() == std::io::ErrorKind::NotFound => {
+                        // A missing file may be an overwrite that unlinked it just now.
+                        let current = store.index.get_object(&bucket, &r.key).await?;
+                        if current.is_some_and(|c| c.ver == obj.ver && c.blobs.contains(id)) {
+                            tracing::error!(bucket, key = %r.key, blob = %id, error = %e, "scrub: corrupt blob");
+                            store.suspect(&bucket, &r.key);
+                            bad += 1;
+                        }
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }

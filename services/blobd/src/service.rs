@@ -185,14 +185,7 @@ pub(crate) type Segment = (crate::blocks::BlobFile, u64, u64);
 /// Open the files covering `[start, end]` now, so a concurrent overwrite that unlinks
 /// them cannot break the read.
 pub(crate) fn open_segments(dir: &BlobDir, row: &ObjRow, start: u64, end: u64) -> std::io::Result<Vec<Segment>> {
-    // A completed upload keeps one blob per part; a single blob holds the whole body (a
-    // plain PUT, or a verbatim replica copy of a multipart object, whose part sizes stay in
-    // its meta).
-    let sizes: Vec<u64> = if row.meta.part_sizes.is_empty() || row.blobs.len() == 1 {
-        vec![row.size]
-    } else {
-        row.meta.part_sizes.clone()
-    };
+    let sizes = row.blob_sizes();
     if sizes.len() != row.blobs.len() {
         return Err(std::io::Error::other("index row: blob count and part sizes differ"));
     }
@@ -212,51 +205,65 @@ pub(crate) fn open_segments(dir: &BlobDir, row: &ObjRow, start: u64, end: u64) -
     Ok(out)
 }
 
+/// Read `segments` of `bucket/key`'s body in order, each block checked against its
+/// checksum first, handing every chunk (at most `READ_CHUNK`) to `send`; `Ok(false)` when
+/// `send` says the receiver went away. A block that fails its checksum makes the key a
+/// suspect (the sync loop replaces the copy from a peer).
+pub(crate) async fn read_segments<F, Fut>(
+    store: &Store,
+    bucket: &str,
+    key: &str,
+    segments: Vec<Segment>,
+    mut send: F,
+) -> Result<bool>
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for (file, offset, len) in segments {
+        let file = Arc::new(file);
+        let (mut pos, end) = (offset, offset + len);
+        while pos < end {
+            let f = Arc::clone(&file);
+            let want = (end - pos).min(READ_CHUNK as u64);
+            let buf = match tokio::task::spawn_blocking(move || f.read(pos, want)).await? {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "blob file is shorter than the index says",
+                    );
+                    return Err(BlobdError::Io(e));
+                }
+                Err(e) if crate::blocks::is_bitrot(&e) => {
+                    store.suspect(bucket, key);
+                    return Err(BlobdError::Bitrot(e.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            pos += buf.len() as u64;
+            metrics::counter!("blobd_bytes_read_total").increment(buf.len() as u64);
+            if !send(Bytes::from(buf)).await {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 async fn stream_segments(
     store: Arc<Store>,
     target: (String, String),
     segments: Vec<Segment>,
     tx: mpsc::Sender<Result<GetResponse, Status>>,
 ) {
-    for (file, offset, len) in segments {
-        let file = Arc::new(file);
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let want = (end - pos).min(READ_CHUNK as u64);
-            let f = Arc::clone(&file);
-            let res = tokio::task::spawn_blocking(move || f.read(pos, want)).await;
-            let buf = match res {
-                Ok(Ok(v)) if !v.is_empty() => v,
-                Ok(Ok(_)) => {
-                    let e = std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "blob file is shorter than the index says",
-                    );
-                    let _ = tx.send(Err(BlobdError::Io(e).into())).await;
-                    return;
-                }
-                Ok(Err(e)) => {
-                    let err = if crate::blocks::is_bitrot(&e) {
-                        store.suspect(&target.0, &target.1);
-                        BlobdError::Bitrot(e.to_string())
-                    } else {
-                        BlobdError::Io(e)
-                    };
-                    let _ = tx.send(Err(err.into())).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(BlobdError::Join(e).into())).await;
-                    return;
-                }
-            };
-            pos += buf.len() as u64;
-            metrics::counter!("blobd_bytes_read_total").increment(buf.len() as u64);
-            if tx.send(Ok(GetResponse { msg: Some(get_response::Msg::Chunk(Bytes::from(buf))) })).await.is_err() {
-                return; // client went away
-            }
-        }
+    let sender = &tx;
+    let read = read_segments(&store, &target.0, &target.1, segments, move |chunk| async move {
+        sender.send(Ok(GetResponse { msg: Some(get_response::Msg::Chunk(chunk)) })).await.is_ok()
+    })
+    .await;
+    if let Err(e) = read {
+        let _ = tx.send(Err(e.into())).await;
     }
 }
 

@@ -49,12 +49,10 @@ use tonic::transport::Channel;
 use crate::convert::Ver;
 use crate::error::{BlobdError, Result};
 use crate::index::SyncRow;
-use crate::service::{READ_CHUNK, Store, open_segments};
+use crate::service::{Store, open_segments, read_segments};
 
 /// Leaves of a digest tree (the first byte of the placement digest).
 pub const LEAVES: usize = 256;
-/// Rows read from the index per query.
-const SCAN_BATCH: i64 = 1000;
 /// Keys offered to owners per `Versions` call.
 const HANDOFF_BATCH: usize = 256;
 /// Entries per `Entries` page (about 60 bytes each on the wire).
@@ -152,18 +150,13 @@ fn root(leaves: &[Leaf]) -> Vec<u8> {
     h.finalize()[..16].to_vec()
 }
 
-/// Walk every row of `bucket` in key order, in batches.
+/// Walk every row of `bucket` in key order.
 async fn scan(store: &Store, bucket: &str, mut f: impl FnMut(SyncRow)) -> Result<()> {
-    let mut after: Option<String> = None;
-    loop {
-        let rows = store.index.sync_rows(bucket, after.as_deref(), SCAN_BATCH).await?;
-        let n = rows.len();
-        after = rows.last().map(|r| r.key.clone());
-        rows.into_iter().for_each(&mut f);
-        if n < SCAN_BATCH as usize {
-            return Ok(());
-        }
+    let mut rows = store.index.rows(bucket, None);
+    while let Some(r) = rows.next().await? {
+        f(r);
     }
+    Ok(())
 }
 
 /// Whether both `me` and `peer` own the key, and its leaf.
@@ -210,23 +203,16 @@ pub async fn entries(store: &Store, req: pb::EntriesRequest) -> Result<pb::Entri
     };
     let me = store.node_id.clone();
     let mut out = Vec::new();
-    let mut after = (!req.start_after.is_empty()).then(|| req.start_after.clone());
-    loop {
-        let rows = store.index.sync_rows(&req.bucket, after.as_deref(), SCAN_BATCH).await?;
-        let n = rows.len();
-        for r in rows {
-            if shared_leaf(&scope, &req.bucket, &r.key, &me, &peer).is_some_and(|l| want.contains(&l)) {
-                out.push(to_entry(&r));
-            }
-            if out.len() >= limit {
-                return Ok(pb::EntriesResponse { entries: out, covered_to: r.key });
-            }
-            after = Some(r.key);
+    let mut rows = store.index.rows(&req.bucket, (!req.start_after.is_empty()).then(|| req.start_after.clone()));
+    while let Some(r) = rows.next().await? {
+        if shared_leaf(&scope, &req.bucket, &r.key, &me, &peer).is_some_and(|l| want.contains(&l)) {
+            out.push(to_entry(&r));
         }
-        if n < SCAN_BATCH as usize {
-            return Ok(pb::EntriesResponse { entries: out, covered_to: String::new() });
+        if out.len() >= limit {
+            return Ok(pb::EntriesResponse { entries: out, covered_to: r.key });
         }
     }
+    Ok(pb::EntriesResponse { entries: out, covered_to: String::new() })
 }
 
 pub async fn versions(store: &Store, req: pb::VersionsRequest) -> Result<pb::VersionsResponse> {
@@ -286,15 +272,21 @@ pub struct CycleStats {
     pub errors: u64,
 }
 
-/// Caps the body bytes pushed per second over a cycle.
-struct Throttle {
+/// Caps bytes per second over a run (a sync cycle's pushes, a scrub pass's reads): each
+/// `admit` waits until the bytes so far are within `max` per second since the start.
+pub(crate) struct Throttle {
     max: Option<u64>,
     start: Instant,
     bytes: u64,
 }
 
 impl Throttle {
-    async fn admit(&mut self, bytes: u64) {
+    /// `max` of `None` or 0: no cap.
+    pub(crate) fn new(max: Option<u64>) -> Self {
+        Self { max, start: Instant::now(), bytes: 0 }
+    }
+
+    pub(crate) async fn admit(&mut self, bytes: u64) {
         self.bytes += bytes;
         if let Some(max) = self.max.filter(|m| *m > 0) {
             let due = Duration::from_secs_f64(self.bytes as f64 / max as f64);
@@ -499,7 +491,7 @@ async fn one_cycle(
         layout,
         scope,
         stats: CycleStats::default(),
-        throttle: tokio::sync::Mutex::new(Throttle { max: cfg.max_bytes_per_sec, start: Instant::now(), bytes: 0 }),
+        throttle: tokio::sync::Mutex::new(Throttle::new(cfg.max_bytes_per_sec)),
     };
     cycle.heal_suspects().await;
     for bucket in store.index.buckets().await? {
@@ -617,41 +609,38 @@ impl Cycle<'_> {
         let peers: Vec<String> = self.scope.nodes.iter().map(|n| n.id.clone()).filter(|id| *id != me).collect();
         let mut leaves: HashMap<String, Vec<Leaf>> =
             peers.iter().map(|p| (p.clone(), vec![[0u8; 16]; LEAVES])).collect();
-        let mut after: Option<String> = None;
+        let store = self.store;
+        let mut rows = store.index.rows(bucket, None);
+        let mut handoff: Vec<(SyncRow, Vec<String>)> = Vec::new();
+        let mut expired: Vec<(SyncRow, Vec<String>)> = Vec::new();
         loop {
-            let rows = self.store.index.sync_rows(bucket, after.as_deref(), SCAN_BATCH).await?;
-            let n = rows.len();
-            after = rows.last().map(|r| r.key.clone());
-            let mut handoff: Vec<(SyncRow, Vec<String>)> = Vec::new();
-            let mut expired: Vec<(SyncRow, Vec<String>)> = Vec::new();
-            for row in rows {
+            let row = rows.next().await?;
+            let end = row.is_none();
+            if let Some(row) = row {
                 self.stats.keys += 1;
                 let digest = object_digest(bucket, &row.key);
                 let owners = self.scope.owners(&digest);
                 if !owners.contains(&me.as_str()) {
-                    let owners = owners.into_iter().map(str::to_string).collect();
-                    handoff.push((row, owners));
-                    continue;
-                }
-                if row.tombstone && now_ms.saturating_sub(row.last_modified_ms) > grace_ms {
+                    handoff.push((row, owners.into_iter().map(str::to_string).collect()));
+                } else if row.tombstone && now_ms.saturating_sub(row.last_modified_ms) > grace_ms {
                     let others = owners.iter().filter(|o| **o != me).map(|o| o.to_string()).collect();
                     expired.push((row, others));
-                    continue;
-                }
-                let h = entry_hash(&row.key, &row.ver, row.tombstone, row.tags_hlc);
-                for o in owners.into_iter().filter(|o| *o != me) {
-                    if let Some(l) = leaves.get_mut(o) {
-                        xor(&mut l[usize::from(digest[0])], &h);
+                } else {
+                    let h = entry_hash(&row.key, &row.ver, row.tombstone, row.tags_hlc);
+                    for o in owners.into_iter().filter(|o| *o != me) {
+                        if let Some(l) = leaves.get_mut(o) {
+                            xor(&mut l[usize::from(digest[0])], &h);
+                        }
                     }
                 }
             }
-            for chunk in handoff.chunks(HANDOFF_BATCH) {
-                self.hand_off(bucket, chunk).await;
+            if handoff.len() >= HANDOFF_BATCH || (end && !handoff.is_empty()) {
+                self.hand_off(bucket, &std::mem::take(&mut handoff)).await;
             }
-            for chunk in expired.chunks(HANDOFF_BATCH) {
-                self.collect_tombstones(bucket, chunk).await;
+            if expired.len() >= HANDOFF_BATCH || (end && !expired.is_empty()) {
+                self.collect_tombstones(bucket, &std::mem::take(&mut expired)).await;
             }
-            if n < SCAN_BATCH as usize {
+            if end {
                 break;
             }
         }
@@ -906,32 +895,18 @@ impl Cycle<'_> {
         let target = (bucket.to_string(), row.key.clone());
         let reader = tokio::spawn(async move {
             let mut md5 = md5::Md5::new();
-            for (file, offset, len) in segments {
-                let file = Arc::new(file);
-                let mut pos = offset;
-                let end = offset + len;
-                while pos < end {
-                    let f = Arc::clone(&file);
-                    let want = (end - pos).min(READ_CHUNK as u64);
-                    let buf = match tokio::task::spawn_blocking(move || f.read(pos, want)).await? {
-                        Ok(b) if !b.is_empty() => b,
-                        Ok(_) => return Err(BlobdError::Corrupt("blob file is shorter than the index says".into())),
-                        Err(e) if crate::blocks::is_bitrot(&e) => {
-                            store.suspect(&target.0, &target.1);
-                            return Err(BlobdError::Bitrot(e.to_string()));
-                        }
-                        Err(e) => return Err(e.into()),
-                    };
-                    md5.update(&buf);
-                    pos += buf.len() as u64;
-                    if tx
-                        .send(pb::PutRequest { msg: Some(pb::put_request::Msg::Chunk(Bytes::from(buf))) })
-                        .await
-                        .is_err()
-                    {
-                        return Ok(false);
+            let hasher = &mut md5;
+            let sender = &tx;
+            let sent =
+                read_segments(&store, &target.0, &target.1, segments, move |chunk| {
+                    hasher.update(&chunk);
+                    async move {
+                        sender.send(pb::PutRequest { msg: Some(pb::put_request::Msg::Chunk(chunk)) }).await.is_ok()
                     }
-                }
+                })
+                .await?;
+            if !sent {
+                return Ok(false);
             }
             let md5_hex = hex::encode(md5.finalize());
             if let Some(want) = expect_md5
@@ -1003,33 +978,26 @@ impl Cycle<'_> {
                 .filter_map(|e| Some((e.key, (Ver::from_wire(e.version.as_ref()).ok()?, e.tags_hlc))))
                 .collect();
             // The local rows of (cursor, upper], pushed in batches as they are found.
-            let mut after = cursor.clone();
+            let store = self.store;
+            let mut rows = store.index.rows(bucket, cursor.clone());
             let mut batch: Vec<SyncRow> = Vec::new();
-            'scan: loop {
-                let rows = self.store.index.sync_rows(bucket, after.as_deref(), SCAN_BATCH).await?;
-                let n = rows.len();
-                for r in rows {
-                    if upper.as_ref().is_some_and(|u| r.key > *u) {
-                        break 'scan;
-                    }
-                    after = Some(r.key.clone());
-                    if !shared_leaf(&self.scope, bucket, &r.key, &me, peer).is_some_and(|l| differing.contains(&l)) {
-                        continue;
-                    }
-                    let behind = match held.get(&r.key) {
-                        None => true,
-                        Some((v, t)) => *v < r.ver || (*v == r.ver && *t < r.tags_hlc),
-                    };
-                    if behind {
-                        batch.push(r);
-                    }
-                    if batch.len() >= HANDOFF_BATCH {
-                        let rows = std::mem::take(&mut batch);
-                        self.push_designated(bucket, peer, &rows).await;
-                    }
-                }
-                if n < SCAN_BATCH as usize {
+            while let Some(r) = rows.next().await? {
+                if upper.as_ref().is_some_and(|u| r.key > *u) {
                     break;
+                }
+                if !shared_leaf(&self.scope, bucket, &r.key, &me, peer).is_some_and(|l| differing.contains(&l)) {
+                    continue;
+                }
+                let behind = match held.get(&r.key) {
+                    None => true,
+                    Some((v, t)) => *v < r.ver || (*v == r.ver && *t < r.tags_hlc),
+                };
+                if behind {
+                    batch.push(r);
+                }
+                if batch.len() >= HANDOFF_BATCH {
+                    let rows = std::mem::take(&mut batch);
+                    self.push_designated(bucket, peer, &rows).await;
                 }
             }
             if !batch.is_empty() {

@@ -58,6 +58,12 @@ pub fn version_key(v: Option<&pb::Version>) -> (u64, &str) {
     v.map(|v| (v.hlc, v.writer.as_str())).unwrap_or((0, ""))
 }
 
+/// Order two copies of a key's meta: by version, and of one version by the latest tag
+/// change (metadata-only updates keep the version).
+fn newer(a: &&pb::ObjectMeta, b: &&pb::ObjectMeta) -> std::cmp::Ordering {
+    (version_key(a.version.as_ref()), a.tags_hlc).cmp(&(version_key(b.version.as_ref()), b.tags_hlc))
+}
+
 /// Everything the handlers need to reach blobd.
 pub struct Store {
     pool: ChannelPool,
@@ -576,15 +582,7 @@ impl Store {
             cluster::quorum_failed("read");
             return Err(S3Error::ServiceUnavailable);
         }
-        let newest = answers
-            .iter()
-            .filter_map(|(_, m)| m.as_ref())
-            // Of one version, the copy with the latest tag change (metadata-only updates keep
-            // the version).
-            .max_by(|a, b| {
-                (version_key(a.version.as_ref()), a.tags_hlc).cmp(&(version_key(b.version.as_ref()), b.tags_hlc))
-            })
-            .cloned();
+        let newest = answers.iter().filter_map(|(_, m)| m.as_ref()).max_by(newer).cloned();
         let Some(newest) = newest else {
             let asked: Vec<Replica> = answers.into_iter().map(|(r, _)| r).collect();
             return Ok(self.read_elsewhere(replicas, &asked, bucket, key).await);
@@ -632,13 +630,7 @@ impl Store {
             let set: Vec<Replica> = replicas.iter().filter(|r| r.alive).cloned().collect();
             found = self.heads(&set, bucket, key).await;
         }
-        let newest = found
-            .iter()
-            .map(|(_, m)| m)
-            .max_by(|a, b| {
-                (version_key(a.version.as_ref()), a.tags_hlc).cmp(&(version_key(b.version.as_ref()), b.tags_hlc))
-            })
-            .cloned()?;
+        let newest = found.iter().map(|(_, m)| m).max_by(newer).cloned()?;
         metrics::counter!("gateway_read_fallbacks_total").increment(1);
         self.observe(newest.version.as_ref());
         let want = version_key(newest.version.as_ref());
