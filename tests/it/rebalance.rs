@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use aether_common::catalog::NodeState;
 use aether_common::placement::{PlacementNode, replicas};
-use aether_proto::blob::v1::VersionsRequest;
-use aether_tests::{Cluster, ClusterOptions, wait_for};
+use aether_proto::blob::v1::{GetUploadRequest, ListUploadsRequest, VersionsRequest};
+use aether_tests::{Cluster, ClusterOptions, pattern, wait_for};
+use anyhow::Context as _;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use futures::{StreamExt as _, TryStreamExt as _};
 use sha2::Digest as _;
 
-use crate::{body_bytes, bs, pattern};
+use crate::{body_bytes, bs};
 
 /// What blobd `i` holds of `keys`: key -> (hlc, writer, tombstone), from its own index.
 pub(crate) async fn held(
@@ -454,5 +456,198 @@ async fn unreferenced_files_are_swept() -> anyhow::Result<()> {
     assert!(young_blob.exists(), "a young file may be a write in flight");
     let copy = crate::cluster::copy_on(&c, 0, "sweep", "kept").await?.expect("the referenced blob");
     assert_eq!(copy.1, b"still here".to_vec());
+    Ok(())
+}
+
+/// The uploads blobd `i` holds in `bucket` (in progress): upload id -> part numbers.
+async fn uploads_on(c: &Cluster, i: usize, bucket: &str) -> anyhow::Result<BTreeMap<String, Vec<u32>>> {
+    let mut cl = c.blob_client(i).await?;
+    let listed = cl
+        .list_uploads(ListUploadsRequest { bucket: bucket.into(), limit: 10_000, ..Default::default() })
+        .await?
+        .into_inner();
+    let mut out = BTreeMap::new();
+    for u in listed.uploads {
+        let got = cl
+            .get_upload(GetUploadRequest { bucket: bucket.into(), key: u.key.clone(), upload_id: u.upload_id.clone() })
+            .await?
+            .into_inner();
+        out.insert(u.upload_id, got.parts.iter().map(|p| p.part_number).collect());
+    }
+    Ok(out)
+}
+
+async fn upload_part(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    n: i32,
+    bytes: &[u8],
+) -> anyhow::Result<CompletedPart> {
+    let out = s3
+        .upload_part()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .part_number(n)
+        .body(bs(bytes))
+        .send()
+        .await
+        .with_context(|| format!("part {n} of {key}"))?;
+    Ok(CompletedPart::builder().part_number(n).set_e_tag(out.e_tag).build())
+}
+
+/// CompleteMultipartUpload, retried while the gateway answers 503 (fewer than a write
+/// quorum of nodes hold every part yet: anti-entropy is still moving them).
+async fn complete(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    parts: Vec<CompletedPart>,
+) -> anyhow::Result<()> {
+    let done = wait_for("a complete that is not 503", Duration::from_secs(60), || {
+        let req = s3
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts.clone())).build());
+        async move {
+            match req.send().await {
+                Ok(_) => Some(Ok(())),
+                Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 503) => None,
+                Err(e) => Some(Err(e)),
+            }
+        }
+    })
+    .await?;
+    done.with_context(|| format!("complete {key}"))?;
+    Ok(())
+}
+
+/// Multipart uploads in progress while the cluster grows 3 -> 5: parts uploaded after the
+/// change land (the gateway follows an upload its key's new replicas do not know yet, and
+/// anti-entropy hands the earlier parts over), every upload completes into the right
+/// bytes, an upload aborted after the change is gone everywhere, and in the end every
+/// object sits on exactly its 3 owners and no node holds an upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multipart_uploads_in_progress_follow_a_layout_change() -> anyhow::Result<()> {
+    const UPLOADS: usize = 30;
+    let mut c = Cluster::start(ClusterOptions {
+        gateways: 1,
+        sync_interval_secs: 1,
+        min_part_size: 1,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("mpu-grow").send().await?;
+    let keys: Vec<String> = (0..UPLOADS).map(|i| format!("big/{i:02}")).collect();
+    let part = |i: usize, n: usize| pattern(1000 + 37 * n, (i * 10 + n) as u64);
+    let mut uploads = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let id = s3.create_multipart_upload().bucket("mpu-grow").key(key).send().await?.upload_id.context("id")?;
+        let mut parts = Vec::new();
+        for n in 1..=2 {
+            parts.push(upload_part(&s3, "mpu-grow", key, &id, n as i32, &part(i, n)).await?);
+        }
+        uploads.push((id, parts));
+    }
+
+    c.add_blobd().await?;
+    c.add_blobd().await?;
+    c.wait_alive(5).await?;
+    let five = placement(&c, &[0, 1, 2, 3, 4]);
+    let (new3, new4) = (c.blobds[3].node_id.clone(), c.blobds[4].node_id.clone());
+    let moved_two = keys
+        .iter()
+        .filter(|k| {
+            let owners: Vec<String> = replicas(&five, "mpu-grow", k, 3).iter().map(|n| n.id.clone()).collect();
+            owners.contains(&new3) && owners.contains(&new4)
+        })
+        .count();
+    assert!(moved_two > 0, "some key must get two new owners (a write quorum that never saw its upload)");
+
+    // The last upload is aborted; the others get a third part and complete.
+    let (abort_id, _) = uploads.pop().context("uploads")?;
+    s3.abort_multipart_upload().bucket("mpu-grow").key(&keys[UPLOADS - 1]).upload_id(&abort_id).send().await?;
+    for (i, (id, mut parts)) in uploads.into_iter().enumerate() {
+        parts.push(upload_part(&s3, "mpu-grow", &keys[i], &id, 3, &part(i, 3)).await?);
+        complete(&s3, "mpu-grow", &keys[i], &id, parts).await?;
+        let got = s3.get_object().bucket("mpu-grow").key(&keys[i]).send().await?;
+        let want: Vec<u8> = (1..=3).flat_map(|n| part(i, n)).collect();
+        assert_eq!(body_bytes(got).await, want, "{}", keys[i]);
+    }
+
+    let done: Vec<String> = keys[..UPLOADS - 1].to_vec();
+    wait_for(
+        "completed objects on exactly their owners, no upload left anywhere",
+        Duration::from_secs(120),
+        || async {
+            let have = copies(&c, &[0, 1, 2, 3, 4], "mpu-grow", &done).await.ok()?;
+            if !misplaced(&have, &five, "mpu-grow", 3).is_empty() {
+                return None;
+            }
+            for i in 0..5 {
+                if !uploads_on(&c, i, "mpu-grow").await.ok()?.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await?;
+    let listed = s3.list_multipart_uploads().bucket("mpu-grow").send().await?;
+    assert!(listed.uploads().is_empty(), "uploads still listed: {:?}", listed.uploads());
+    let err = s3.get_object().bucket("mpu-grow").key(&keys[UPLOADS - 1]).send().await.expect_err("aborted");
+    assert!(format!("{err:?}").contains("NoSuchKey"), "{err:?}");
+    Ok(())
+}
+
+/// A replica that was down while a part was uploaded, an upload completed and another
+/// aborted: after it comes back, anti-entropy gives it the part (so the upload completes
+/// with another replica down), and it ends its copies of the completed and the aborted
+/// uploads instead of keeping or pushing them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_missed_multipart_writes_catches_up() -> anyhow::Result<()> {
+    let mut c = Cluster::start(ClusterOptions {
+        gateways: 1,
+        sync_interval_secs: 1,
+        min_part_size: 1,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("mpu-ae").send().await?;
+    let mut ids = Vec::new();
+    let mut firsts = Vec::new();
+    for key in ["open", "completed", "aborted"] {
+        let id = s3.create_multipart_upload().bucket("mpu-ae").key(key).send().await?.upload_id.context("id")?;
+        firsts.push(upload_part(&s3, "mpu-ae", key, &id, 1, &pattern(3000, 1)).await?);
+        ids.push(id);
+    }
+    c.stop_blobd(2).await?;
+    let second = upload_part(&s3, "mpu-ae", "open", &ids[0], 2, &pattern(2000, 2)).await?;
+    complete(&s3, "mpu-ae", "completed", &ids[1], vec![firsts[1].clone()]).await?;
+    s3.abort_multipart_upload().bucket("mpu-ae").key("aborted").upload_id(&ids[2]).send().await?;
+    c.start_blobd(2).await?;
+    c.wait_alive(3).await?;
+
+    let want: BTreeMap<String, Vec<u32>> = [(ids[0].clone(), vec![1, 2])].into();
+    wait_for("blobd 2 holds the part it missed and only the open upload", Duration::from_secs(60), || async {
+        (uploads_on(&c, 2, "mpu-ae").await.ok()? == want).then_some(())
+    })
+    .await?;
+    for i in 0..2 {
+        assert_eq!(uploads_on(&c, i, "mpu-ae").await?, want, "blobd {i}");
+    }
+    // With blobd 0 down, blobd 1 and 2 are a write quorum that holds every part.
+    c.stop_blobd(0).await?;
+    complete(&s3, "mpu-ae", "open", &ids[0], vec![firsts[0].clone(), second]).await?;
+    let got = s3.get_object().bucket("mpu-ae").key("open").send().await?;
+    let want: Vec<u8> = pattern(3000, 1).into_iter().chain(pattern(2000, 2)).collect();
+    assert_eq!(body_bytes(got).await, want);
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use aether_proto::blob::v1::{CompletedPart, FenceOp, ObjectMeta, UploadPart};
+use aether_proto::blob::v1::{CompletedPart, FenceOp, ObjectMeta, SyncUpload, UploadPart};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tracing::Instrument;
@@ -281,9 +281,11 @@ impl Index {
         Ok(out)
     }
 
-    /// Every bucket this index holds a key of (anti-entropy walks them).
+    /// Every bucket this index holds a key or an upload of (anti-entropy walks them).
     pub async fn buckets(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT DISTINCT bucket FROM objects ORDER BY bucket").fetch_all(&self.read).await?;
+        let rows = sqlx::query("SELECT bucket FROM objects UNION SELECT bucket FROM uploads ORDER BY bucket")
+            .fetch_all(&self.read)
+            .await?;
         rows.iter().map(|r| Ok(r.try_get::<String, _>("bucket")?)).collect()
     }
 
@@ -437,6 +439,15 @@ impl Index {
         async {
             let mut tx = self.write.begin().await?;
             check_fence(&mut tx, &meta.bucket, meta.bucket_rev).await?;
+            // Completed or aborted here: a late copy from a peer must not bring it back.
+            if sqlx::query("SELECT 1 FROM ended_uploads WHERE upload_id = ?1")
+                .bind(upload_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some()
+            {
+                return Err(BlobdError::NoSuchUpload);
+            }
             sqlx::query(
                 "INSERT INTO uploads (upload_id, bucket, key, meta) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (upload_id) DO NOTHING",
@@ -456,28 +467,96 @@ impl Index {
 
     pub async fn get_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(UploadRow, Vec<UploadPart>)> {
         let up = load_upload(&self.read, bucket, key, upload_id).await?;
+        Ok((up, parts_of(&self.read, upload_id).await?))
+    }
+
+    /// A bucket's uploads, in progress or ended (`ended_uploads`), in upload id order after
+    /// `after`, at most `limit`; the parts of those in progress. The second value is the
+    /// last upload id read (`None`: the end was reached).
+    pub async fn sync_uploads(
+        &self,
+        bucket: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<(Vec<SyncUpload>, Option<String>)> {
         let rows = sqlx::query(
-            "SELECT part_number, size, etag, last_modified_ms, checksum FROM parts WHERE upload_id = ?1 \
-             ORDER BY part_number",
+            "SELECT upload_id, key, 0 AS ended FROM uploads WHERE bucket = ?1 AND upload_id > ?2 \
+             UNION ALL SELECT upload_id, key, 1 AS ended FROM ended_uploads WHERE bucket = ?1 AND upload_id > ?2 \
+             ORDER BY upload_id LIMIT ?3",
         )
-        .bind(upload_id)
+        .bind(bucket)
+        .bind(after)
+        .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await?;
-        let parts = rows
-            .iter()
-            .map(|r| {
-                let n: i64 = r.try_get("part_number")?;
-                let size: i64 = r.try_get("size")?;
-                Ok(UploadPart {
-                    part_number: n as u32,
-                    etag: r.try_get("etag")?,
-                    size: size as u64,
-                    last_modified_ms: r.try_get("last_modified_ms")?,
-                    checksum: r.try_get("checksum")?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok((up, parts))
+        let more = rows.len() as u64 == u64::from(limit);
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.push(self.sync_upload(r).await?);
+        }
+        let covered = if more { out.last().map(|u| u.upload_id.clone()) } else { None };
+        Ok((out, covered))
+    }
+
+    /// The given uploads of a bucket as this index knows them (unknown ids left out).
+    pub async fn uploads_by_id(&self, bucket: &str, ids: &[String]) -> Result<Vec<SyncUpload>> {
+        let mut out = Vec::new();
+        for id in ids {
+            let row = sqlx::query(
+                "SELECT upload_id, key, 1 AS ended FROM ended_uploads WHERE bucket = ?1 AND upload_id = ?2 \
+                 UNION ALL SELECT upload_id, key, 0 AS ended FROM uploads WHERE bucket = ?1 AND upload_id = ?2 \
+                 ORDER BY ended DESC LIMIT 1",
+            )
+            .bind(bucket)
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?;
+            if let Some(r) = row {
+                out.push(self.sync_upload(&r).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn sync_upload(&self, r: &sqlx::sqlite::SqliteRow) -> Result<SyncUpload> {
+        let key: Vec<u8> = r.try_get("key")?;
+        let upload_id: String = r.try_get("upload_id")?;
+        let ended: i64 = r.try_get("ended")?;
+        let parts = if ended == 0 { parts_of(&self.read, &upload_id).await? } else { Vec::new() };
+        Ok(SyncUpload { key: String::from_utf8_lossy(&key).into_owned(), upload_id, ended: ended != 0, parts })
+    }
+
+    /// One stored part: its blob id and size (the rest is in the upload's `parts`).
+    pub async fn part_blob(&self, upload_id: &str, part_number: u32) -> Result<Option<(String, u64)>> {
+        let row = sqlx::query("SELECT blob_id, size FROM parts WHERE upload_id = ?1 AND part_number = ?2")
+            .bind(upload_id)
+            .bind(i64::from(part_number))
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok((r.try_get("blob_id")?, r.try_get::<i64, _>("size")? as u64))).transpose()
+    }
+
+    /// Remove an upload this daemon no longer owns once its owners hold it (handoff): no
+    /// `ended_uploads` row, the upload goes on elsewhere. Returns the parts' blobs.
+    pub async fn drop_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<String>> {
+        let span = tracing::info_span!("index.commit", op = "drop_upload");
+        async {
+            let mut tx = self.write.begin().await?;
+            load_upload(&mut *tx, bucket, key, upload_id).await?;
+            let blobs = part_blobs(&mut tx, upload_id).await?;
+            delete_upload(&mut tx, upload_id).await?;
+            tx.commit().await?;
+            Ok(blobs.into_iter().map(|p| p.blob).collect())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Forget uploads ended before `cutoff_ms` (past the tombstone grace); how many.
+    pub async fn collect_ended_uploads(&self, cutoff_ms: i64) -> Result<u64> {
+        let done =
+            sqlx::query("DELETE FROM ended_uploads WHERE ended_ms < ?1").bind(cutoff_ms).execute(&self.write).await?;
+        Ok(done.rows_affected())
     }
 
     /// Uploads in progress (see `ListUploadsRequest`), in (key, upload_id) order.
@@ -566,6 +645,7 @@ impl Index {
         size: u64,
         etag: &str,
         checksum: &str,
+        recorded_ms: Option<i64>,
     ) -> Result<Option<String>> {
         let span = tracing::info_span!("index.commit", op = "put_part");
         async {
@@ -590,7 +670,7 @@ impl Index {
             .bind(blob_id)
             .bind(size as i64)
             .bind(etag)
-            .bind(now_ms())
+            .bind(recorded_ms.unwrap_or_else(now_ms))
             .bind(checksum)
             .execute(&mut *tx)
             .await?;
@@ -601,14 +681,27 @@ impl Index {
         .await
     }
 
-    /// Delete an upload and its parts; returns the parts' blobs.
+    /// Delete an upload and its parts and remember it ended; returns the parts' blobs. An
+    /// upload id this daemon never heard of is remembered as ended too (and answered
+    /// `NoSuchUpload`): it missed the create, and must refuse a late copy from a peer.
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<String>> {
         let span = tracing::info_span!("index.commit", op = "abort_upload");
         async {
             let mut tx = self.write.begin().await?;
+            let known = sqlx::query("SELECT 1 FROM uploads WHERE upload_id = ?1")
+                .bind(upload_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !known {
+                record_ended(&mut tx, bucket, key, upload_id).await?;
+                tx.commit().await?;
+                return Err(BlobdError::NoSuchUpload);
+            }
             load_upload(&mut *tx, bucket, key, upload_id).await?;
             let blobs = part_blobs(&mut tx, upload_id).await?;
             delete_upload(&mut tx, upload_id).await?;
+            record_ended(&mut tx, bucket, key, upload_id).await?;
             tx.commit().await?;
             Ok(blobs.into_iter().map(|p| p.blob).collect())
         }
@@ -666,6 +759,7 @@ impl Index {
             let new = NewObject { ver: c.ver.clone(), heal: false, tombstone: false, size, blobs: blobs.clone(), meta };
             let mut applied = apply_in_tx(&mut tx, &c.bucket, &c.key, new).await?;
             delete_upload(&mut tx, &c.upload_id).await?;
+            record_ended(&mut tx, &c.bucket, &c.key, &c.upload_id).await?;
             tx.commit().await?;
             // Parts uploaded but not listed are garbage either way (apply_in_tx already
             // lists the listed blobs when the write lost).
@@ -800,6 +894,53 @@ async fn part_blobs(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, upload_id: &st
                 blob: r.try_get("blob_id")?,
                 size: size as u64,
                 etag: r.try_get("etag")?,
+                checksum: r.try_get("checksum")?,
+            })
+        })
+        .collect()
+}
+
+/// Remember that an upload was completed or aborted here (see `ended_uploads`).
+async fn record_ended(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO ended_uploads (upload_id, bucket, key, ended_ms) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (upload_id) DO NOTHING",
+    )
+    .bind(upload_id)
+    .bind(bucket)
+    .bind(key.as_bytes())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// An upload's parts, in part order.
+async fn parts_of<'e, E>(exec: E, upload_id: &str) -> Result<Vec<UploadPart>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT part_number, size, etag, last_modified_ms, checksum FROM parts WHERE upload_id = ?1 \
+         ORDER BY part_number",
+    )
+    .bind(upload_id)
+    .fetch_all(exec)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let n: i64 = r.try_get("part_number")?;
+            let size: i64 = r.try_get("size")?;
+            Ok(UploadPart {
+                part_number: n as u32,
+                etag: r.try_get("etag")?,
+                size: size as u64,
+                last_modified_ms: r.try_get("last_modified_ms")?,
                 checksum: r.try_get("checksum")?,
             })
         })

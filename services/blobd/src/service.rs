@@ -444,6 +444,7 @@ impl BlobSvc {
                     &placed.md5_hex,
                     // The gateway sends the upload's declared checksum only.
                     commit.checksums.values().next().map(String::as_str).unwrap_or(""),
+                    (h.last_modified_ms > 0).then_some(h.last_modified_ms),
                 )
                 .await?;
             let _ = placed.keep();
@@ -643,6 +644,18 @@ impl BlobService for BlobSvc {
     ) -> Result<Response<aether_proto::blob::v1::DigestResponse>, Status> {
         let span = new_span("blob.sync_digest", request.metadata(), &request.get_ref().bucket, "");
         crate::sync::digest(&self.store, request.into_inner())
+            .instrument(span)
+            .await
+            .map(Response::new)
+            .map_err(Into::into)
+    }
+
+    async fn uploads(
+        &self,
+        request: Request<aether_proto::blob::v1::UploadsRequest>,
+    ) -> Result<Response<aether_proto::blob::v1::UploadsResponse>, Status> {
+        let span = new_span("blob.sync_uploads", request.metadata(), &request.get_ref().bucket, "");
+        crate::sync::uploads(&self.store, request.into_inner())
             .instrument(span)
             .await
             .map(Response::new)

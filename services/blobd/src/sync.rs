@@ -18,6 +18,8 @@
 //!   compared, and for the leaves that differ the peer's entries are fetched and every
 //!   key this daemon holds newer (or the peer lacks) is pushed. Each daemon pushes only
 //!   what it holds newer; the peer pushes the rest in its own cycle.
+//! - **Multipart uploads** in progress are compared upload by upload with their co-owners
+//!   and handed off like objects (`sync/uploads.rs`).
 //! - **Tombstones** older than the grace are dropped (the grace must exceed the longest
 //!   time a replica can stay behind, or a deleted key can come back from it).
 //! - **Eviction** (opt-in): an `active` node without a liveness lease for longer than the
@@ -50,6 +52,9 @@ use crate::convert::Ver;
 use crate::error::{BlobdError, Result};
 use crate::index::SyncRow;
 use crate::service::{Store, open_segments, read_segments};
+
+mod uploads;
+pub use uploads::uploads;
 
 /// Leaves of a digest tree (the first byte of the placement digest).
 pub const LEAVES: usize = 256;
@@ -320,6 +325,8 @@ pub async fn run(store: Arc<Store>, cfg: SyncConfig, shutdown: Shutdown) {
         "blobd_sync_tombstones_dropped_total",
         "blobd_sync_evictions_total",
         "blobd_bitrot_healed_total",
+        "blobd_sync_uploads_handed_off_total",
+        "blobd_sync_uploads_ended_total",
     ] {
         metrics::counter!(name).increment(0);
     }
@@ -494,6 +501,10 @@ async fn one_cycle(
         throttle: tokio::sync::Mutex::new(Throttle::new(cfg.max_bytes_per_sec)),
     };
     cycle.heal_suspects().await;
+    let cutoff = crate::index::now_ms().saturating_sub(cfg.tombstone_grace.as_millis() as i64);
+    if let Err(e) = store.index.collect_ended_uploads(cutoff).await {
+        tracing::warn!(error = %e, "cannot collect ended uploads");
+    }
     for bucket in store.index.buckets().await? {
         if let Err(e) = cycle.bucket(&bucket).await {
             tracing::warn!(bucket, error = %e, "sync of a bucket failed");
@@ -654,6 +665,7 @@ impl Cycle<'_> {
                 self.stats.errors += 1;
             }
         }
+        self.uploads(bucket).await;
         Ok(())
     }
 

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use aether_proto::blob::v1::{
     AbortUploadRequest, BucketStatsRequest, CompleteUploadRequest, CompletedPart, CreateUploadRequest, GetRequest,
-    GetUploadRequest, PartHeader, PutCommit, PutPartRequest, put_part_request,
+    GetUploadRequest, PartHeader, PutCommit, PutPartRequest, UploadsRequest, put_part_request,
 };
 use tonic::Code;
 
@@ -15,6 +15,7 @@ async fn put_part(c: &mut Client, key: &str, upload: &str, n: u32, data: &[u8]) 
             key: key.into(),
             upload_id: upload.into(),
             part_number: n,
+            ..Default::default()
         })),
     }];
     for ch in data.chunks(100_000) {
@@ -156,6 +157,72 @@ async fn multipart_create_parts_complete_abort() {
     assert_eq!(r.current, Some(ver(11, "gw")));
     assert_eq!(node.blob_files(), 1);
     assert!(get(&mut c, get_req("b", "mp/obj")).await.unwrap().1 == b"small");
+    node.stop().await;
+}
+
+/// Multipart state for anti-entropy: `Uploads` reports uploads in progress (with their
+/// parts) and ended ones; an upload completed, aborted, or aborted before this daemon ever
+/// saw it is remembered as ended, so a late copy from a peer is refused; a part copied from
+/// a peer keeps its recorded time.
+#[tokio::test]
+async fn ended_uploads_are_remembered_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path()).await;
+    let mut c = node.client().await;
+    let p = body(500, 1);
+    create(&mut c, "k/open", "open").await;
+    put_part(&mut c, "k/open", "open", 1, &p).await.unwrap();
+    // A part copied from a peer (anti-entropy) keeps the time the peer recorded.
+    let copied = vec![
+        PutPartRequest {
+            msg: Some(put_part_request::Msg::Header(PartHeader {
+                bucket: "b".into(),
+                key: "k/open".into(),
+                upload_id: "open".into(),
+                part_number: 2,
+                last_modified_ms: 1234,
+            })),
+        },
+        PutPartRequest { msg: Some(put_part_request::Msg::Chunk(p.clone().into())) },
+        PutPartRequest {
+            msg: Some(put_part_request::Msg::Commit(PutCommit {
+                size: p.len() as u64,
+                md5_hex: md5_hex(&p),
+                ..Default::default()
+            })),
+        },
+    ];
+    c.put_part(tokio_stream::iter(copied)).await.unwrap();
+    create(&mut c, "k/aborted", "aborted").await;
+    c.abort_upload(AbortUploadRequest { bucket: "b".into(), key: "k/aborted".into(), upload_id: "aborted".into() })
+        .await
+        .unwrap();
+    // Never created here (this daemon missed the create), aborted: remembered all the same.
+    let err = c
+        .abort_upload(AbortUploadRequest { bucket: "b".into(), key: "k/missed".into(), upload_id: "missed".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let ids = ["open", "aborted", "missed", "unknown"].map(String::from).to_vec();
+    let got = c.uploads(UploadsRequest { bucket: "b".into(), upload_ids: ids }).await.unwrap().into_inner();
+    let seen = &got.uploads;
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let times: Vec<(u32, i64)> = seen[0].parts.iter().map(|p| (p.part_number, p.last_modified_ms)).collect();
+    assert_eq!((seen[0].upload_id.as_str(), seen[0].ended, times.len()), ("open", false, 2));
+    assert!(times[0].1 > 1234, "a part uploaded here has the local time");
+    assert_eq!(times[1], (2, 1234), "a copied part keeps the peer's time");
+    assert_eq!((seen[1].upload_id.as_str(), seen[1].ended), ("aborted", true));
+    assert_eq!((seen[2].upload_id.as_str(), seen[2].ended), ("missed", true));
+
+    // A late copy of an ended upload (a peer that missed the abort) is refused.
+    for id in ["aborted", "missed"] {
+        let err = c
+            .create_upload(CreateUploadRequest { upload_id: id.into(), meta: Some(meta("b", "k/x", ver(0, ""))) })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{id}");
+    }
     node.stop().await;
 }
 

@@ -19,7 +19,7 @@ use super::{
     xml_response,
 };
 use crate::error::S3Error;
-use crate::replicas::{BodyChecks, NewestRead, PutTarget};
+use crate::replicas::{BodyChecks, NewestRead, PutTarget, Replica};
 use crate::xml;
 
 /// Every part but the last must be at least this large.
@@ -92,8 +92,12 @@ pub async fn handle_upload_part(
         key: key.to_string(),
         upload_id: upload_id.to_string(),
         part_number,
+        last_modified_ms: 0,
     };
-    let outcome = state.store.put_stream(&replicas, PutTarget::Part(header), body_stream(body), checks).await?;
+    let outcome = match state.store.put_stream(&replicas, PutTarget::Part(header), body_stream(body), checks).await {
+        Err(S3Error::NoSuchUpload) => return Err(follow_upload(state, &replicas, bucket, key, upload_id).await),
+        r => r?,
+    };
     metrics::counter!("gateway_bytes_in_total").increment(outcome.size);
     echo.extend(outcome.recorded.iter().map(|(a, v)| (a.header_name(), v.clone())));
     let mut resp =
@@ -153,9 +157,13 @@ pub async fn handle_upload_part_copy(
         key: key.to_string(),
         upload_id: upload_id.to_string(),
         part_number,
+        last_modified_ms: 0,
     };
     let replicas = state.store.replica_set(bucket, key)?;
-    let outcome = state.store.put_stream(&replicas, PutTarget::Part(header), body, checks).await?;
+    let outcome = match state.store.put_stream(&replicas, PutTarget::Part(header), body, checks).await {
+        Err(S3Error::NoSuchUpload) => return Err(follow_upload(state, &replicas, bucket, key, upload_id).await),
+        r => r?,
+    };
     metrics::counter!("gateway_bytes_copied_total").increment(outcome.size);
     let doc = xml::CopyResult {
         xmlns: xml::S3_NS,
@@ -165,25 +173,63 @@ pub async fn handle_upload_part_copy(
     xml_response(xml::to_xml("CopyPartResult", &doc)?)
 }
 
-/// An upload as every live replica of its key holds it (at least one does, else
-/// `NoSuchUpload`, or `ServiceUnavailable` when none answered).
-async fn upload_on_replicas(
+/// GetUpload on every live node of `nodes`: the nodes that hold the upload (with what
+/// they hold of it), and the others' answers.
+async fn get_upload_on(
     state: &AppState,
-    replicas: &[crate::replicas::Replica],
+    nodes: &[Replica],
+    get: &pb::GetUploadRequest,
+) -> (Vec<(Replica, pb::GetUploadResponse)>, Vec<tonic::Status>) {
+    let timeout = state.store.timeout;
+    let calls = nodes.iter().filter(|n| n.alive).map(|n| {
+        let client = state.store.client(&n.addr);
+        let req = get.clone();
+        async move {
+            let answer = match client {
+                Ok(mut c) => match tokio::time::timeout(timeout, c.get_upload(req)).await {
+                    Ok(r) => r.map(|r| r.into_inner()),
+                    Err(_) => Err(tonic::Status::deadline_exceeded(format!("node {} timed out", n.id))),
+                },
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            };
+            (n.clone(), answer)
+        }
+    });
+    let (mut held, mut errs) = (Vec::new(), Vec::new());
+    for (node, answer) in futures::future::join_all(calls).await {
+        match answer {
+            Ok(u) => held.push((node, u)),
+            Err(s) => errs.push(s),
+        }
+    }
+    (held, errs)
+}
+
+/// The nodes that hold an upload: the key's replicas that do and, when not `enough` of
+/// them do (the key got new owners while the upload was in progress, and anti-entropy has
+/// not moved it yet), every other live data node that does. None: `NoSuchUpload`, or
+/// `ServiceUnavailable` when the replicas did not answer.
+async fn upload_holders(
+    state: &AppState,
+    replicas: &[Replica],
     bucket: &str,
     key: &str,
     upload_id: &str,
-) -> Result<Vec<pb::GetUploadResponse>, S3Error> {
+    enough: impl Fn(&[(Replica, pb::GetUploadResponse)]) -> bool,
+) -> Result<Vec<(Replica, pb::GetUploadResponse)>, S3Error> {
     let get =
         pb::GetUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
-    let (uploads, errs) = state
-        .store
-        .unary_quorum(replicas, replicas.len(), |mut c| {
-            let req = get.clone();
-            async move { c.get_upload(req).await.map(|r| r.into_inner()) }
-        })
-        .await;
-    if uploads.is_empty() {
+    let (mut held, errs) = get_upload_on(state, replicas, &get).await;
+    if !enough(&held) {
+        let others: Vec<Replica> = state
+            .store
+            .data_nodes(&state.store.catalog.snapshot())
+            .into_iter()
+            .filter(|n| !replicas.iter().any(|r| r.id == n.id))
+            .collect();
+        held.extend(get_upload_on(state, &others, &get).await.0);
+    }
+    if held.is_empty() {
         if errs.iter().any(|e| e.code() == tonic::Code::NotFound) {
             return Err(S3Error::NoSuchUpload);
         }
@@ -192,7 +238,43 @@ async fn upload_on_replicas(
         }
         return Err(S3Error::ServiceUnavailable);
     }
-    Ok(uploads)
+    Ok(held)
+}
+
+/// A write quorum of the key's replica set.
+fn need(state: &AppState, replicas: &[Replica]) -> usize {
+    state.store.write_quorum(replicas.len())
+}
+
+/// A part write that too few replicas took because they do not know the upload: if the
+/// upload lives on other nodes (its key moved in a layout change), create it on the key's
+/// replicas from a holder's copy and answer 503 so the client retries (SDKs do) against
+/// replicas that now know it; the parts already uploaded follow through anti-entropy.
+/// Otherwise the upload does not exist: `NoSuchUpload`.
+async fn follow_upload(state: &AppState, replicas: &[Replica], bucket: &str, key: &str, upload_id: &str) -> S3Error {
+    let held = match upload_holders(state, replicas, bucket, key, upload_id, |h| h.len() >= need(state, replicas)).await
+    {
+        Ok(h) => h,
+        Err(e) => return e,
+    };
+    let Some(meta) = held.iter().find_map(|(_, u)| u.meta.clone()) else { return S3Error::ServiceUnavailable };
+    let lacking: Vec<Replica> =
+        replicas.iter().filter(|r| r.alive && !held.iter().any(|(h, _)| h.id == r.id)).cloned().collect();
+    let req = pb::CreateUploadRequest { upload_id: upload_id.to_string(), meta: Some(meta) };
+    let (created, _) = state
+        .store
+        .unary_quorum(&lacking, lacking.len(), |mut c| {
+            let req = req.clone();
+            async move { c.create_upload(req).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    metrics::counter!("gateway_upload_follows_total").increment(1);
+    tracing::info!(
+        upload_id,
+        created = created.len(),
+        "an upload's key has new replicas: created it there; the client retries"
+    );
+    S3Error::ServiceUnavailable
 }
 
 /// ListParts: the parts of an upload, merged over its replicas (the most recently recorded
@@ -208,9 +290,10 @@ pub async fn handle_list_parts(
     let max_parts = super::query_number::<usize>(ctx, "max-parts")?.unwrap_or(1000).min(1000);
     let marker = super::query_number::<u32>(ctx, "part-number-marker")?.unwrap_or(0);
     let replicas = state.store.replica_set(bucket, key)?;
-    let uploads = upload_on_replicas(state, &replicas, bucket, key, upload_id).await?;
+    let uploads =
+        upload_holders(state, &replicas, bucket, key, upload_id, |h| h.len() >= need(state, &replicas)).await?;
     let mut parts: std::collections::BTreeMap<u32, pb::UploadPart> = std::collections::BTreeMap::new();
-    for p in uploads.iter().flat_map(|u| &u.parts) {
+    for p in uploads.iter().flat_map(|(_, u)| &u.parts) {
         if parts.get(&p.part_number).is_none_or(|q| p.last_modified_ms > q.last_modified_ms) {
             parts.insert(p.part_number, p.clone());
         }
@@ -460,11 +543,18 @@ pub async fn handle_complete_multipart_upload(
     let body = read_small_body(body, 4 << 20).await?;
     let doc: xml::CompleteMultipartUpload = xml::parse(&body)?;
     let replicas = state.store.replica_set(bucket, key)?;
-    // A part counts if any replica holds it.
-    let uploads = upload_on_replicas(state, &replicas, bucket, key, upload_id).await?;
-    let mut stored: HashMap<u32, pb::UploadPart> = HashMap::new();
     let wanted: HashMap<u32, &str> = doc.parts.iter().map(|p| (p.part_number, bare_etag(&p.etag))).collect();
-    for upload in &uploads {
+    let holds_all = |u: &pb::GetUploadResponse| {
+        wanted.iter().all(|(num, etag)| u.parts.iter().any(|p| p.part_number == *num && bare_etag(&p.etag) == *etag))
+    };
+    let need = need(state, &replicas);
+    let uploads = upload_holders(state, &replicas, bucket, key, upload_id, |h| {
+        h.iter().filter(|(_, u)| holds_all(u)).count() >= need
+    })
+    .await?;
+    // A part counts if any holder of the upload holds it.
+    let mut stored: HashMap<u32, pb::UploadPart> = HashMap::new();
+    for (_, upload) in &uploads {
         for p in &upload.parts {
             // Prefer the copy whose ETag matches the request.
             let matches = wanted.get(&p.part_number).is_some_and(|w| *w == bare_etag(&p.etag));
@@ -474,6 +564,22 @@ pub async fn handle_complete_multipart_upload(
         }
     }
     let etag = check_parts(&doc.parts, &stored, state.cfg.min_part_size)?;
+    // Only a node that holds every listed part can complete. Fewer than a write quorum of
+    // them (a replica missed a part and another is down, or the key moved and anti-entropy
+    // is still moving the parts): completing on some would end the upload there and leave
+    // a retry without the parts, so answer 503 and let the client retry once they moved.
+    let full: Vec<&Replica> = uploads.iter().filter(|(_, u)| holds_all(u)).map(|(n, _)| n).collect();
+    if full.len() < need {
+        tracing::warn!(holders = full.len(), need, "too few nodes hold every part of the upload yet");
+        crate::cluster::quorum_failed("write");
+        return Err(S3Error::ServiceUnavailable);
+    }
+    // The key's replicas complete it (those missing a part fail, and get the object from
+    // anti-entropy); so does any other node that holds every listed part (the key moved
+    // while the upload was in progress), its copy then handed off to the owners. A write
+    // quorum of the replica set's size is needed either way.
+    let mut targets = replicas.clone();
+    targets.extend(full.into_iter().filter(|n| !replicas.iter().any(|r| r.id == n.id)).cloned());
     let declared = mpu_checksum::declared_of(upload_id);
     let object_checksum = match declared {
         Some(d) => Some(complete_checksum(ctx, d, &doc.parts, &stored)?),
@@ -504,14 +610,12 @@ pub async fn handle_complete_multipart_upload(
     let (completed, decision) = tokio::sync::watch::channel(false);
     let written = state
         .store
-        .write_unary(&replicas, "complete_upload", |mut c| {
+        .write_unary_on(&targets, need, "complete_upload", |mut c| {
             let req = req.clone();
             let decision = decision.clone();
             async move {
                 let r = c.complete_upload(req.clone()).await;
-                if let Err(s) = &r
-                    && s.code() != tonic::Code::NotFound
-                {
+                if r.is_err() {
                     end_leftover_upload(c, req, decision);
                 }
                 r.map(|r| r.into_inner())
@@ -542,7 +646,8 @@ pub async fn handle_complete_multipart_upload(
 /// A replica whose complete failed (it had not stored every part yet) still holds the
 /// upload, which ListMultipartUploads would show once the others completed it. In the
 /// background: once the request decides the upload completed (`decision` turns true), end
-/// it on this replica; if the complete failed as a whole (`decision` dropped unset), leave
+/// it on this replica (one that never had it records it as ended, so a late copy from a
+/// peer is refused); if the complete failed as a whole (`decision` dropped unset), leave
 /// it for the client's retry. The replica's missing copy of the object is anti-entropy's
 /// (or read repair's) to restore.
 fn end_leftover_upload(
@@ -575,9 +680,20 @@ pub async fn handle_abort_multipart_upload(
     let need = state.store.write_quorum(replicas.len());
     let req =
         pb::AbortUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
+    // Every live data node, not only the key's replicas: nodes that held the key before a
+    // layout change may hold the upload too, and each one that hears the abort (holding
+    // the upload or not) records it as ended, so no copy is handed back.
+    let mut targets = replicas.clone();
+    targets.extend(
+        state
+            .store
+            .data_nodes(&state.store.catalog.snapshot())
+            .into_iter()
+            .filter(|n| n.alive && !replicas.iter().any(|r| r.id == n.id)),
+    );
     let (oks, errs) = state
         .store
-        .unary_quorum(&replicas, replicas.len(), |mut c| {
+        .unary_quorum(&targets, targets.len(), |mut c| {
             let req = req.clone();
             async move { c.abort_upload(req).await.map(|r| r.into_inner()) }
         })
