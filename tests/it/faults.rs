@@ -3,6 +3,7 @@
 //! history that is checked afterwards.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,6 +69,121 @@ async fn a_partitioned_replica_converges_after_the_partition_heals() -> anyhow::
     }
     let got = s3.get_object().bucket("partition").key(&keys[3]).send().await?;
     assert_eq!(body_bytes(got).await, format!("v2 {}", keys[3]).into_bytes());
+    Ok(())
+}
+
+/// A real two-sided partition: {gateway 1, blobd 2} | {gateway 0, blobd 0, blobd 1}. Every
+/// blobd is reached through a proxy, and each side's connections leave from its own
+/// loopback address, so the proxies drop exactly the traffic that crosses the partition
+/// (metad stays reachable from both sides, as when only the data network splits). Writes
+/// and deletes go through both sides: the minority's fail with 503 (a write quorum of 2 is
+/// out of its reach) but may have landed on blobd 2; the majority's succeed. After the heal
+/// every replica holds the newest version of every key that any replica held, keys the
+/// majority deleted after the minority wrote them stay deleted, and both gateways read the
+/// same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_on_both_sides_of_a_partition_converge_to_the_newest() -> anyhow::Result<()> {
+    let (majority_ip, minority_gw, minority_blobd): (IpAddr, IpAddr, IpAddr) =
+        ([127, 0, 0, 1].into(), [127, 0, 0, 2].into(), [127, 0, 0, 3].into());
+    let mut c = Cluster::start(ClusterOptions {
+        gateways: 1,
+        sync_interval_secs: 1,
+        proxied_blobds: vec![0, 1, 2],
+        blobd_sources: vec![(0, majority_ip), (1, majority_ip), (2, minority_blobd)],
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let minority = c.start_gateway_from(Some(minority_gw)).await?;
+    // The minority's client does not retry its 503s (each would only fail again).
+    let small = c.s3(minority);
+    let small = aws_sdk_s3::Client::from_conf(
+        small.config().to_builder().retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled()).build(),
+    );
+    let big = c.s3(0);
+    big.create_bucket().bucket("split").send().await?;
+    let k = |i: usize| format!("k/{i:02}");
+    let keys: Vec<String> = (0..50).map(k).chain((0..10).map(|i| format!("n/{i:02}"))).collect();
+    for key in &keys[..50] {
+        big.put_object().bucket("split").key(key).body(bs(format!("v1 {key}").as_bytes())).send().await?;
+    }
+    // Both gateways work before the split.
+    let got = small.get_object().bucket("split").key(k(7)).send().await?;
+    assert_eq!(body_bytes(got).await, format!("v1 {}", k(7)).into_bytes());
+
+    for i in 0..2 {
+        c.blobds[i].proxy.as_ref().expect("proxied").block_from(&[minority_gw, minority_blobd]);
+    }
+    c.blobds[2].proxy.as_ref().expect("proxied").block_from(&[majority_ip]);
+
+    // The minority side first: writes to k/20..k/39, deletes of k/40..k/49. No write quorum.
+    for i in 20..40 {
+        let r = small.put_object().bucket("split").key(k(i)).body(bs(format!("minority {i}").as_bytes())).send().await;
+        assert_eq!(crate::err_code(r), "ServiceUnavailable", "{}", k(i));
+    }
+    for i in 40..50 {
+        assert_eq!(crate::err_code(small.delete_object().bucket("split").key(k(i)).send().await), "ServiceUnavailable");
+    }
+    assert_eq!(crate::err_code(small.get_object().bucket("split").key(k(3)).send().await), "ServiceUnavailable");
+    // Then the majority: overwrites k/00..k/19, deletes k/20..k/29 (written by the minority
+    // before), creates n/*.
+    for i in 0..20 {
+        big.put_object().bucket("split").key(k(i)).body(bs(format!("v2 {i}").as_bytes())).send().await?;
+    }
+    for i in 20..30 {
+        big.delete_object().bucket("split").key(k(i)).send().await?;
+    }
+    for key in &keys[50..] {
+        big.put_object().bucket("split").key(key).body(bs(format!("v1 {key}").as_bytes())).send().await?;
+    }
+
+    // The newest version of each key any replica holds, before the heal.
+    let mut newest: BTreeMap<String, (u64, String, bool)> = BTreeMap::new();
+    for i in 0..3 {
+        for (key, v) in held(&c, i, "split", &keys).await? {
+            let e = newest.entry(key).or_insert_with(|| v.clone());
+            if (v.0, &v.1) > (e.0, &e.1) {
+                *e = v;
+            }
+        }
+    }
+    for i in 0..3 {
+        c.blobds[i].proxy.as_ref().expect("proxied").heal();
+    }
+    let end = wait_for("every replica to converge", Duration::from_secs(60), || converged(&c, "split", &keys)).await?;
+    assert_eq!(end, newest, "every replica holds the newest version of every key");
+    for s3 in [&big, &small] {
+        for i in 0..20 {
+            let got = s3.get_object().bucket("split").key(k(i)).send().await?;
+            assert_eq!(body_bytes(got).await, format!("v2 {i}").into_bytes(), "{}", k(i));
+        }
+        for i in 20..30 {
+            assert_eq!(
+                crate::err_code(s3.get_object().bucket("split").key(k(i)).send().await),
+                "NoSuchKey",
+                "{}",
+                k(i)
+            );
+        }
+        for key in &keys[50..] {
+            let got = s3.get_object().bucket("split").key(key).send().await?;
+            assert_eq!(body_bytes(got).await, format!("v1 {key}").into_bytes());
+        }
+        // The minority's failed writes and deletes: either outcome, the same everywhere.
+        for i in 30..50 {
+            let (_, _, tomb) = &end[&k(i)];
+            match s3.get_object().bucket("split").key(k(i)).send().await {
+                Ok(got) => {
+                    assert!(!tomb, "{}", k(i));
+                    let body = body_bytes(got).await;
+                    let allowed = [format!("v1 {}", k(i)), format!("minority {i}")];
+                    assert!(allowed.iter().any(|a| a.as_bytes() == body.as_slice()), "{}", k(i));
+                }
+                Err(e) => {
+                    assert!(*tomb, "{}: {e:?}", k(i));
+                }
+            }
+        }
+    }
     Ok(())
 }
 

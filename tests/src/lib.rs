@@ -116,6 +116,9 @@ pub struct ClusterOptions {
     /// blobd (by index) that advertise a fault-injecting proxy's address instead of their
     /// own, so a test can cut them off from the gateways and the other blobd.
     pub proxied_blobds: Vec<usize>,
+    /// blobd (by index) whose connections to other daemons leave from the given loopback
+    /// address (a proxy can then block one side of a partition: `FaultProxy::block_from`).
+    pub blobd_sources: Vec<(usize, std::net::IpAddr)>,
 }
 
 impl Default for ClusterOptions {
@@ -135,6 +138,7 @@ impl Default for ClusterOptions {
             evict_grace_secs: None,
             scrub_interval_secs: 0,
             proxied_blobds: Vec::new(),
+            blobd_sources: Vec::new(),
         }
     }
 }
@@ -353,6 +357,7 @@ impl Cluster {
         let addr = grpc.local_addr()?.to_string();
         let metad_endpoints = self.catalog_endpoints();
         let proxied = self.opts.proxied_blobds.contains(&i);
+        let source_addr = self.opts.blobd_sources.iter().find(|(b, _)| *b == i).map(|(_, ip)| *ip);
         let node = &mut self.blobds[i];
         let advertise_addr = if proxied {
             match &node.proxy {
@@ -374,6 +379,7 @@ impl Cluster {
             tombstone_grace_secs: self.opts.tombstone_grace_secs,
             evict_grace_secs: self.opts.evict_grace_secs,
             scrub_interval_secs: self.opts.scrub_interval_secs,
+            source_addr,
             ..BlobdConfig::default()
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -447,6 +453,11 @@ impl Cluster {
     }
 
     pub async fn start_gateway(&mut self) -> anyhow::Result<usize> {
+        self.start_gateway_from(None).await
+    }
+
+    /// A gateway whose connections to blobd leave from `source` (one side of a partition).
+    pub async fn start_gateway_from(&mut self, source: Option<std::net::IpAddr>) -> anyhow::Result<usize> {
         let (s3, s3_addr) = local().await?;
         let (admin, admin_addr) = local().await?;
         let cfg = GatewayConfig {
@@ -460,6 +471,7 @@ impl Cluster {
             read_quorum: self.opts.read_quorum,
             root_domain: Some(ROOT_DOMAIN.into()),
             min_part_size: self.opts.min_part_size,
+            source_addr: source,
             ..GatewayConfig::default()
         };
         let shutdown = Shutdown::new();

@@ -1,8 +1,11 @@
 //! A fault-injecting TCP proxy on 127.0.0.1: a blobd advertises the proxy's address, so
 //! every gateway and every other blobd reaches it only through here. `cut` drops every
-//! connection and refuses new ones (a partition, as the others see it); `heal` lets
-//! traffic through again.
+//! connection and refuses new ones (a partition, as the others see it); `block_from` does
+//! the same for connections from some source addresses only (clients bound to their own
+//! loopback address: one side of a partition); `heal` lets traffic through again.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +16,8 @@ use tokio::task::AbortHandle;
 struct State {
     cut: AtomicBool,
     target: Mutex<String>,
-    conns: Mutex<Vec<AbortHandle>>,
+    blocked: Mutex<HashSet<IpAddr>>,
+    conns: Mutex<Vec<(IpAddr, AbortHandle)>>,
 }
 
 pub struct FaultProxy {
@@ -30,8 +34,9 @@ impl FaultProxy {
         let state = Arc::new(State { target: Mutex::new(target.to_string()), ..State::default() });
         let st = state.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = l.accept().await {
-                if st.cut.load(Ordering::SeqCst) {
+            while let Ok((client, from)) = l.accept().await {
+                let blocked = st.blocked.lock().unwrap_or_else(|e| e.into_inner()).contains(&from.ip());
+                if blocked || st.cut.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
                 }
@@ -44,8 +49,8 @@ impl FaultProxy {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 });
                 let mut conns = st.conns.lock().unwrap_or_else(|e| e.into_inner());
-                conns.retain(|h| !h.is_finished());
-                conns.push(task.abort_handle());
+                conns.retain(|(_, h)| !h.is_finished());
+                conns.push((from.ip(), task.abort_handle()));
             }
         });
         Ok(Self { addr, state, accept })
@@ -59,12 +64,26 @@ impl FaultProxy {
     /// Drop every connection through the proxy and refuse new ones.
     pub fn cut(&self) {
         self.state.cut.store(true, Ordering::SeqCst);
-        for h in self.state.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for (_, h) in self.state.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             h.abort();
         }
     }
 
+    /// Drop the connections from `sources` and refuse their new ones.
+    pub fn block_from(&self, sources: &[IpAddr]) {
+        self.state.blocked.lock().unwrap_or_else(|e| e.into_inner()).extend(sources.iter().copied());
+        let mut conns = self.state.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|(ip, h)| {
+            let drop = sources.contains(ip);
+            if drop {
+                h.abort();
+            }
+            !drop
+        });
+    }
+
     pub fn heal(&self) {
+        self.state.blocked.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.state.cut.store(false, Ordering::SeqCst);
     }
 }

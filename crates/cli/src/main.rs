@@ -168,6 +168,9 @@ struct GatewayFlags {
     /// Smallest non-final multipart part in bytes (default S3's 5 MiB).
     #[arg(long, env = "AETHER_MIN_PART_SIZE")]
     min_part_size: Option<u64>,
+    /// Local address connections to blobd leave from (default: the system's choice).
+    #[arg(long, env = "AETHER_SOURCE_ADDR")]
+    source_addr: Option<std::net::IpAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -226,6 +229,9 @@ struct BlobdArgs {
     /// Bytes per second the scrub reads at most (0: no cap).
     #[arg(long, env = "AETHER_SCRUB_BYTES_PER_SEC")]
     scrub_bytes_per_sec: Option<u64>,
+    /// Local address connections to other daemons leave from (default: the system's choice).
+    #[arg(long, env = "AETHER_SOURCE_ADDR")]
+    source_addr: Option<std::net::IpAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -293,6 +299,9 @@ impl GatewayFlags {
         }
         if let Some(v) = self.min_part_size {
             cfg.min_part_size = v;
+        }
+        if let Some(v) = self.source_addr {
+            cfg.source_addr = Some(v);
         }
     }
 }
@@ -402,6 +411,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 if let Some(v) = a.scrub_bytes_per_sec {
                     cfg.scrub_bytes_per_sec = v;
+                }
+                if a.source_addr.is_some() {
+                    cfg.source_addr = a.source_addr;
                 }
                 let listeners = BlobdListeners {
                     grpc: bind(a.listen, "gRPC").await?,

@@ -14,11 +14,19 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Clone, Default)]
 pub struct ChannelPool {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Local address connections are made from (`None`: the system's choice).
+    source: Option<std::net::IpAddr>,
 }
 
 impl ChannelPool {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A pool whose connections leave from `source` (a multi-homed host choosing the
+    /// interface of its storage network).
+    pub fn with_source(source: Option<std::net::IpAddr>) -> Self {
+        Self { source, ..Self::default() }
     }
 
     /// The channel for `addr` (`host:port` or a full `http://` URI), created on first use.
@@ -27,7 +35,7 @@ impl ChannelPool {
         if let Some(ch) = map.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = endpoint(addr)?.connect_lazy();
+        let ch = endpoint(addr)?.local_address(self.source).connect_lazy();
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -71,6 +71,8 @@ pub struct BlobdConfig {
     /// Each scrub pass first removes blob files the index does not reference, and staging
     /// files, older than this (younger ones may be writes in flight).
     pub orphan_min_age_secs: u64,
+    /// Local address connections to other daemons leave from (`None`: the system's choice).
+    pub source_addr: Option<std::net::IpAddr>,
 }
 
 impl Default for BlobdConfig {
@@ -95,6 +97,7 @@ impl Default for BlobdConfig {
             scrub_interval_secs: 24 * 3600,
             scrub_bytes_per_sec: 16 << 20,
             orphan_min_age_secs: 3600,
+            source_addr: None,
         }
     }
 }
@@ -222,6 +225,7 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
             evict_grace: cfg.evict_grace_secs.map(Duration::from_secs),
             endpoints: cfg.metad_endpoints.clone(),
             keys: Keys::new(&cfg.catalog_prefix),
+            source_addr: cfg.source_addr,
         };
         tokio::spawn(sync::run(Arc::clone(&store), sc, stop.clone()))
     });

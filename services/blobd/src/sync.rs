@@ -82,6 +82,8 @@ pub struct SyncConfig {
     pub evict_grace: Option<Duration>,
     pub endpoints: Vec<String>,
     pub keys: Keys,
+    /// Local address connections to peers leave from.
+    pub source_addr: Option<std::net::IpAddr>,
 }
 
 /// The placement input both sides of an exchange agree on.
@@ -314,7 +316,7 @@ struct Cycle<'a> {
 }
 
 pub async fn run(store: Arc<Store>, cfg: SyncConfig, shutdown: Shutdown) {
-    let pool = ChannelPool::new();
+    let pool = ChannelPool::with_source(cfg.source_addr);
     let mut etcd: Option<etcd_client::Client> = None;
     let mut dead_since: HashMap<String, Instant> = HashMap::new();
     for name in [

@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub min_part_size: u64,
     /// Time limit of each blobd call that is not a body stream.
     pub request_timeout_secs: u64,
+    /// Local address connections to blobd leave from (`None`: the system's choice).
+    pub source_addr: Option<std::net::IpAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -55,6 +57,7 @@ impl Default for GatewayConfig {
             max_object_size: 5 << 30,
             min_part_size: 5 << 20,
             request_timeout_secs: 30,
+            source_addr: None,
         }
     }
 }

@@ -84,9 +84,10 @@ impl Store {
         write_quorum: Quorum,
         read_quorum: Quorum,
         timeout: Duration,
+        source_addr: Option<std::net::IpAddr>,
     ) -> Self {
         Self {
-            pool: ChannelPool::new(),
+            pool: ChannelPool::with_source(source_addr),
             catalog,
             hlc: Hlc::new(),
             gateway_id,

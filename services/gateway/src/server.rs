@@ -63,6 +63,7 @@ pub async fn run(cfg: GatewayConfig, listeners: GatewayListeners, shutdown: Shut
         cfg.write_quorum,
         cfg.read_quorum,
         Duration::from_secs(cfg.request_timeout_secs.max(1)),
+        cfg.source_addr,
     );
     let state = Arc::new(AppState { cfg, store });
     crate::cluster::register_metrics();
