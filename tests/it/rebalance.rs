@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use aether_common::catalog::NodeState;
 use aether_common::placement::{PlacementNode, replicas};
-use aether_proto::blob::v1::{GetUploadRequest, ListUploadsRequest, VersionsRequest};
+use aether_proto::blob::v1::{
+    GetUploadRequest, ListUploadsRequest, NodeStatsRequest, NodeStatsResponse, VersionsRequest,
+};
 use aether_tests::{Cluster, ClusterOptions, pattern, wait_for};
 use anyhow::Context as _;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -649,5 +651,81 @@ async fn a_replica_that_missed_multipart_writes_catches_up() -> anyhow::Result<(
     let got = s3.get_object().bucket("mpu-ae").key("open").send().await?;
     let want: Vec<u8> = pattern(3000, 1).into_iter().chain(pattern(2000, 2)).collect();
     assert_eq!(body_bytes(got).await, want);
+    Ok(())
+}
+
+async fn node_stats(c: &Cluster, i: usize) -> anyhow::Result<NodeStatsResponse> {
+    Ok(c.blob_client(i).await?.node_stats(NodeStatsRequest {}).await?.into_inner())
+}
+
+/// A node removed from the layout while it was down comes back after the tombstones of
+/// keys it held were collected. Without a guard its handoff would push those keys to
+/// owners that no longer hold them (and a gateway reading every node would serve them):
+/// deletes would come back. It starts quarantined (serves none of its copies), reconciles
+/// with the up-to-date nodes (drops what none of them holds), then hands off the rest; the
+/// deleted keys stay deleted throughout, the others stay readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_back_after_the_tombstone_grace_does_not_resurrect_deletes() -> anyhow::Result<()> {
+    let mut c = Cluster::start(ClusterOptions {
+        blobds: 4,
+        gateways: 1,
+        sync_interval_secs: 1,
+        tombstone_grace_secs: 2,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("back").send().await?;
+    let keys: Vec<String> = (0..60).map(|i| format!("k/{i:02}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        s3.put_object().bucket("back").key(k).body(bs(&body(i))).send().await?;
+    }
+    wait_for("blobd 3 to complete a sync cycle", Duration::from_secs(30), || async {
+        (node_stats(&c, 3).await.ok()?.last_synced_ms > 0).then_some(())
+    })
+    .await?;
+    let on3: Vec<String> = held(&c, 3, "back", &keys).await?.into_keys().collect();
+    c.stop_blobd(3).await?;
+    c.set_node(3, |n| n.state = NodeState::Removed).await?;
+    let deleted: Vec<String> = on3.iter().step_by(2).cloned().collect();
+    assert!(deleted.len() >= 10, "blobd 3 held {} keys", on3.len());
+    for k in &deleted {
+        s3.delete_object().bucket("back").key(k).send().await?;
+    }
+    let kept: Vec<String> = keys.iter().filter(|k| !deleted.contains(k)).cloned().collect();
+    let three = placement(&c, &[0, 1, 2]);
+    wait_for("the tombstones collected, every other key on its 3 owners", Duration::from_secs(60), || async {
+        for i in 0..3 {
+            if !held(&c, i, "back", &deleted).await.ok()?.is_empty() {
+                return None;
+            }
+        }
+        let have = copies(&c, &[0, 1, 2], "back", &kept).await.ok()?;
+        misplaced(&have, &three, "back", 3).is_empty().then_some(())
+    })
+    .await?;
+
+    // Back, still `removed`, with its old copies. Every read of a deleted key must miss,
+    // from its start until it has reconciled and handed off everything.
+    c.start_blobd(3).await?;
+    wait_for("blobd 3 reconciled and handed off (holds nothing)", Duration::from_secs(60), || async {
+        for k in &deleted {
+            let r = s3.get_object().bucket("back").key(k).send().await;
+            assert!(r.is_err(), "{k} was deleted, and read back while blobd 3 returned");
+        }
+        let s = node_stats(&c, 3).await.ok()?;
+        (!s.quarantined && s.last_synced_ms > 0 && held(&c, 3, "back", &keys).await.ok()?.is_empty()).then_some(())
+    })
+    .await?;
+    for i in 0..4 {
+        assert!(held(&c, i, "back", &deleted).await?.is_empty(), "blobd {i} holds a deleted key");
+    }
+    for k in &deleted {
+        assert_eq!(crate::err_code(s3.get_object().bucket("back").key(k).send().await), "NoSuchKey", "{k}");
+    }
+    for (i, k) in keys.iter().enumerate().filter(|(_, k)| !deleted.contains(k)) {
+        let got = s3.get_object().bucket("back").key(k).send().await?;
+        assert_eq!(body_bytes(got).await, body(i), "{k}");
+    }
     Ok(())
 }

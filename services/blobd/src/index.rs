@@ -552,6 +552,22 @@ impl Index {
         .await
     }
 
+    /// A value the sync loop keeps across restarts (`sync_state`).
+    pub async fn state(&self, name: &str) -> Result<Option<i64>> {
+        let row =
+            sqlx::query("SELECT value FROM sync_state WHERE name = ?1").bind(name).fetch_optional(&self.read).await?;
+        row.map(|r| Ok(r.try_get::<i64, _>("value")?)).transpose()
+    }
+
+    pub async fn set_state(&self, name: &str, value: i64) -> Result<()> {
+        sqlx::query("INSERT INTO sync_state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value")
+            .bind(name)
+            .bind(value)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
     /// Forget uploads ended before `cutoff_ms` (past the tombstone grace); how many.
     pub async fn collect_ended_uploads(&self, cutoff_ms: i64) -> Result<u64> {
         let done =

@@ -156,6 +156,14 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
             return Err(e);
         }
     };
+    // Before serving: a daemon back from an absence longer than the tombstone grace serves
+    // nothing of what it holds until its first sync cycle has reconciled it.
+    if cfg.sync_interval_secs > 0
+        && let Err(e) = sync::check_absence(&store, Duration::from_secs(cfg.tombstone_grace_secs)).await
+    {
+        index.close().await;
+        return Err(e);
+    }
     // A local stop signal: follows the caller's, and also fires when the server ends on
     // its own (without stopping the caller's other services).
     let stop = Shutdown::new();

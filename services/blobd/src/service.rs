@@ -41,6 +41,10 @@ pub struct Store {
     /// Keys whose local copy failed a block checksum (read or scrub): the sync loop
     /// replaces each with a good copy from a peer holding the same version.
     suspects: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// Back from an absence longer than the tombstone grace, not reconciled yet: its copies
+    /// may be of keys deleted (and their tombstones collected) meanwhile, so it serves none
+    /// of them (Get / Head answer not found, List nothing) and pushes none (see `sync`).
+    quarantined: std::sync::atomic::AtomicBool,
 }
 
 /// Suspect keys remembered at most (more are found again by the next scrub).
@@ -78,7 +82,17 @@ impl Store {
             live: AtomicI64::new(live),
             live_bytes: AtomicI64::new(bytes),
             suspects: Default::default(),
+            quarantined: Default::default(),
         })
+    }
+
+    pub fn quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Acquire)
+    }
+
+    pub fn set_quarantined(&self, on: bool) {
+        self.quarantined.store(on, Ordering::Release);
+        metrics::gauge!("blobd_quarantined").set(if on { 1.0 } else { 0.0 });
     }
 
     /// Live objects and their bytes (kept current by every applied write).
@@ -317,6 +331,9 @@ impl BlobSvc {
     async fn do_get(&self, req: GetRequest) -> Result<ReceiverStream<Result<GetResponse, Status>>> {
         validate_target(&req.bucket, &req.key)?;
         metrics::counter!("blobd_gets_total").increment(1);
+        if self.store.quarantined() {
+            return Err(BlobdError::NotFound);
+        }
         // A concurrent overwrite may unlink the files between reading the row and
         // opening them: read the row again (bounded).
         let mut attempt = 0;
@@ -359,6 +376,9 @@ impl BlobSvc {
     async fn do_list(&self, req: ListRequest) -> Result<ListResponse> {
         if req.bucket.is_empty() {
             return Err(BlobdError::InvalidArgument("bucket is empty".into()));
+        }
+        if self.store.quarantined() {
+            return Ok(ListResponse::default());
         }
         let limit = match req.limit {
             0 => DEFAULT_LIST_LIMIT,
@@ -481,6 +501,9 @@ impl BlobService for BlobSvc {
         let req = request.into_inner();
         async {
             validate_target(&req.bucket, &req.key)?;
+            if self.store.quarantined() {
+                return Err(BlobdError::NotFound);
+            }
             let row = self.store.index.get_object(&req.bucket, &req.key).await?.ok_or(BlobdError::NotFound)?;
             let mut meta = row.meta;
             meta.version = Some(row.ver.to_wire());
@@ -548,7 +571,15 @@ impl BlobService for BlobSvc {
 
     async fn node_stats(&self, _request: Request<NodeStatsRequest>) -> Result<Response<NodeStatsResponse>, Status> {
         let (objects, bytes) = self.store.totals();
-        Ok(Response::new(NodeStatsResponse { node_id: self.store.node_id.clone(), objects, bytes }))
+        let last_synced_ms =
+            self.store.index.state(crate::sync::LAST_SYNCED).await.map_err(Status::from)?.unwrap_or_default();
+        Ok(Response::new(NodeStatsResponse {
+            node_id: self.store.node_id.clone(),
+            objects,
+            bytes,
+            last_synced_ms,
+            quarantined: self.store.quarantined(),
+        }))
     }
 
     async fn create_upload(

@@ -237,7 +237,7 @@ pub async fn versions(store: &Store, req: pb::VersionsRequest) -> Result<pb::Ver
             });
         }
     }
-    Ok(pb::VersionsResponse { entries })
+    Ok(pb::VersionsResponse { entries, stale: store.quarantined() })
 }
 
 // ---- the loop ----
@@ -315,6 +315,33 @@ struct Cycle<'a> {
     throttle: tokio::sync::Mutex<Throttle>,
 }
 
+/// `sync_state` name of the start of the last cycle that reached every live peer without
+/// an error (Unix milliseconds).
+pub(crate) const LAST_SYNCED: &str = "last_synced_ms";
+
+/// Whether this daemon has been out of sync for longer than the tombstone grace: a peer
+/// may have collected tombstones of deletes it never saw, so its copies of those keys
+/// would come back (pushed to owners that no longer hold the key, or read and repaired by
+/// a gateway). A daemon that never synced (new, or from before this record) is not.
+async fn absent_too_long(store: &Store, grace: Duration, now_ms: i64) -> Result<bool> {
+    let last = store.index.state(LAST_SYNCED).await?;
+    Ok(last.is_some_and(|l| now_ms.saturating_sub(l) > grace.as_millis() as i64))
+}
+
+/// At start, before serving: quarantine the daemon if it was away too long (see
+/// `absent_too_long`); its first sync cycle reconciles it.
+pub async fn check_absence(store: &Store, grace: Duration) -> Result<()> {
+    if absent_too_long(store, grace, crate::index::now_ms()).await? {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "this daemon was out of sync longer than the tombstone grace: it serves nothing it holds until \
+             it has dropped what no up-to-date node holds (deleted keys whose tombstones were collected)"
+        );
+        store.set_quarantined(true);
+    }
+    Ok(())
+}
+
 pub async fn run(store: Arc<Store>, cfg: SyncConfig, shutdown: Shutdown) {
     let pool = ChannelPool::with_source(cfg.source_addr);
     let mut etcd: Option<etcd_client::Client> = None;
@@ -329,15 +356,20 @@ pub async fn run(store: Arc<Store>, cfg: SyncConfig, shutdown: Shutdown) {
         "blobd_bitrot_healed_total",
         "blobd_sync_uploads_handed_off_total",
         "blobd_sync_uploads_ended_total",
+        "blobd_sync_stale_dropped_total",
     ] {
         metrics::counter!(name).increment(0);
     }
     metrics::gauge!("blobd_sync_pending_handoff").set(0.0);
+    metrics::gauge!("blobd_quarantined").set(if store.quarantined() { 1.0 } else { 0.0 });
+    // A quarantined daemon reconciles at once rather than after a whole interval.
+    let mut wait = if store.quarantined() { Duration::from_millis(200) } else { cfg.interval };
     loop {
         tokio::select! {
             _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(cfg.interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = cfg.interval;
         let started = Instant::now();
         let res = tokio::select! {
             _ = shutdown.wait() => return,
@@ -493,6 +525,7 @@ async fn one_cycle(
         .map(|(id, (n, _))| PlacementNode { id: id.clone(), zone: n.zone.clone(), weight: n.weight })
         .collect();
     let scope = Scope { nodes, rf: cfg.replication_factor.max(1) };
+    let started_ms = crate::index::now_ms();
     let mut cycle = Cycle {
         store,
         cfg,
@@ -502,6 +535,17 @@ async fn one_cycle(
         stats: CycleStats::default(),
         throttle: tokio::sync::Mutex::new(Throttle::new(cfg.max_bytes_per_sec)),
     };
+    if !store.quarantined() && absent_too_long(store, cfg.tombstone_grace, started_ms).await? {
+        tracing::warn!("out of sync longer than the tombstone grace: quarantined until reconciled");
+        store.set_quarantined(true);
+    }
+    if store.quarantined() {
+        if !cycle.reconcile().await? {
+            return Ok(Some(cycle.stats));
+        }
+        store.index.set_state(LAST_SYNCED, started_ms).await?;
+        store.set_quarantined(false);
+    }
     cycle.heal_suspects().await;
     let cutoff = crate::index::now_ms().saturating_sub(cfg.tombstone_grace.as_millis() as i64);
     if let Err(e) = store.index.collect_ended_uploads(cutoff).await {
@@ -512,6 +556,9 @@ async fn one_cycle(
             tracing::warn!(bucket, error = %e, "sync of a bucket failed");
             cycle.stats.errors += 1;
         }
+    }
+    if cycle.stats.errors == 0 {
+        store.index.set_state(LAST_SYNCED, started_ms).await?;
     }
     Ok(Some(cycle.stats))
 }
@@ -689,7 +736,9 @@ impl Cycle<'_> {
                 continue;
             }
             match self.owner_versions(bucket, owner, &rows).await {
-                Ok(held) => {
+                // Back from a long absence, not reconciled: its copies prove nothing.
+                Ok((_, true)) => older.extend(rows.iter().map(|r| r.key.as_str())),
+                Ok((held, false)) => {
                     for row in rows {
                         let Some((ver, tags_hlc)) = held.get(row.key.as_str()) else { continue };
                         if *ver > row.ver {
@@ -712,6 +761,68 @@ impl Cycle<'_> {
             }
         }
         Holders { holds, newer, older }
+    }
+
+    /// Reconcile a daemon back from an absence longer than the tombstone grace: drop every
+    /// local key no up-to-date daemon holds in any version (value or tombstone) — a key
+    /// deleted while it was away whose tombstones were collected since, or one lost
+    /// everywhere else —, so it can neither push it back nor serve it. Every other daemon
+    /// that may hold data must be alive to decide; if all of them are themselves back from
+    /// the same absence, nobody collected anything meanwhile and nothing is dropped.
+    /// Whether the reconcile completed.
+    async fn reconcile(&mut self) -> Result<bool> {
+        let me = self.me().to_string();
+        let others: Vec<String> = self
+            .layout
+            .nodes
+            .iter()
+            .filter(|(id, (n, _))| **id != me && (n.state != NodeState::Removed || self.alive(id)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Some(dead) = others.iter().find(|o| !self.alive(o)) {
+            tracing::warn!(node = %dead, "quarantined until every data node is alive to reconcile with");
+            return Ok(false);
+        }
+        let mut dropped = 0u64;
+        for bucket in self.store.index.buckets().await? {
+            let mut rows = self.store.index.rows(&bucket, None);
+            let mut batch: Vec<SyncRow> = Vec::new();
+            loop {
+                let row = rows.next().await?;
+                let end = row.is_none();
+                batch.extend(row);
+                if batch.is_empty() || (batch.len() < HANDOFF_BATCH && !end) {
+                    if end {
+                        break;
+                    }
+                    continue;
+                }
+                let refs: Vec<&SyncRow> = batch.iter().collect();
+                let (mut fresh, mut held) = (0usize, HashSet::new());
+                for o in &others {
+                    let (h, stale) = self.owner_versions(&bucket, o, &refs).await?;
+                    if !stale {
+                        fresh += 1;
+                        held.extend(h.into_keys());
+                    }
+                }
+                if fresh == 0 {
+                    tracing::info!("every other data node is back from the same absence: nothing to drop");
+                    return Ok(true);
+                }
+                for r in std::mem::take(&mut batch) {
+                    if !held.contains(&r.key) && self.drop_copy(&bucket, &r).await {
+                        dropped += 1;
+                    }
+                }
+                if end {
+                    break;
+                }
+            }
+        }
+        metrics::counter!("blobd_sync_stale_dropped_total").increment(dropped);
+        tracing::warn!(dropped, "reconciled after a long absence: dropped the keys no up-to-date node holds");
+        Ok(true)
     }
 
     /// Drop the local copy of `row` if it is still that version.
@@ -792,7 +903,7 @@ impl Cycle<'_> {
         bucket: &str,
         owner: &str,
         rows: &[&SyncRow],
-    ) -> Result<HashMap<String, (Ver, u64)>> {
+    ) -> Result<(HashMap<String, (Ver, u64)>, bool)> {
         let mut client = self.client(owner)?;
         let req =
             pb::VersionsRequest { bucket: bucket.to_string(), keys: rows.iter().map(|r| r.key.clone()).collect() };
@@ -803,14 +914,15 @@ impl Cycle<'_> {
             .into_inner();
         self.stats.digest_bytes += prost::Message::encoded_len(&resp) as u64;
         metrics::counter!("blobd_sync_digest_bytes_total").increment(prost::Message::encoded_len(&resp) as u64);
-        Ok(resp
+        let held = resp
             .entries
             .into_iter()
             .filter_map(|e| {
                 let ver = Ver::from_wire(e.version.as_ref()).ok()?;
                 Some((e.key, (ver, e.tags_hlc)))
             })
-            .collect())
+            .collect();
+        Ok((held, resp.stale))
     }
 
     /// Push the local copies of `rows` to `peer`, `concurrency` at a time; whether each
@@ -1045,7 +1157,7 @@ impl Cycle<'_> {
         }
         for (other, rows) in theirs {
             match self.owner_versions(bucket, &other, &rows).await {
-                Ok(held) => {
+                Ok((held, false)) => {
                     for r in rows {
                         let covered = held
                             .get(r.key.as_str())
@@ -1056,7 +1168,7 @@ impl Cycle<'_> {
                     }
                 }
                 // Cannot tell: push (a duplicate costs bytes, not correctness).
-                Err(_) => mine.extend(rows),
+                Ok((_, true)) | Err(_) => mine.extend(rows),
             }
         }
         self.push_all(bucket, peer, mine).await;
