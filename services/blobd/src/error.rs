@@ -41,6 +41,8 @@ pub enum BlobdError {
     Corrupt(String),
     #[error("{0}")]
     Bitrot(String),
+    #[error("quarantined: out of sync longer than the tombstone grace, reconciling")]
+    Quarantined,
     #[error("grpc transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("background task failed: {0}")]
@@ -67,6 +69,8 @@ impl BlobdError {
             Self::Corrupt(_) => (Code::Internal, "corrupt", false),
             // Another replica can serve it; this copy is being replaced.
             Self::Bitrot(_) => (Code::DataLoss, "bitrot", true),
+            // Another replica can serve it; this daemon's copies may be deletes it missed.
+            Self::Quarantined => (Code::Unavailable, "quarantined", true),
             Self::Transport(_) | Self::Join(_) => (Code::Internal, "internal", true),
         }
     }

@@ -43,7 +43,7 @@ pub struct Store {
     suspects: std::sync::Mutex<std::collections::BTreeSet<(String, String)>>,
     /// Back from an absence longer than the tombstone grace, not reconciled yet: its copies
     /// may be of keys deleted (and their tombstones collected) meanwhile, so it serves none
-    /// of them (Get / Head answer not found, List nothing) and pushes none (see `sync`).
+    /// of them (Get / Head answer unavailable, List nothing) and pushes none (see `sync`).
     quarantined: std::sync::atomic::AtomicBool,
 }
 
@@ -332,7 +332,7 @@ impl BlobSvc {
         validate_target(&req.bucket, &req.key)?;
         metrics::counter!("blobd_gets_total").increment(1);
         if self.store.quarantined() {
-            return Err(BlobdError::NotFound);
+            return Err(BlobdError::Quarantined);
         }
         // A concurrent overwrite may unlink the files between reading the row and
         // opening them: read the row again (bounded).
@@ -502,7 +502,7 @@ impl BlobService for BlobSvc {
         async {
             validate_target(&req.bucket, &req.key)?;
             if self.store.quarantined() {
-                return Err(BlobdError::NotFound);
+                return Err(BlobdError::Quarantined);
             }
             let row = self.store.index.get_object(&req.bucket, &req.key).await?.ok_or(BlobdError::NotFound)?;
             let mut meta = row.meta;

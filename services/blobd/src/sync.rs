@@ -375,6 +375,10 @@ pub async fn run(store: Arc<Store>, cfg: SyncConfig, shutdown: Shutdown) {
             _ = shutdown.wait() => return,
             r = one_cycle(&store, &cfg, &pool, &mut etcd, &mut dead_since) => r,
         };
+        if store.quarantined() {
+            // Not reconciled yet (not registered, a data node down): try again soon.
+            wait = cfg.interval.min(Duration::from_secs(1));
+        }
         let secs = started.elapsed().as_secs_f64();
         metrics::histogram!("blobd_sync_cycle_seconds").record(secs);
         match res {
