@@ -729,3 +729,63 @@ async fn a_node_back_after_the_tombstone_grace_does_not_resurrect_deletes() -> a
     }
     Ok(())
 }
+
+/// A whole cluster (4 blobd, RF 3) powered off longer than the tombstone grace: every node
+/// comes back quarantined, and none may drop a key another node holds (a node that
+/// reconciled first must not become the only reference of the next ones: that cascade
+/// would drop every key it does not own). Every object is readable afterwards and still
+/// has exactly 3 copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whole_cluster_back_after_the_tombstone_grace_loses_nothing() -> anyhow::Result<()> {
+    let mut c = Cluster::start(ClusterOptions {
+        blobds: 4,
+        gateways: 1,
+        sync_interval_secs: 1,
+        tombstone_grace_secs: 1,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("off").send().await?;
+    let keys: Vec<String> = (0..60).map(|i| format!("k/{i:02}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        s3.put_object().bucket("off").key(k).body(bs(&body(i))).send().await?;
+    }
+    let mut last = 0;
+    for i in 0..4 {
+        let s = wait_for("a completed sync cycle", Duration::from_secs(30), || async {
+            let s = node_stats(&c, i).await.ok()?;
+            (s.last_synced_ms > 0).then_some(s)
+        })
+        .await?;
+        last = last.max(s.last_synced_ms);
+    }
+    for i in 0..4 {
+        c.stop_blobd(i).await?;
+    }
+    // Off for longer than the grace (the clock is the condition).
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64);
+    wait_for("the grace to pass", Duration::from_secs(10), || async { (now_ms().ok()? > last + 1500).then_some(()) })
+        .await?;
+    for i in 0..4 {
+        c.start_blobd(i).await?;
+    }
+    c.wait_alive(4).await?;
+    wait_for("every node out of quarantine", Duration::from_secs(60), || async {
+        for i in 0..4 {
+            if node_stats(&c, i).await.ok()?.quarantined {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    let four = placement(&c, &[0, 1, 2, 3]);
+    let have = copies(&c, &[0, 1, 2, 3], "off", &keys).await?;
+    assert_eq!(misplaced(&have, &four, "off", 3), Vec::<String>::new(), "every key still on its 3 owners");
+    for (i, k) in keys.iter().enumerate() {
+        let got = s3.get_object().bucket("off").key(k).send().await?;
+        assert_eq!(body_bytes(got).await, body(i), "{k}");
+    }
+    Ok(())
+}

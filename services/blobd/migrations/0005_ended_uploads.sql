@@ -6,4 +6,4 @@ CREATE TABLE ended_uploads (
     key       BLOB    NOT NULL,
     ended_ms  INTEGER NOT NULL
 );
-CREATE INDEX ended_uploads_by_bucket ON ended_uploads (bucket, upload_id);
+CREATE INDEX ended_uploads_by_time ON ended_uploads (ended_ms);

@@ -470,9 +470,9 @@ impl Index {
         Ok((up, parts_of(&self.read, upload_id).await?))
     }
 
-    /// A bucket's uploads, in progress or ended (`ended_uploads`), in upload id order after
-    /// `after`, at most `limit`; the parts of those in progress. The second value is the
-    /// last upload id read (`None`: the end was reached).
+    /// A bucket's uploads in progress with their parts, in upload id order after `after`,
+    /// at most `limit`. The second value is the last upload id read (`None`: the end was
+    /// reached).
     pub async fn sync_uploads(
         &self,
         bucket: &str,
@@ -481,7 +481,6 @@ impl Index {
     ) -> Result<(Vec<SyncUpload>, Option<String>)> {
         let rows = sqlx::query(
             "SELECT upload_id, key, 0 AS ended FROM uploads WHERE bucket = ?1 AND upload_id > ?2 \
-             UNION ALL SELECT upload_id, key, 1 AS ended FROM ended_uploads WHERE bucket = ?1 AND upload_id > ?2 \
              ORDER BY upload_id LIMIT ?3",
         )
         .bind(bucket)
@@ -537,16 +536,28 @@ impl Index {
     }
 
     /// Remove an upload this daemon no longer owns once its owners hold it (handoff): no
-    /// `ended_uploads` row, the upload goes on elsewhere. Returns the parts' blobs.
-    pub async fn drop_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<String>> {
+    /// `ended_uploads` row, the upload goes on elsewhere. Only if its parts are still
+    /// `expect` (part number, ETag: a part committed since has not been handed off): the
+    /// parts' blobs, or `None` when they changed.
+    pub async fn drop_upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        expect: &[(u32, &str)],
+    ) -> Result<Option<Vec<String>>> {
         let span = tracing::info_span!("index.commit", op = "drop_upload");
         async {
             let mut tx = self.write.begin().await?;
             load_upload(&mut *tx, bucket, key, upload_id).await?;
             let blobs = part_blobs(&mut tx, upload_id).await?;
+            let now: Vec<(u32, &str)> = blobs.iter().map(|p| (p.number, p.etag.as_str())).collect();
+            if now != expect {
+                return Ok(None);
+            }
             delete_upload(&mut tx, upload_id).await?;
             tx.commit().await?;
-            Ok(blobs.into_iter().map(|p| p.blob).collect())
+            Ok(Some(blobs.into_iter().map(|p| p.blob).collect()))
         }
         .instrument(span)
         .await
@@ -649,7 +660,8 @@ impl Index {
         load_upload(&self.read, bucket, key, upload_id).await.map(|_| ())
     }
 
-    /// Record a part; returns the blob of the part it replaced, if any.
+    /// Record a part; returns the blob to unlink: the part it replaced, if any, or its own
+    /// when a copied part (`recorded_ms`) lost to one recorded here later.
     #[allow(clippy::too_many_arguments)]
     pub async fn put_part(
         &self,
@@ -667,13 +679,24 @@ impl Index {
         async {
             let mut tx = self.write.begin().await?;
             load_upload(&mut *tx, bucket, key, upload_id).await?;
-            let old = sqlx::query("SELECT blob_id FROM parts WHERE upload_id = ?1 AND part_number = ?2")
-                .bind(upload_id)
-                .bind(i64::from(part_number))
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get::<String, _>("blob_id"))
-                .transpose()?;
+            let stored =
+                sqlx::query("SELECT blob_id, last_modified_ms FROM parts WHERE upload_id = ?1 AND part_number = ?2")
+                    .bind(upload_id)
+                    .bind(i64::from(part_number))
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let old = match stored {
+                Some(r) => {
+                    // A copy from a peer (anti-entropy) never replaces a part recorded here
+                    // later (the client uploaded that part number again meanwhile).
+                    let at: i64 = r.try_get("last_modified_ms")?;
+                    if recorded_ms.is_some_and(|copied| copied <= at) {
+                        return Ok(Some(blob_id.to_string()));
+                    }
+                    Some(r.try_get::<String, _>("blob_id")?)
+                }
+                None => None,
+            };
             sqlx::query(
                 "INSERT INTO parts (upload_id, part_number, blob_id, size, etag, last_modified_ms, checksum) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
@@ -697,23 +720,12 @@ impl Index {
         .await
     }
 
-    /// Delete an upload and its parts and remember it ended; returns the parts' blobs. An
-    /// upload id this daemon never heard of is remembered as ended too (and answered
-    /// `NoSuchUpload`): it missed the create, and must refuse a late copy from a peer.
+    /// Delete an upload and its parts and remember it ended (`ended_uploads`); returns the
+    /// parts' blobs.
     pub async fn abort_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Vec<String>> {
         let span = tracing::info_span!("index.commit", op = "abort_upload");
         async {
             let mut tx = self.write.begin().await?;
-            let known = sqlx::query("SELECT 1 FROM uploads WHERE upload_id = ?1")
-                .bind(upload_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !known {
-                record_ended(&mut tx, bucket, key, upload_id).await?;
-                tx.commit().await?;
-                return Err(BlobdError::NoSuchUpload);
-            }
             load_upload(&mut *tx, bucket, key, upload_id).await?;
             let blobs = part_blobs(&mut tx, upload_id).await?;
             delete_upload(&mut tx, upload_id).await?;

@@ -45,6 +45,8 @@ pub struct Store {
     /// may be of keys deleted (and their tombstones collected) meanwhile, so it serves none
     /// of them (Get / Head answer unavailable, List nothing) and pushes none (see `sync`).
     quarantined: std::sync::atomic::AtomicBool,
+    /// When the quarantine began (Unix ms): writes since are not the absence's leftovers.
+    quarantined_at: AtomicI64,
 }
 
 /// Suspect keys remembered at most (more are found again by the next scrub).
@@ -83,6 +85,7 @@ impl Store {
             live_bytes: AtomicI64::new(bytes),
             suspects: Default::default(),
             quarantined: Default::default(),
+            quarantined_at: AtomicI64::new(0),
         })
     }
 
@@ -90,7 +93,14 @@ impl Store {
         self.quarantined.load(Ordering::Acquire)
     }
 
+    pub fn quarantined_at_ms(&self) -> i64 {
+        self.quarantined_at.load(Ordering::Acquire)
+    }
+
     pub fn set_quarantined(&self, on: bool) {
+        if on {
+            self.quarantined_at.store(crate::index::now_ms(), Ordering::Release);
+        }
         self.quarantined.store(on, Ordering::Release);
         metrics::gauge!("blobd_quarantined").set(if on { 1.0 } else { 0.0 });
     }

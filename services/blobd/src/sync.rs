@@ -315,8 +315,8 @@ struct Cycle<'a> {
     throttle: tokio::sync::Mutex<Throttle>,
 }
 
-/// `sync_state` name of the start of the last cycle that reached every live peer without
-/// an error (Unix milliseconds).
+/// `sync_state` name of the start of the last cycle that exchanged with at least one live
+/// peer, or had none (Unix milliseconds).
 pub(crate) const LAST_SYNCED: &str = "last_synced_ms";
 
 /// Whether this daemon has been out of sync for longer than the tombstone grace: a peer
@@ -561,7 +561,11 @@ async fn one_cycle(
             cycle.stats.errors += 1;
         }
     }
-    if cycle.stats.errors == 0 {
+    // In touch with the cluster: some peer exchange went through (or there is no other live
+    // node to be out of touch with).
+    let me = store.node_id.as_str();
+    let lonely = !cycle.layout.alive.keys().any(|id| id != me);
+    if lonely || cycle.stats.peers_in_sync + cycle.stats.peers_differing > 0 {
         store.index.set_state(LAST_SYNCED, started_ms).await?;
     }
     Ok(Some(cycle.stats))
@@ -768,12 +772,14 @@ impl Cycle<'_> {
     }
 
     /// Reconcile a daemon back from an absence longer than the tombstone grace: drop every
-    /// local key no up-to-date daemon holds in any version (value or tombstone) — a key
-    /// deleted while it was away whose tombstones were collected since, or one lost
-    /// everywhere else —, so it can neither push it back nor serve it. Every other daemon
-    /// that may hold data must be alive to decide; if all of them are themselves back from
-    /// the same absence, nobody collected anything meanwhile and nothing is dropped.
-    /// Whether the reconcile completed.
+    /// local key, written before the quarantine began, that no other daemon holds in any
+    /// version (value or tombstone) — a key deleted while it was away whose tombstones were
+    /// collected since, or one lost everywhere else —, so it can neither push it back nor
+    /// serve it. Every other daemon that may hold data must be alive to decide. A copy on
+    /// another daemon that is itself back from an absence counts too (dropping on its word
+    /// alone could cascade into data loss when several come back); and if *every* other
+    /// daemon is back from an absence, nobody collected anything meanwhile: nothing is
+    /// dropped. Whether the reconcile completed.
     async fn reconcile(&mut self) -> Result<bool> {
         let me = self.me().to_string();
         let others: Vec<String> = self
@@ -805,17 +811,17 @@ impl Cycle<'_> {
                 let (mut fresh, mut held) = (0usize, HashSet::new());
                 for o in &others {
                     let (h, stale) = self.owner_versions(&bucket, o, &refs).await?;
-                    if !stale {
-                        fresh += 1;
-                        held.extend(h.into_keys());
-                    }
+                    fresh += usize::from(!stale);
+                    held.extend(h.into_keys());
                 }
                 if fresh == 0 {
-                    tracing::info!("every other data node is back from the same absence: nothing to drop");
+                    tracing::info!("every other data node is back from an absence too: nothing to drop");
                     return Ok(true);
                 }
+                let since = u64::try_from(self.store.quarantined_at_ms()).unwrap_or(0);
                 for r in std::mem::take(&mut batch) {
-                    if !held.contains(&r.key) && self.drop_copy(&bucket, &r).await {
+                    let before = (r.ver.hlc >> 16) < since;
+                    if before && !held.contains(&r.key) && self.drop_copy(&bucket, &r).await {
                         dropped += 1;
                     }
                 }

@@ -234,24 +234,8 @@ impl Store {
         Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
         T: Send + 'static,
     {
-        self.write_unary_on(replicas, self.write_quorum(replicas.len()), what, call).await
-    }
-
-    /// `write_unary` on `targets`, succeeding once `need` of them answered (a multipart
-    /// complete may also go to nodes outside the key's replica set that hold the upload).
-    pub async fn write_unary_on<T, F, Fut>(
-        &self,
-        targets: &[Replica],
-        need: usize,
-        what: &'static str,
-        call: F,
-    ) -> Result<Vec<T>, S3Error>
-    where
-        F: Fn(BlobClient) -> Fut,
-        Fut: Future<Output = Result<T, tonic::Status>> + Send + 'static,
-        T: Send + 'static,
-    {
-        let (oks, errs) = self.unary_quorum(targets, need, call).await;
+        let need = self.write_quorum(replicas.len());
+        let (oks, errs) = self.unary_quorum(replicas, need, call).await;
         if oks.len() < need {
             for e in &errs {
                 tracing::warn!(op = what, code = ?e.code(), message = e.message(), "replica write failed");

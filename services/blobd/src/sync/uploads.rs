@@ -4,8 +4,8 @@
 //! into the digest tree: each cycle, a daemon asks every live co-owner of each upload it
 //! holds what that peer holds of it (`Uploads`, by upload id), and
 //!
-//! - a peer that *ended* it (completed or aborted: `ended_uploads`, kept for the tombstone
-//!   grace) makes this daemon end its copy too (a replica that missed the complete or the
+//! - a peer that *ended* it (completed or aborted there: `ended_uploads`, kept for the
+//!   tombstone grace) makes this daemon end its copy too (a replica that missed the complete or the
 //!   abort must not keep, or push back, a dead upload);
 //! - a peer that lacks it gets it (`CreateUpload` with the same meta);
 //! - a peer that lacks a part, or holds an older different copy of a part number, gets the
@@ -177,28 +177,34 @@ impl Cycle<'_> {
             }
             let complete = |c: &PeerCopy| matches!(c, PeerCopy::Lacks(p) if p.is_empty());
             let mut holders = copies.iter().filter(|(_, c)| complete(c)).count();
-            if holders == 0
-                && let Some((first, copy)) = copies.first()
-                && let Ok(client) = self.client(first)
-            {
-                let (create, parts) = match copy {
-                    PeerCopy::Lacks(p) => (false, p.clone()),
-                    _ => (true, u.parts.iter().collect()),
-                };
-                if self.send_upload(client, bucket, first, u, create, parts).await {
-                    holders += 1;
+            // No owner holds every local part: send them to the first owner (in placement
+            // order) that takes them; anti-entropy among the owners does the rest.
+            if holders == 0 {
+                for (owner, copy) in &copies {
+                    let Ok(client) = self.client(owner) else { continue };
+                    let (create, parts) = match copy {
+                        PeerCopy::Lacks(p) => (false, p.clone()),
+                        _ => (true, u.parts.iter().collect()),
+                    };
+                    if self.send_upload(client, bucket, owner, u, create, parts).await {
+                        holders += 1;
+                        break;
+                    }
                 }
             }
             if owners.is_empty() || holders < owners.len() || copies.len() < owners.len() {
                 self.stats.pending_handoff += 1;
                 continue;
             }
-            match self.store.index.drop_upload(bucket, &u.key, &u.upload_id).await {
-                Ok(blobs) => {
+            let expect: Vec<(u32, &str)> = u.parts.iter().map(|p| (p.part_number, p.etag.as_str())).collect();
+            match self.store.index.drop_upload(bucket, &u.key, &u.upload_id, &expect).await {
+                Ok(Some(blobs)) => {
                     self.store.dir.unlink(blobs).await;
                     self.stats.handed_off += 1;
                     metrics::counter!("blobd_sync_uploads_handed_off_total").increment(1);
                 }
+                // A part arrived since the owners were asked: the next cycle hands it off.
+                Ok(None) => self.stats.pending_handoff += 1,
                 // Completed, aborted or dropped meanwhile.
                 Err(BlobdError::NoSuchUpload) => {}
                 Err(e) => {

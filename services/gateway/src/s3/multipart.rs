@@ -261,13 +261,17 @@ async fn follow_upload(state: &AppState, replicas: &[Replica], bucket: &str, key
     let lacking: Vec<Replica> =
         replicas.iter().filter(|r| r.alive && !held.iter().any(|(h, _)| h.id == r.id)).cloned().collect();
     let req = pb::CreateUploadRequest { upload_id: upload_id.to_string(), meta: Some(meta) };
-    let (created, _) = state
+    let (created, refused) = state
         .store
         .unary_quorum(&lacking, lacking.len(), |mut c| {
             let req = req.clone();
             async move { c.create_upload(req).await.map(|r| r.into_inner()) }
         })
         .await;
+    if !lacking.is_empty() && created.is_empty() && refused.iter().all(|e| e.code() == tonic::Code::NotFound) {
+        // Refused everywhere: the upload ended meanwhile (completed or aborted).
+        return S3Error::NoSuchUpload;
+    }
     metrics::counter!("gateway_upload_follows_total").increment(1);
     tracing::info!(
         upload_id,
@@ -552,6 +556,8 @@ pub async fn handle_complete_multipart_upload(
         h.iter().filter(|(_, u)| holds_all(u)).count() >= need
     })
     .await?;
+    // (Nodes outside the replica set are asked only to tell a part that is missing from
+    // one that is still moving.)
     // A part counts if any holder of the upload holds it.
     let mut stored: HashMap<u32, pb::UploadPart> = HashMap::new();
     for (_, upload) in &uploads {
@@ -568,18 +574,17 @@ pub async fn handle_complete_multipart_upload(
     // them (a replica missed a part and another is down, or the key moved and anti-entropy
     // is still moving the parts): completing on some would end the upload there and leave
     // a retry without the parts, so answer 503 and let the client retry once they moved.
-    let full: Vec<&Replica> = uploads.iter().filter(|(_, u)| holds_all(u)).map(|(n, _)| n).collect();
-    if full.len() < need {
-        tracing::warn!(holders = full.len(), need, "too few nodes hold every part of the upload yet");
+    // Only the key's replicas complete it, and only one holding every listed part can: with
+    // fewer than a write quorum of those (a replica missed a part and another is down, or
+    // the key moved and anti-entropy is still handing the parts over), completing on some
+    // would end the upload there and leave a retry without its parts, and a quorum read of
+    // the others would still see the old object: answer 503 and let the client retry.
+    let full = uploads.iter().filter(|(n, u)| replicas.iter().any(|r| r.id == n.id) && holds_all(u)).count();
+    if full < need {
+        tracing::warn!(holders = full, need, "too few replicas hold every part of the upload yet");
         crate::cluster::quorum_failed("write");
         return Err(S3Error::ServiceUnavailable);
     }
-    // The key's replicas complete it (those missing a part fail, and get the object from
-    // anti-entropy); so does any other node that holds every listed part (the key moved
-    // while the upload was in progress), its copy then handed off to the owners. A write
-    // quorum of the replica set's size is needed either way.
-    let mut targets = replicas.clone();
-    targets.extend(full.into_iter().filter(|n| !replicas.iter().any(|r| r.id == n.id)).cloned());
     let declared = mpu_checksum::declared_of(upload_id);
     let object_checksum = match declared {
         Some(d) => Some(complete_checksum(ctx, d, &doc.parts, &stored)?),
@@ -610,7 +615,7 @@ pub async fn handle_complete_multipart_upload(
     let (completed, decision) = tokio::sync::watch::channel(false);
     let written = state
         .store
-        .write_unary_on(&targets, need, "complete_upload", |mut c| {
+        .write_unary(&replicas, "complete_upload", |mut c| {
             let req = req.clone();
             let decision = decision.clone();
             async move {
@@ -646,8 +651,7 @@ pub async fn handle_complete_multipart_upload(
 /// A replica whose complete failed (it had not stored every part yet) still holds the
 /// upload, which ListMultipartUploads would show once the others completed it. In the
 /// background: once the request decides the upload completed (`decision` turns true), end
-/// it on this replica (one that never had it records it as ended, so a late copy from a
-/// peer is refused); if the complete failed as a whole (`decision` dropped unset), leave
+/// it on this replica; if the complete failed as a whole (`decision` dropped unset), leave
 /// it for the client's retry. The replica's missing copy of the object is anti-entropy's
 /// (or read repair's) to restore.
 fn end_leftover_upload(
@@ -680,26 +684,25 @@ pub async fn handle_abort_multipart_upload(
     let need = state.store.write_quorum(replicas.len());
     let req =
         pb::AbortUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
-    // Every live data node, not only the key's replicas: nodes that held the key before a
-    // layout change may hold the upload too, and each one that hears the abort (holding
-    // the upload or not) records it as ended, so no copy is handed back.
-    let mut targets = replicas.clone();
-    targets.extend(
-        state
-            .store
-            .data_nodes(&state.store.catalog.snapshot())
-            .into_iter()
-            .filter(|n| n.alive && !replicas.iter().any(|r| r.id == n.id)),
-    );
-    let (oks, errs) = state
+    // Also every other live data node: nodes that held the key before a layout change may
+    // hold the upload too (each records it as ended, so no copy is handed back). The
+    // answer is the replicas' (the others count only when one of them held the upload).
+    let others: Vec<Replica> = state
         .store
-        .unary_quorum(&targets, targets.len(), |mut c| {
-            let req = req.clone();
-            async move { c.abort_upload(req).await.map(|r| r.into_inner()) }
-        })
-        .await;
+        .data_nodes(&state.store.catalog.snapshot())
+        .into_iter()
+        .filter(|n| n.alive && !replicas.iter().any(|r| r.id == n.id))
+        .collect();
+    let abort = |mut c: crate::replicas::BlobClient| {
+        let req = req.clone();
+        async move { c.abort_upload(req).await.map(|r| r.into_inner()) }
+    };
+    let ((oks, errs), (elsewhere, _)) = tokio::join!(
+        state.store.unary_quorum(&replicas, replicas.len(), abort),
+        state.store.unary_quorum(&others, others.len(), abort)
+    );
     let not_found = errs.iter().filter(|e| e.code() == tonic::Code::NotFound).count();
-    if oks.is_empty() && not_found > 0 {
+    if oks.is_empty() && elsewhere.is_empty() && not_found > 0 {
         return Err(S3Error::NoSuchUpload);
     }
     if oks.len() + not_found < need {
