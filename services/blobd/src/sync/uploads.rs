@@ -30,6 +30,9 @@ use crate::service::{Store, read_segments};
 
 /// Uploads read from the local index per query.
 const LOCAL_PAGE: u32 = 256;
+/// Uploads asked about per `Uploads` call: up to 10,000 parts each at ~80 bytes keeps an
+/// answer far below the 64 MiB message limit.
+const ASK_BATCH: usize = 32;
 
 /// Serving side: the asked uploads as this daemon knows them.
 pub async fn uploads(store: &Store, req: pb::UploadsRequest) -> Result<pb::UploadsResponse> {
@@ -104,14 +107,14 @@ impl Cycle<'_> {
             }
         }
         for (peer, ups) in shared {
-            for batch in ups.chunks(HANDOFF_BATCH) {
+            for batch in ups.chunks(ASK_BATCH) {
                 if let Err(e) = self.exchange_uploads(bucket, &peer, batch).await {
                     tracing::warn!(bucket, peer, error = %e, "upload exchange failed");
                     self.stats.errors += 1;
                 }
             }
         }
-        for batch in foreign.chunks(HANDOFF_BATCH) {
+        for batch in foreign.chunks(ASK_BATCH) {
             self.hand_off_uploads(bucket, batch).await;
         }
     }
