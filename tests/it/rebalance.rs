@@ -354,8 +354,11 @@ async fn corrupt_blobs_are_never_served_and_are_healed() -> anyhow::Result<()> {
     let nodes = placement(&c, &[0, 1, 2]);
     let first_id = replicas(&nodes, "bitrot", "read-me", 3)[0].id.clone();
     let first = c.blobds.iter().position(|b| b.node_id == first_id).expect("a node");
-    let files = blob_files(&c, first)?;
-    assert_eq!(files.len(), 1);
+    // The PUT returned after a write quorum: the third replica may still be committing.
+    let files = wait_for("the first replica to hold the blob", Duration::from_secs(30), || async {
+        blob_files(&c, first).ok().filter(|f| f.len() == 1)
+    })
+    .await?;
     let bad = files.first().expect("one file").clone();
     flip(&bad, (1 << 20) + 17)?;
     for _ in 0..3 {
@@ -378,7 +381,10 @@ async fn corrupt_blobs_are_never_served_and_are_healed() -> anyhow::Result<()> {
     let small = pattern(5000, 10);
     s3.put_object().bucket("bitrot").key("scrub-me").body(bs(&small)).send().await?;
     let victim = 2;
-    let new_file = blob_files(&c, victim)?.difference(&before[victim]).next().expect("the new blob").clone();
+    let new_file = wait_for("blobd 2 to hold the new blob", Duration::from_secs(30), || async {
+        blob_files(&c, victim).ok()?.difference(&before[victim]).next().cloned()
+    })
+    .await?;
     flip(&new_file, 4321)?;
     wait_for("the scrub to find and heal the copy", Duration::from_secs(30), || async {
         (!new_file.exists()).then_some(())
