@@ -660,6 +660,26 @@ async fn a_replica_that_missed_multipart_writes_catches_up() -> anyhow::Result<(
     Ok(())
 }
 
+/// 4 blobd (RF 3, a sync cycle every second, the given tombstone grace), one gateway, and
+/// `k/00`..`k/59` written to `bucket` (bodies `body(i)`).
+async fn four_nodes_with_60_keys(bucket: &str, grace_secs: u64) -> anyhow::Result<(Cluster, Vec<String>)> {
+    let c = Cluster::start(ClusterOptions {
+        blobds: 4,
+        gateways: 1,
+        sync_interval_secs: 1,
+        tombstone_grace_secs: grace_secs,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket(bucket).send().await?;
+    let keys: Vec<String> = (0..60).map(|i| format!("k/{i:02}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        s3.put_object().bucket(bucket).key(k).body(bs(&body(i))).send().await?;
+    }
+    Ok((c, keys))
+}
+
 async fn node_stats(c: &Cluster, i: usize) -> anyhow::Result<NodeStatsResponse> {
     Ok(c.blob_client(i).await?.node_stats(NodeStatsRequest {}).await?.into_inner())
 }
@@ -672,20 +692,8 @@ async fn node_stats(c: &Cluster, i: usize) -> anyhow::Result<NodeStatsResponse> 
 /// deleted keys stay deleted throughout, the others stay readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_back_after_the_tombstone_grace_does_not_resurrect_deletes() -> anyhow::Result<()> {
-    let mut c = Cluster::start(ClusterOptions {
-        blobds: 4,
-        gateways: 1,
-        sync_interval_secs: 1,
-        tombstone_grace_secs: 2,
-        ..ClusterOptions::default()
-    })
-    .await?;
+    let (mut c, keys) = four_nodes_with_60_keys("back", 2).await?;
     let s3 = c.s3(0);
-    s3.create_bucket().bucket("back").send().await?;
-    let keys: Vec<String> = (0..60).map(|i| format!("k/{i:02}")).collect();
-    for (i, k) in keys.iter().enumerate() {
-        s3.put_object().bucket("back").key(k).body(bs(&body(i))).send().await?;
-    }
     wait_for("blobd 3 to complete a sync cycle", Duration::from_secs(30), || async {
         (node_stats(&c, 3).await.ok()?.last_synced_ms > 0).then_some(())
     })
@@ -743,20 +751,8 @@ async fn a_node_back_after_the_tombstone_grace_does_not_resurrect_deletes() -> a
 /// has exactly 3 copies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_whole_cluster_back_after_the_tombstone_grace_loses_nothing() -> anyhow::Result<()> {
-    let mut c = Cluster::start(ClusterOptions {
-        blobds: 4,
-        gateways: 1,
-        sync_interval_secs: 1,
-        tombstone_grace_secs: 1,
-        ..ClusterOptions::default()
-    })
-    .await?;
+    let (mut c, keys) = four_nodes_with_60_keys("off", 1).await?;
     let s3 = c.s3(0);
-    s3.create_bucket().bucket("off").send().await?;
-    let keys: Vec<String> = (0..60).map(|i| format!("k/{i:02}")).collect();
-    for (i, k) in keys.iter().enumerate() {
-        s3.put_object().bucket("off").key(k).body(bs(&body(i))).send().await?;
-    }
     let mut last = 0;
     for i in 0..4 {
         let s = wait_for("a completed sync cycle", Duration::from_secs(30), || async {

@@ -414,7 +414,7 @@ impl Index {
                 for row in uploads {
                     let (id, meta): (String, Vec<u8>) = (row.try_get("upload_id")?, row.try_get("meta")?);
                     if decode_meta(&meta)?.bucket_rev <= rev {
-                        unlink.extend(part_blobs(&mut tx, &id).await?.into_iter().map(|p| p.blob));
+                        unlink.extend(part_blobs(&mut *tx, &id).await?.into_iter().map(|p| p.blob));
                         delete_upload(&mut tx, &id).await?;
                     }
                 }
@@ -550,8 +550,8 @@ impl Index {
         async {
             let mut tx = self.write.begin().await?;
             load_upload(&mut *tx, bucket, key, upload_id).await?;
-            let blobs = part_blobs(&mut tx, upload_id).await?;
-            let now: Vec<(u32, &str)> = blobs.iter().map(|p| (p.number, p.etag.as_str())).collect();
+            let blobs = part_blobs(&mut *tx, upload_id).await?;
+            let now: Vec<(u32, &str)> = blobs.iter().map(|p| (p.part.part_number, p.part.etag.as_str())).collect();
             if now != expect {
                 return Ok(None);
             }
@@ -727,7 +727,7 @@ impl Index {
         async {
             let mut tx = self.write.begin().await?;
             load_upload(&mut *tx, bucket, key, upload_id).await?;
-            let blobs = part_blobs(&mut tx, upload_id).await?;
+            let blobs = part_blobs(&mut *tx, upload_id).await?;
             delete_upload(&mut tx, upload_id).await?;
             record_ended(&mut tx, bucket, key, upload_id).await?;
             tx.commit().await?;
@@ -744,12 +744,12 @@ impl Index {
         async {
             let mut tx = self.write.begin().await?;
             let up = load_upload(&mut *tx, &c.bucket, &c.key, &c.upload_id).await?;
-            let stored = part_blobs(&mut tx, &c.upload_id).await?;
+            let stored = part_blobs(&mut *tx, &c.upload_id).await?;
             let mut blobs = Vec::with_capacity(c.parts.len());
             let mut part_sizes = Vec::with_capacity(c.parts.len());
             let mut part_checksums = Vec::with_capacity(c.parts.len());
             let by_number: std::collections::HashMap<u32, usize> =
-                stored.iter().enumerate().map(|(i, s)| (s.number, i)).collect();
+                stored.iter().enumerate().map(|(i, s)| (s.part.part_number, i)).collect();
             let mut prev = 0u32;
             for p in &c.parts {
                 if p.part_number <= prev {
@@ -759,15 +759,15 @@ impl Index {
                 let Some(part) = by_number.get(&p.part_number).map(|&i| &stored[i]) else {
                     return Err(BlobdError::InvalidPart(format!("part {} was not uploaded", p.part_number)));
                 };
-                if !strip_etag(&part.etag).eq_ignore_ascii_case(strip_etag(&p.etag)) {
+                if !strip_etag(&part.part.etag).eq_ignore_ascii_case(strip_etag(&p.etag)) {
                     return Err(BlobdError::InvalidPart(format!(
                         "part {} has etag {}, not {}",
-                        p.part_number, part.etag, p.etag
+                        p.part_number, part.part.etag, p.etag
                     )));
                 }
                 blobs.push(part.blob.clone());
-                part_sizes.push(part.size);
-                part_checksums.push(part.checksum.clone());
+                part_sizes.push(part.part.size);
+                part_checksums.push(part.part.checksum.clone());
             }
             if blobs.is_empty() {
                 return Err(BlobdError::InvalidPart("no parts listed".into()));
@@ -895,35 +895,36 @@ where
     Ok(UploadRow { meta: decode_meta(&meta)? })
 }
 
-/// (part_number, blob_id, size, etag) of an upload's parts, in part order.
-/// One stored part of an upload.
+/// One stored part of an upload: its blob and what ListParts shows of it.
 struct StoredPart {
-    number: u32,
     blob: String,
-    size: u64,
-    etag: String,
-    /// In the upload's declared algorithm (base64); empty when none.
-    checksum: String,
+    part: UploadPart,
 }
 
-async fn part_blobs(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, upload_id: &str) -> Result<Vec<StoredPart>> {
+/// An upload's parts with their blobs, in part order.
+async fn part_blobs<'e, E>(exec: E, upload_id: &str) -> Result<Vec<StoredPart>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
     let rows = sqlx::query(
-        "SELECT part_number, blob_id, size, etag, checksum FROM parts WHERE upload_id = ?1 ORDER BY part_number",
+        "SELECT part_number, blob_id, size, etag, last_modified_ms, checksum FROM parts WHERE upload_id = ?1 \
+         ORDER BY part_number",
     )
     .bind(upload_id)
-    .fetch_all(&mut **tx)
+    .fetch_all(exec)
     .await?;
     rows.iter()
         .map(|r| {
             let n: i64 = r.try_get("part_number")?;
             let size: i64 = r.try_get("size")?;
-            Ok(StoredPart {
-                number: n as u32,
-                blob: r.try_get("blob_id")?,
-                size: size as u64,
+            let part = UploadPart {
+                part_number: n as u32,
                 etag: r.try_get("etag")?,
+                size: size as u64,
+                last_modified_ms: r.try_get("last_modified_ms")?,
                 checksum: r.try_get("checksum")?,
-            })
+            };
+            Ok(StoredPart { blob: r.try_get("blob_id")?, part })
         })
         .collect()
 }
@@ -953,26 +954,7 @@ async fn parts_of<'e, E>(exec: E, upload_id: &str) -> Result<Vec<UploadPart>>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    let rows = sqlx::query(
-        "SELECT part_number, size, etag, last_modified_ms, checksum FROM parts WHERE upload_id = ?1 \
-         ORDER BY part_number",
-    )
-    .bind(upload_id)
-    .fetch_all(exec)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let n: i64 = r.try_get("part_number")?;
-            let size: i64 = r.try_get("size")?;
-            Ok(UploadPart {
-                part_number: n as u32,
-                etag: r.try_get("etag")?,
-                size: size as u64,
-                last_modified_ms: r.try_get("last_modified_ms")?,
-                checksum: r.try_get("checksum")?,
-            })
-        })
-        .collect()
+    Ok(part_blobs(exec, upload_id).await?.into_iter().map(|p| p.part).collect())
 }
 
 async fn delete_upload(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, upload_id: &str) -> Result<()> {
