@@ -67,8 +67,10 @@ pub fn ls(endpoints: &[String], prefix: &str, json: bool) -> anyhow::Result<()> 
                 "weight": n.weight,
                 "state": n.state,
                 "alive": alive.contains_key(id),
-                "objects": stats.as_ref().ok().map(|s| s.0),
-                "bytes": stats.as_ref().ok().map(|s| s.1),
+                "objects": stats.as_ref().ok().map(|s| s.objects),
+                "bytes": stats.as_ref().ok().map(|s| s.bytes),
+                "last_synced_ms": stats.as_ref().ok().map(|s| s.last_synced_ms),
+                "quarantined": stats.as_ref().ok().map(|s| s.quarantined),
                 "error": if alive.contains_key(id) { stats.err() } else { None },
             }));
         }
@@ -93,7 +95,12 @@ pub fn ls(endpoints: &[String], prefix: &str, json: bool) -> anyhow::Result<()> 
                 s("zone"),
                 s("weight"),
                 s("state"),
-                if r["alive"] == true { "yes" } else { "no" },
+                match (&r["alive"], &r["quarantined"]) {
+                    // Back from an absence longer than the tombstone grace, reconciling.
+                    (serde_json::Value::Bool(true), serde_json::Value::Bool(true)) => "quar",
+                    (serde_json::Value::Bool(true), _) => "yes",
+                    _ => "no",
+                },
                 s("objects"),
                 s("bytes")
             );
@@ -102,7 +109,7 @@ pub fn ls(endpoints: &[String], prefix: &str, json: bool) -> anyhow::Result<()> 
     })
 }
 
-async fn node_stats(addr: &str) -> Result<(u64, u64), String> {
+async fn node_stats(addr: &str) -> Result<aether_proto::blob::v1::NodeStatsResponse, String> {
     let call = async {
         let ch = aether_common::grpc::endpoint(addr)
             .map_err(|e| e.to_string())?
@@ -111,8 +118,7 @@ async fn node_stats(addr: &str) -> Result<(u64, u64), String> {
             .map_err(|e| e.to_string())?;
         let r =
             BlobServiceClient::new(ch).node_stats(NodeStatsRequest {}).await.map_err(|s| s.message().to_string())?;
-        let r = r.into_inner();
-        Ok((r.objects, r.bytes))
+        Ok(r.into_inner())
     };
     tokio::time::timeout(Duration::from_secs(3), call).await.unwrap_or_else(|_| Err("timed out".to_string()))
 }
