@@ -1027,39 +1027,17 @@ impl Cycle<'_> {
             msg: Some(pb::put_request::Msg::Header(pb::PutHeader { meta: Some(meta), verbatim: true, heal: false })),
         };
         let _ = tx.try_send(header);
-        let store = Arc::clone(self.store);
-        let target = (bucket.to_string(), row.key.clone());
-        let reader = tokio::spawn(async move {
-            let mut md5 = md5::Md5::new();
-            let hasher = &mut md5;
-            let sender = &tx;
-            let sent =
-                read_segments(&store, &target.0, &target.1, segments, move |chunk| {
-                    hasher.update(&chunk);
-                    async move {
-                        sender.send(pb::PutRequest { msg: Some(pb::put_request::Msg::Chunk(chunk)) }).await.is_ok()
-                    }
-                })
-                .await?;
-            if !sent {
-                return Ok(false);
-            }
-            let md5_hex = hex::encode(md5.finalize());
-            if let Some(want) = expect_md5
-                && want != md5_hex
-            {
-                store.suspect(&target.0, &target.1);
-                return Err(BlobdError::Bitrot(format!("local blob MD5 {md5_hex} differs from its ETag {want}")));
-            }
-            let commit = pb::PutCommit { size, md5_hex, checksums: Default::default() };
-            let _ = tx.send(pb::PutRequest { msg: Some(pb::put_request::Msg::Commit(commit)) }).await;
-            Ok(true)
-        });
-        let sent = tokio::time::timeout(
-            RPC_TIMEOUT.max(Duration::from_secs(size / (1 << 20) + 30)),
-            client.put(ReceiverStream::new(rx)),
-        )
-        .await;
+        let body = Body { bucket: bucket.to_string(), key: row.key.clone(), segments, expect_md5, suspect: true };
+        let reader = pump(
+            Arc::clone(self.store),
+            body,
+            tx,
+            |c| pb::PutRequest { msg: Some(pb::put_request::Msg::Chunk(c)) },
+            move |md5_hex| pb::PutRequest {
+                msg: Some(pb::put_request::Msg::Commit(pb::PutCommit { size, md5_hex, checksums: Default::default() })),
+            },
+        );
+        let sent = tokio::time::timeout(body_timeout(size), client.put(ReceiverStream::new(rx))).await;
         // The reader's verdict first: a corrupt blob ends the stream without a commit.
         reader.await??;
         let resp =
@@ -1188,6 +1166,58 @@ impl Cycle<'_> {
         self.stats.digest_bytes += bytes as u64;
         metrics::counter!("blobd_sync_digest_bytes_total").increment(bytes as u64);
     }
+}
+
+/// A local body to stream to a peer: `segments` of `bucket/key`, and the MD5 it must have
+/// (its ETag), if known.
+struct Body {
+    bucket: String,
+    key: String,
+    segments: Vec<crate::service::Segment>,
+    expect_md5: Option<String>,
+    /// Make the key a suspect (healed from a peer) when the MD5 differs.
+    suspect: bool,
+}
+
+/// On its own task: stream `body` into `tx` (each block checked against its checksum
+/// first), as `chunk` messages, then `commit(md5_hex)` — unless the MD5 differs from the
+/// expected one (a corrupt local blob is never sent: nothing is committed). `Ok(false)`:
+/// the receiver went away.
+fn pump<M: Send + 'static>(
+    store: Arc<Store>,
+    body: Body,
+    tx: mpsc::Sender<M>,
+    chunk: fn(Bytes) -> M,
+    commit: impl FnOnce(String) -> M + Send + 'static,
+) -> tokio::task::JoinHandle<Result<bool>> {
+    tokio::spawn(async move {
+        let mut md5 = md5::Md5::new();
+        let (hasher, sender) = (&mut md5, &tx);
+        let sent = read_segments(&store, &body.bucket, &body.key, body.segments, move |c| {
+            hasher.update(&c);
+            async move { sender.send(chunk(c)).await.is_ok() }
+        })
+        .await?;
+        if !sent {
+            return Ok(false);
+        }
+        let md5_hex = hex::encode(md5.finalize());
+        if let Some(want) = body.expect_md5
+            && !want.trim_matches('"').eq_ignore_ascii_case(&md5_hex)
+        {
+            if body.suspect {
+                store.suspect(&body.bucket, &body.key);
+            }
+            return Err(BlobdError::Bitrot(format!("local blob MD5 {md5_hex} differs from its ETag {want}")));
+        }
+        let _ = tx.send(commit(md5_hex)).await;
+        Ok(true)
+    })
+}
+
+/// Time limit of a call that streams `size` body bytes.
+fn body_timeout(size: u64) -> Duration {
+    RPC_TIMEOUT.max(Duration::from_secs(size / (1 << 20) + 30))
 }
 
 async fn rpc<T>(f: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Result<T> {

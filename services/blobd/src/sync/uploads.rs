@@ -20,13 +20,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use aether_common::placement::object_digest;
 use aether_proto::blob::v1 as pb;
-use md5::Digest as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Client, Cycle, HANDOFF_BATCH, RPC_TIMEOUT, rpc};
+use super::{Body, Client, Cycle, HANDOFF_BATCH, body_timeout, pump, rpc};
 use crate::error::{BlobdError, Result};
-use crate::service::{Store, read_segments};
+use crate::service::Store;
 
 /// Uploads read from the local index per query.
 const LOCAL_PAGE: u32 = 256;
@@ -300,38 +299,29 @@ impl Cycle<'_> {
             last_modified_ms: p.last_modified_ms,
         };
         let _ = tx.try_send(pb::PutPartRequest { msg: Some(pb::put_part_request::Msg::Header(header)) });
-        let store = self.store.clone();
-        let (bucket_name, key, etag, checksum) =
-            (bucket.to_string(), u.key.clone(), p.etag.clone(), p.checksum.clone());
-        let reader = tokio::spawn(async move {
-            let mut md5 = md5::Md5::new();
-            let hasher = &mut md5;
-            let sender = &tx;
-            let sent = read_segments(&store, &bucket_name, &key, segments, move |chunk| {
-                hasher.update(&chunk);
-                async move {
-                    sender.send(pb::PutPartRequest { msg: Some(pb::put_part_request::Msg::Chunk(chunk)) }).await.is_ok()
+        // The part's ETag is its MD5.
+        let body = Body {
+            bucket: bucket.to_string(),
+            key: u.key.clone(),
+            segments,
+            expect_md5: Some(p.etag.clone()),
+            suspect: false,
+        };
+        let checksum = p.checksum.clone();
+        let reader = pump(
+            self.store.clone(),
+            body,
+            tx,
+            |c| pb::PutPartRequest { msg: Some(pb::put_part_request::Msg::Chunk(c)) },
+            move |md5_hex| {
+                let checksums =
+                    if checksum.is_empty() { Default::default() } else { [("part".to_string(), checksum)].into() };
+                pb::PutPartRequest {
+                    msg: Some(pb::put_part_request::Msg::Commit(pb::PutCommit { size, md5_hex, checksums })),
                 }
-            })
-            .await?;
-            if !sent {
-                return Ok(false);
-            }
-            let md5_hex = hex::encode(md5.finalize());
-            if !md5_hex.eq_ignore_ascii_case(etag.trim_matches('"')) {
-                return Err(BlobdError::Bitrot(format!("local part MD5 {md5_hex} differs from its ETag {etag}")));
-            }
-            let checksums =
-                if checksum.is_empty() { Default::default() } else { [("part".to_string(), checksum)].into() };
-            let commit = pb::PutCommit { size, md5_hex, checksums };
-            let _ = tx.send(pb::PutPartRequest { msg: Some(pb::put_part_request::Msg::Commit(commit)) }).await;
-            Ok::<bool, BlobdError>(true)
-        });
-        let sent = tokio::time::timeout(
-            RPC_TIMEOUT.max(std::time::Duration::from_secs(size / (1 << 20) + 30)),
-            client.put_part(ReceiverStream::new(rx)),
-        )
-        .await;
+            },
+        );
+        let sent = tokio::time::timeout(body_timeout(size), client.put_part(ReceiverStream::new(rx))).await;
         reader.await??;
         sent.map_err(|_| BlobdError::InvalidArgument("PutPart timed out".into()))?.map_err(BlobdError::ClientStream)?;
         Ok(size)
