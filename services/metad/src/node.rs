@@ -485,6 +485,7 @@ impl Node {
         let _one_at_a_time = self.member_lock.lock().await;
         let members = self.members();
         let find = |id: NodeId| members.iter().find(|m| m.id == id).cloned().ok_or(EtcdError::MemberNotFound);
+        let mut removed_addr = None;
         let (id, change) = match op {
             MemberOp::Add { peer_urls, learner } => {
                 let addr = valid_peer_url(&peer_urls)?;
@@ -502,6 +503,7 @@ impl Node {
             }
             MemberOp::Remove { id } => {
                 let m = find(id)?;
+                removed_addr = Some(m.member.addr.clone());
                 let ids = std::collections::BTreeSet::from([id]);
                 (id, if m.learner { ChangeMembers::RemoveNodes(ids) } else { ChangeMembers::RemoveVoters(ids) })
             }
@@ -534,7 +536,30 @@ impl Node {
             }
         };
         self.change_membership(change).await?;
+        if let Some(addr) = removed_addr.filter(|_| id != self.id) {
+            self.tell_removed(id, addr);
+        }
         Ok(id)
+    }
+
+    /// Tell a member whose removal this leader just committed, in the background: a few
+    /// tries over about 5 s (it may be down; it then learns from the leader's refusal of
+    /// its votes, if it campaigns, or an operator stops it, as etcd's docs tell).
+    fn tell_removed(&self, id: NodeId, addr: String) {
+        let peers = self.peers.clone();
+        let call = PeerCall::Removed { cluster_id: self.cluster_id, id };
+        tokio::spawn(async move {
+            for attempt in 1..=10u32 {
+                match peers.call(&addr, &call, Duration::from_millis(500)).await {
+                    Ok(_) => return,
+                    Err(EtcdError::Timeout) if attempt < 10 => tokio::time::sleep(Duration::from_millis(500)).await, // retry backoff
+                    Err(e) => {
+                        tracing::warn!(member = %format!("{id:x}"), peer = %addr, error = %e, "could not tell a removed member it was removed");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Propose a membership change, retrying (bounded) while another one is in progress.
@@ -573,9 +598,9 @@ impl Node {
 
     /// Serve a request another member sent.
     pub async fn handle_call(&self, call: PeerCall) -> Result<PeerReply, EtcdError> {
-        // Everything but Identity is for the leader; a member that is not (any more) says
+        // Everything but Identity and Removed is for the leader; a member that is not (any more) says
         // so rather than forwarding again.
-        if !matches!(call, PeerCall::Identity) && !self.is_leader() {
+        if !matches!(call, PeerCall::Identity | PeerCall::Removed { .. }) && !self.is_leader() {
             return Err(EtcdError::LeaderChanged);
         }
         match call {
@@ -596,6 +621,14 @@ impl Node {
                 Ok(PeerReply::Member { id, members: self.members() })
             }
             PeerCall::Identity => Ok(PeerReply::Identity { cluster_id: self.cluster_id, members: self.members() }),
+            PeerCall::Removed { cluster_id, id } => {
+                if cluster_id != self.cluster_id || id != self.id {
+                    return Err(EtcdError::MemberNotFound);
+                }
+                tracing::warn!("the leader says this member was removed from the cluster");
+                self.peers.mark_removed();
+                Ok(PeerReply::Removed)
+            }
         }
     }
 

@@ -59,6 +59,15 @@ pub enum PeerCall {
     /// The cluster id and membership (a member joining an existing cluster asks this).
     Identity,
     Member(MemberOp),
+    /// The leader tells a member that its removal is committed, so it shuts down as etcd's
+    /// removed member does. Openraft stops replicating to a removed member as soon as the
+    /// config without it is in the leader's log, so the member may never apply it; and one
+    /// that received that config (but not its commit) is no longer a voter, so it never
+    /// campaigns and never hears the leader's refusal either.
+    Removed {
+        cluster_id: u64,
+        id: NodeId,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +131,7 @@ pub enum PeerReply {
         id: NodeId,
         members: Vec<MemberInfo>,
     },
+    Removed,
 }
 
 /// What the leader answers a Raft RPC from a member it no longer has (etcd's message).
@@ -209,6 +219,11 @@ impl Peers {
     /// Whether the leader has told this member it was removed from the cluster.
     pub fn removed(&self) -> bool {
         self.removed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Record that this member was removed from the cluster (it then shuts down).
+    pub fn mark_removed(&self) {
+        self.removed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Set once the member id is known.
@@ -418,7 +433,7 @@ impl PeerClient {
 fn stream_error<E: std::error::Error>(status: Status, peers: &Peers) -> RPCError<NodeId, Member, RaftError<NodeId, E>> {
     match status.code() {
         tonic::Code::FailedPrecondition if status.message() == REMOVED => {
-            peers.removed.store(true, std::sync::atomic::Ordering::Relaxed);
+            peers.mark_removed();
             RPCError::Unreachable(Unreachable::new(&status))
         }
         tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&status)),

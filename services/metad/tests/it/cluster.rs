@@ -342,15 +342,30 @@ async fn membership_changes_and_a_fresh_member_gets_a_snapshot() {
     let e = lc.member_add(["not a url".to_string()], None).await.unwrap_err();
     assert_eq!(status(e).1, "etcdserver: given member URLs are invalid");
 
-    // Remove a follower, wipe it, add it back (as a learner) with the same peer URL.
+    // Remove a follower: it stops by itself, as etcd's removed member does. It runs with an
+    // election timeout far beyond the test's deadline, so it cannot learn it was removed by
+    // campaigning and being refused: the leader has to tell it.
     let gone = (leader + 1) % 3;
+    let initial = c.initial_cluster();
+    c.stop(gone);
+    let base = c.base.clone();
+    c.base.election_timeout_ms = 600_000;
+    c.start_member(gone, &initial, ClusterState::New);
+    c.base = base;
     let gone_id = {
         let mut gc = c.members[gone].client().await;
+        eventually("restarted member caught up", || {
+            let mut gc = gc.clone();
+            async move { (get(&mut gc, "s/199", true).await.ok()? == Some(b"199".to_vec())).then_some(()) }
+        })
+        .await;
         gc.status().await.unwrap().header().unwrap().member_id()
     };
     let r = lc.member_remove(gone_id).await.unwrap();
     assert_eq!(r.members().len(), 2);
-    c.stop(gone);
+    c.wait_exit(gone);
+
+    // Wipe it and add it back (as a learner) with the same peer URL.
     std::fs::remove_dir_all(&c.members[gone].dir).unwrap();
     // The remaining two still serve (quorum of 2).
     lc.put("s/after-remove", "x", None).await.unwrap();
@@ -362,7 +377,6 @@ async fn membership_changes_and_a_fresh_member_gets_a_snapshot() {
     let e = lc.member_promote(new_id).await.unwrap_err();
     assert_eq!(status(e).0, tonic::Code::FailedPrecondition, "a learner that has not started is not in sync");
 
-    let initial = c.initial_cluster();
     c.start_member(gone, &initial, ClusterState::Existing);
     // Its log starts after the snapshot the leader took (the log below it is purged), so
     // it can only have caught up by installing that snapshot.

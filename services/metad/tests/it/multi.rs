@@ -247,6 +247,18 @@ impl MultiCluster {
         r.thread.join().unwrap().unwrap();
     }
 
+    /// Wait (up to `DEADLINE`) for member `k` to stop by itself, as a removed member does;
+    /// panics if it is still running then.
+    pub fn wait_exit(&mut self, k: usize) {
+        let r = self.members[k].running.take().expect("member not running");
+        let ended = r.ended.recv_timeout(DEADLINE);
+        assert!(
+            matches!(ended, Err(std::sync::mpsc::RecvTimeoutError::Disconnected)),
+            "member {k} did not stop by itself"
+        );
+        r.thread.join().unwrap().unwrap();
+    }
+
     /// Cut member `k` off from every peer (both directions).
     pub fn isolate(&self, k: usize) {
         let ip = self.members[k].peer.ip();
