@@ -72,6 +72,50 @@ async fn a_partitioned_replica_converges_after_the_partition_heals() -> anyhow::
     Ok(())
 }
 
+/// A layout entry giving blobd 2 blobd 1's address (a stale layout, an address another node
+/// reused): blobd 1 refuses the calls meant for blobd 2, so a write with W = all cannot count
+/// it twice and fails with 503 rather than being acknowledged with two copies; once the entry
+/// is right again, writes reach all three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_at_another_nodes_address_is_not_counted_as_that_node() -> anyhow::Result<()> {
+    let mut c = Cluster::start(ClusterOptions {
+        gateways: 1,
+        write_quorum: aether_common::config::Quorum::All,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("reused").send().await?;
+    s3.put_object().bucket("reused").key("before").body(bs(b"3 copies")).send().await?;
+    let own = c.blobds[2].addr.clone().expect("blobd 2 runs");
+    let other = c.blobds[1].addr.clone().expect("blobd 1 runs");
+    c.set_node(2, |e| e.addr = other.clone()).await?;
+    let mut tries = 0;
+    wait_for("a put to be refused with W = all", Duration::from_secs(20), || {
+        tries += 1;
+        let s3 = s3.clone();
+        let key = format!("during/{tries}");
+        async move {
+            let r = s3.put_object().bucket("reused").key(&key).body(bs(b"x")).send().await;
+            (r.is_err() && crate::err_code(r) == "ServiceUnavailable").then_some(())
+        }
+    })
+    .await?;
+    c.set_node(2, |e| e.addr = own.clone()).await?;
+    let key = wait_for("a put to reach all three again", Duration::from_secs(20), || {
+        tries += 1;
+        let s3 = s3.clone();
+        let key = format!("after/{tries}");
+        async move { s3.put_object().bucket("reused").key(&key).body(bs(b"y")).send().await.ok().map(|_| key) }
+    })
+    .await?;
+    let keys = vec!["before".to_string(), key];
+    for i in 0..3 {
+        assert_eq!(held(&c, i, "reused", &keys).await?.len(), 2, "blobd {i} holds both keys");
+    }
+    c.stop_all().await
+}
+
 /// A real two-sided partition: {gateway 1, blobd 2} | {gateway 0, blobd 0, blobd 1}. Every
 /// blobd is reached through a proxy, and each side's connections leave from its own
 /// loopback address, so the proxies drop exactly the traffic that crosses the partition

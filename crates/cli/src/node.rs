@@ -59,7 +59,8 @@ pub fn ls(endpoints: &[String], prefix: &str, json: bool) -> anyhow::Result<()> 
         let (nodes, alive) = layout(&mut client, &keys).await?;
         let mut rows = Vec::new();
         for (id, (n, _)) in &nodes {
-            let stats = if alive.contains_key(id) { node_stats(&n.addr).await } else { Err("not alive".to_string()) };
+            let stats =
+                if alive.contains_key(id) { node_stats(id, &n.addr).await } else { Err("not alive".to_string()) };
             rows.push(serde_json::json!({
                 "id": id,
                 "addr": n.addr,
@@ -109,15 +110,18 @@ pub fn ls(endpoints: &[String], prefix: &str, json: bool) -> anyhow::Result<()> 
     })
 }
 
-async fn node_stats(addr: &str) -> Result<aether_proto::blob::v1::NodeStatsResponse, String> {
+/// Node `id`'s stats, from its address (a node that is not `id` refuses: wrong node).
+async fn node_stats(id: &str, addr: &str) -> Result<aether_proto::blob::v1::NodeStatsResponse, String> {
     let call = async {
         let ch = aether_common::grpc::endpoint(addr)
             .map_err(|e| e.to_string())?
             .connect()
             .await
             .map_err(|e| e.to_string())?;
-        let r =
-            BlobServiceClient::new(ch).node_stats(NodeStatsRequest {}).await.map_err(|s| s.message().to_string())?;
+        let r = BlobServiceClient::with_interceptor(ch, aether_common::grpc::ToNode::new(id))
+            .node_stats(NodeStatsRequest {})
+            .await
+            .map_err(|s| s.message().to_string())?;
         Ok(r.into_inner())
     };
     tokio::time::timeout(Duration::from_secs(3), call).await.unwrap_or_else(|_| Err("timed out".to_string()))

@@ -251,6 +251,8 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
     let svc = BlobServiceServer::new(service::BlobSvc::new(store))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    // Calls meant for another node (a stale layout, a reused address) are refused.
+    let svc = tonic::service::interceptor::InterceptedService::new(svc, aether_common::grpc::ForNode::new(&node_id));
     let incoming = TcpIncoming::from(listeners.grpc).with_nodelay(Some(true));
     let sd = stop.clone();
     let served = tonic::transport::Server::builder()

@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 
 use aether_common::catalog::{AliveEntry, Keys, NodeEntry, NodeState};
 use aether_common::grpc::ChannelPool;
+use aether_common::grpc::ToNode;
 use aether_common::placement::{PlacementNode, object_digest, replicas_of_digest};
 use aether_common::shutdown::Shutdown;
-use aether_common::telemetry::TraceInterceptor;
 use aether_proto::blob::v1 as pb;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -65,7 +65,7 @@ const ENTRIES_PAGE: usize = 20_000;
 const RPC_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Leaf = [u8; 16];
-type Client = BlobServiceClient<InterceptedService<Channel, TraceInterceptor>>;
+type Client = BlobServiceClient<InterceptedService<Channel, ToNode>>;
 
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
@@ -578,7 +578,7 @@ impl Cycle<'_> {
 
     fn client(&self, id: &str) -> Result<Client> {
         let addr = self.layout.addr(id).ok_or_else(|| BlobdError::InvalidArgument(format!("no address for {id}")))?;
-        Ok(BlobServiceClient::with_interceptor(self.pool.get(addr)?, TraceInterceptor)
+        Ok(BlobServiceClient::with_interceptor(self.pool.get(addr)?, ToNode::new(id))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
     }

@@ -137,7 +137,7 @@ pub async fn view(state: &Arc<AppState>, checks: &[ReadyCheck]) -> ClusterView {
     let metad = futures::future::join_all(state.cfg.metad_endpoints.iter().map(|ep| metad_member(ep.clone())));
     let nodes = futures::future::join_all(snap.nodes.iter().map(|(id, n)| {
         let alive = snap.is_alive(id);
-        let client = state.store.client(&n.addr);
+        let client = state.store.client(id, &n.addr);
         let mut view = NodeView {
             id: id.clone(),
             addr: n.addr.clone(),

@@ -68,9 +68,9 @@ pub fn repair_in_background(store: &Store, newest: &pb::ObjectMeta, holders: &[R
         count("skipped", stale.len());
         return;
     };
-    let source = holders.iter().find_map(|h| store.client(&h.addr).ok());
+    let source = holders.iter().find_map(|h| store.client(&h.id, &h.addr).ok());
     let targets: Vec<(String, BlobClient)> =
-        stale.iter().filter_map(|r| Some((r.id.clone(), store.client(&r.addr).ok()?))).collect();
+        stale.iter().filter_map(|r| Some((r.id.clone(), store.client(&r.id, &r.addr).ok()?))).collect();
     let meta = newest.clone();
     // Its own trace: the read that noticed it has already been answered.
     let span = tracing::info_span!(parent: None, "read_repair", bucket = %meta.bucket, key = %meta.key, replicas = targets.len());

@@ -8,8 +8,8 @@ use std::time::Duration;
 use aether_common::catalog::NodeState;
 use aether_common::config::Quorum;
 use aether_common::grpc::ChannelPool;
+use aether_common::grpc::ToNode;
 use aether_common::hlc::Hlc;
-use aether_common::telemetry::TraceInterceptor;
 use aether_proto::blob::v1 as pb;
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt as _;
@@ -29,7 +29,7 @@ use crate::catalog::{Catalog, Snapshot};
 use crate::cluster;
 use crate::error::S3Error;
 
-pub type BlobClient = BlobServiceClient<InterceptedService<Channel, TraceInterceptor>>;
+pub type BlobClient = BlobServiceClient<InterceptedService<Channel, ToNode>>;
 
 /// Body bytes are forwarded to the replicas in chunks of exactly this size (the last
 /// one shorter). 256 KiB rather than 1 MiB: each replica holds about three chunks in
@@ -98,10 +98,11 @@ impl Store {
         }
     }
 
-    /// A client on the pooled channel for `addr` that injects trace context.
-    pub fn client(&self, addr: &str) -> Result<BlobClient, S3Error> {
+    /// A client for storage node `id` on the pooled channel for its `addr`; its calls carry
+    /// the trace context and the node id (a node at a reused address refuses them).
+    pub fn client(&self, id: &str, addr: &str) -> Result<BlobClient, S3Error> {
         let channel = self.pool.get(addr).map_err(|e| S3Error::InternalError(format!("channel to {addr}: {e}")))?;
-        Ok(BlobServiceClient::with_interceptor(channel, TraceInterceptor)
+        Ok(BlobServiceClient::with_interceptor(channel, ToNode::new(id))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20))
     }
@@ -185,7 +186,7 @@ impl Store {
                 errors.push(tonic::Status::unavailable(format!("node {} has no live lease", r.id)));
                 continue;
             }
-            let client = match self.client(&r.addr) {
+            let client = match self.client(&r.id, &r.addr) {
                 Ok(c) => c,
                 Err(e) => {
                     errors.push(tonic::Status::unavailable(e.to_string()));
@@ -264,7 +265,7 @@ impl Store {
         let need = self.write_quorum(replicas.len());
         let mut slots = SlotGuard(Vec::new(), Vec::new());
         for r in replicas.iter().filter(|r| r.alive) {
-            let mut client = match self.client(&r.addr) {
+            let mut client = match self.client(&r.id, &r.addr) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(node = %r.id, error = %e, "replica unreachable");
@@ -519,7 +520,7 @@ impl Store {
             return Err(S3Error::ServiceUnavailable);
         }
         let ask = |r: &Replica, get: bool| {
-            let client = self.client(&r.addr);
+            let client = self.client(&r.id, &r.addr);
             let timeout = self.timeout;
             let replica = r.clone();
             let (bucket, key) = (bucket.to_string(), key.to_string());
@@ -647,7 +648,7 @@ impl Store {
     async fn heads(&self, nodes: &[Replica], bucket: &str, key: &str) -> Vec<(Replica, pb::ObjectMeta)> {
         let timeout = self.timeout;
         futures::future::join_all(nodes.iter().map(|r| {
-            let client = self.client(&r.addr);
+            let client = self.client(&r.id, &r.addr);
             let (bucket, key, r) = (bucket.to_string(), key.to_string(), r.clone());
             async move {
                 let res = tokio::time::timeout(timeout, ask_replica(client.ok()?, bucket, key, false)).await;
@@ -724,7 +725,7 @@ async fn open_at(
     range: Option<(u64, u64)>,
 ) -> Result<tonic::Streaming<pb::GetResponse>, String> {
     let channel = pool.get(&r.addr).map_err(|e| e.to_string())?;
-    let mut client = BlobServiceClient::with_interceptor(channel, TraceInterceptor)
+    let mut client = BlobServiceClient::with_interceptor(channel, ToNode::new(&r.id))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let req = pb::GetRequest {

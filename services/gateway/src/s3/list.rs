@@ -273,7 +273,7 @@ pub async fn handle_list_objects(state: &AppState, ctx: &Ctx, bucket: &str, v2: 
             limit,
             delimiter: params.delimiter.clone(),
         };
-        let client = state.store.client(&node.addr);
+        let client = state.store.client(&node.id, &node.addr);
         let timeout = state.store.timeout;
         async move {
             let mut client = client?;

@@ -182,7 +182,7 @@ async fn get_upload_on(
 ) -> (Vec<(Replica, pb::GetUploadResponse)>, Vec<tonic::Status>) {
     let timeout = state.store.timeout;
     let calls = nodes.iter().filter(|n| n.alive).map(|n| {
-        let client = state.store.client(&n.addr);
+        let client = state.store.client(&n.id, &n.addr);
         let req = get.clone();
         async move {
             let answer = match client {
