@@ -849,6 +849,9 @@ def test_multipart_upload_complete(s3, bucket):
     assert done["Bucket"] == bucket and done["Key"] == key
     # The object's absolute URL, the key percent-encoded ("/" too), as S3 writes it.
     assert done["Location"] == f"{endpoint()}/{bucket}/{urllib.parse.quote(key, safe='')}"
+    # A retried completion (the first answer lost) gets the first answer, as from S3.
+    again = complete_upload(s3, bucket, key, upload_id, [part1, part2])
+    assert (status(again), again["ETag"], again["Location"]) == (200, done["ETag"], done["Location"])
 
     head = s3.head_object(Bucket=bucket, Key=key)
     assert head["ETag"] == multipart_etag([p1, p2])

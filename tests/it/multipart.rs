@@ -850,3 +850,98 @@ async fn delete_bucket_ends_uploads_in_progress() -> anyhow::Result<()> {
     assert_eq!(err_code(r), "NoSuchUpload");
     Ok(())
 }
+
+/// A CompleteMultipartUpload retried after it succeeded (its answer lost, as an SDK retries
+/// on a timeout) gets the first answer, as S3 gives: the same ETag and checksum, through
+/// either gateway, also with a replica down. A retry listing other parts, a retry after the
+/// key was overwritten, and a completion of an aborted upload answer NoSuchUpload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_completion_gets_the_first_answer() -> anyhow::Result<()> {
+    use aws_sdk_s3::types::ChecksumAlgorithm;
+    let mut c = Cluster::start(ClusterOptions::default()).await?;
+    let s3 = c.s3(0);
+    s3.create_bucket().bucket("again").send().await?;
+    let (p1, p2) = (pattern(5 * MIB, 7), pattern(1000, 8));
+    let up = s3
+        .create_multipart_upload()
+        .bucket("again")
+        .key("obj")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .send()
+        .await?;
+    let id = up.upload_id().unwrap_or_default().to_string();
+    let mut parts = Vec::new();
+    for (n, body) in [(1, &p1), (2, &p2)] {
+        let r = s3
+            .upload_part()
+            .bucket("again")
+            .key("obj")
+            .upload_id(&id)
+            .part_number(n)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(bs(body))
+            .send()
+            .await?;
+        parts.push(
+            CompletedPart::builder()
+                .part_number(n)
+                .e_tag(r.e_tag().unwrap_or_default())
+                .checksum_crc32(r.checksum_crc32().unwrap_or_default())
+                .build(),
+        );
+    }
+    let gateways = [c.s3(0), c.s3(1)];
+    let complete = |gw: usize, parts: Vec<CompletedPart>| {
+        gateways[gw]
+            .complete_multipart_upload()
+            .bucket("again")
+            .key("obj")
+            .upload_id(&id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+    };
+    let first = complete(0, parts.clone()).await?;
+    assert!(first.e_tag().is_some_and(|e| e.ends_with("-2\"")), "{:?}", first.e_tag());
+    assert!(first.checksum_crc32().is_some());
+    for gw in [0, 1] {
+        let again = complete(gw, parts.clone()).await?;
+        assert_eq!(again.e_tag(), first.e_tag(), "gateway {gw}");
+        assert_eq!(again.checksum_crc32(), first.checksum_crc32(), "gateway {gw}");
+        assert_eq!(again.location(), Some(format!("{}/again/obj", c.endpoint(gw)).as_str()), "gateway {gw}");
+    }
+    // Another part list is not the completion that happened.
+    assert_eq!(err_code(complete(1, parts[..1].to_vec()).await), "NoSuchUpload");
+    let got = s3.get_object().bucket("again").key("obj").send().await?;
+    assert_eq!(got.e_tag(), first.e_tag());
+    assert_eq!(body_bytes(got).await, [p1.as_slice(), p2.as_slice()].concat());
+
+    // With one replica down, a quorum still holds the object: the same answer.
+    c.stop_blobd(2).await?;
+    assert_eq!(complete(1, parts.clone()).await?.e_tag(), first.e_tag());
+    c.start_blobd(2).await?;
+    c.wait_alive(3).await?;
+
+    // Overwritten since: no longer that completion's object.
+    s3.put_object().bucket("again").key("obj").body(bs(b"newer")).send().await?;
+    assert_eq!(err_code(complete(0, parts.clone()).await), "NoSuchUpload");
+
+    // An aborted upload was not completed.
+    let up = s3.create_multipart_upload().bucket("again").key("gone").send().await?;
+    let gone = up.upload_id().unwrap_or_default().to_string();
+    let r = s3.upload_part().bucket("again").key("gone").upload_id(&gone).part_number(1).body(bs(b"x")).send().await?;
+    s3.abort_multipart_upload().bucket("again").key("gone").upload_id(&gone).send().await?;
+    let r = s3
+        .complete_multipart_upload()
+        .bucket("again")
+        .key("gone")
+        .upload_id(&gone)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .parts(CompletedPart::builder().part_number(1).e_tag(r.e_tag().unwrap_or_default()).build())
+                .build(),
+        )
+        .send()
+        .await;
+    assert_eq!(err_code(r), "NoSuchUpload");
+    c.stop_all().await
+}

@@ -477,7 +477,12 @@ async fn uploads_on(c: &Cluster, i: usize, bucket: &str) -> anyhow::Result<BTree
     let mut out = BTreeMap::new();
     for u in listed.uploads {
         let got = cl
-            .get_upload(GetUploadRequest { bucket: bucket.into(), key: u.key.clone(), upload_id: u.upload_id.clone() })
+            .get_upload(GetUploadRequest {
+                bucket: bucket.into(),
+                key: u.key.clone(),
+                upload_id: u.upload_id.clone(),
+                completed: false,
+            })
             .await?
             .into_inner();
         out.insert(u.upload_id, got.parts.iter().map(|p| p.part_number).collect());

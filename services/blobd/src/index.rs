@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use aether_proto::blob::v1::{CompletedPart, FenceOp, ObjectMeta, SyncUpload, UploadPart};
+use aether_proto::blob::v1::{CompletedPart, CompletedUpload, FenceOp, ObjectMeta, SyncUpload, UploadPart};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tracing::Instrument;
@@ -470,6 +470,30 @@ impl Index {
         Ok((up, parts_of(&self.read, upload_id).await?))
     }
 
+    /// What completing `upload_id` (of `bucket/key`) here made of it, while its
+    /// `ended_uploads` row is kept (the tombstone grace); `None` if it was not completed here
+    /// (unknown, in progress, aborted, or ended by anti-entropy).
+    pub async fn completed_upload(&self, bucket: &str, key: &str, upload_id: &str) -> Result<Option<CompletedUpload>> {
+        let row = sqlx::query(
+            "SELECT etag, checksums FROM ended_uploads \
+             WHERE upload_id = ?1 AND bucket = ?2 AND key = ?3 AND etag IS NOT NULL",
+        )
+        .bind(upload_id)
+        .bind(bucket)
+        .bind(key.as_bytes())
+        .fetch_optional(&self.read)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let checksums: Option<String> = r.try_get("checksums")?;
+        let checksums = match checksums {
+            Some(j) => {
+                serde_json::from_str(&j).map_err(|e| BlobdError::Corrupt(format!("ended_uploads.checksums: {e}")))?
+            }
+            None => Default::default(),
+        };
+        Ok(Some(CompletedUpload { etag: r.try_get("etag")?, checksums }))
+    }
+
     /// A bucket's uploads in progress with their parts, in upload id order after `after`,
     /// at most `limit`. The second value is the last upload id read (`None`: the end was
     /// reached).
@@ -729,7 +753,7 @@ impl Index {
             load_upload(&mut *tx, bucket, key, upload_id).await?;
             let blobs = part_blobs(&mut *tx, upload_id).await?;
             delete_upload(&mut tx, upload_id).await?;
-            record_ended(&mut tx, bucket, key, upload_id).await?;
+            record_ended(&mut tx, bucket, key, upload_id, None).await?;
             tx.commit().await?;
             Ok(blobs.into_iter().map(|p| p.blob).collect())
         }
@@ -787,7 +811,8 @@ impl Index {
             let new = NewObject { ver: c.ver.clone(), heal: false, tombstone: false, size, blobs: blobs.clone(), meta };
             let mut applied = apply_in_tx(&mut tx, &c.bucket, &c.key, new).await?;
             delete_upload(&mut tx, &c.upload_id).await?;
-            record_ended(&mut tx, &c.bucket, &c.key, &c.upload_id).await?;
+            let completed = CompletedUpload { etag: c.etag.clone(), checksums: c.checksums.clone() };
+            record_ended(&mut tx, &c.bucket, &c.key, &c.upload_id, Some(&completed)).await?;
             tx.commit().await?;
             // Parts uploaded but not listed are garbage either way (apply_in_tx already
             // lists the listed blobs when the write lost).
@@ -929,21 +954,29 @@ where
         .collect()
 }
 
-/// Remember that an upload was completed or aborted here (see `ended_uploads`).
+/// Remember that an upload was completed (with the completion's ETag and checksums) or
+/// aborted (`None`) here (see `ended_uploads`).
 async fn record_ended(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     bucket: &str,
     key: &str,
     upload_id: &str,
+    completed: Option<&CompletedUpload>,
 ) -> Result<()> {
+    let checksums = match completed {
+        Some(c) => Some(serde_json::to_string(&c.checksums).map_err(|e| BlobdError::Corrupt(e.to_string()))?),
+        None => None,
+    };
     sqlx::query(
-        "INSERT INTO ended_uploads (upload_id, bucket, key, ended_ms) VALUES (?1, ?2, ?3, ?4) \
-         ON CONFLICT (upload_id) DO NOTHING",
+        "INSERT INTO ended_uploads (upload_id, bucket, key, ended_ms, etag, checksums) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (upload_id) DO NOTHING",
     )
     .bind(upload_id)
     .bind(bucket)
     .bind(key.as_bytes())
     .bind(now_ms())
+    .bind(completed.map(|c| c.etag.as_str()))
+    .bind(checksums)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -623,8 +623,16 @@ impl BlobService for BlobSvc {
         let span = new_span("get_upload", request.metadata(), &request.get_ref().bucket, &request.get_ref().key);
         let req = request.into_inner();
         async {
-            let (up, parts) = self.store.index.get_upload(&req.bucket, &req.key, &req.upload_id).await?;
-            Ok::<_, BlobdError>(GetUploadResponse { meta: Some(up.meta), parts })
+            match self.store.index.get_upload(&req.bucket, &req.key, &req.upload_id).await {
+                Ok((up, parts)) => Ok(GetUploadResponse { meta: Some(up.meta), parts, completed: None }),
+                Err(BlobdError::NoSuchUpload) if req.completed => {
+                    match self.store.index.completed_upload(&req.bucket, &req.key, &req.upload_id).await? {
+                        Some(c) => Ok(GetUploadResponse { meta: None, parts: Vec::new(), completed: Some(c) }),
+                        None => Err(BlobdError::NoSuchUpload),
+                    }
+                }
+                Err(e) => Err(e),
+            }
         }
         .instrument(span)
         .await

@@ -32,7 +32,9 @@ async fn serves_while_registration_retries_and_restarts_on_same_dir() {
     assert_eq!(m.version, Some(ver(7, "w")));
     let h = c.head(HeadRequest { bucket: "b".into(), key: "../../k".into() }).await.unwrap().into_inner();
     assert_eq!(h.etag, md5_hex(&data));
-    c.get_upload(GetUploadRequest { bucket: "b".into(), key: "m".into(), upload_id: "u".into() }).await.unwrap();
+    c.get_upload(GetUploadRequest { bucket: "b".into(), key: "m".into(), upload_id: "u".into(), completed: false })
+        .await
+        .unwrap();
     assert_eq!(std::fs::read_to_string(tmp.path().join("node_id")).unwrap(), id);
     node.stop().await;
 }

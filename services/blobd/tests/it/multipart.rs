@@ -67,7 +67,12 @@ async fn multipart_create_parts_complete_abort() {
     assert_eq!(node.staging_files(), 0);
 
     let up = c
-        .get_upload(GetUploadRequest { bucket: "b".into(), key: "mp/obj".into(), upload_id: "u1".into() })
+        .get_upload(GetUploadRequest {
+            bucket: "b".into(),
+            key: "mp/obj".into(),
+            upload_id: "u1".into(),
+            completed: false,
+        })
         .await
         .unwrap()
         .into_inner();
@@ -119,9 +124,37 @@ async fn multipart_create_parts_complete_abort() {
         let (_, got) = get(&mut c, req).await.unwrap();
         assert!(got == whole[s as usize..=e as usize], "range {s}-{e}");
     }
-    // The upload is gone.
+    // The upload is gone; asked for completions, the daemon tells what it made of it (a
+    // retried completion's answer), for that bucket and key only.
     let err = c
-        .get_upload(GetUploadRequest { bucket: "b".into(), key: "mp/obj".into(), upload_id: "u1".into() })
+        .get_upload(GetUploadRequest {
+            bucket: "b".into(),
+            key: "mp/obj".into(),
+            upload_id: "u1".into(),
+            completed: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let done = c
+        .get_upload(GetUploadRequest {
+            bucket: "b".into(),
+            key: "mp/obj".into(),
+            upload_id: "u1".into(),
+            completed: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((done.meta, done.parts.len()), (None, 0));
+    assert_eq!(done.completed.map(|d| d.etag), Some("abc-3".to_string()));
+    let err = c
+        .get_upload(GetUploadRequest {
+            bucket: "b".into(),
+            key: "mp/other".into(),
+            upload_id: "u1".into(),
+            completed: true,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -211,6 +244,17 @@ async fn ended_uploads_are_remembered_and_reported() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+    // An aborted upload was not completed.
+    let err = c
+        .get_upload(GetUploadRequest {
+            bucket: "b".into(),
+            key: "k/aborted".into(),
+            upload_id: "aborted".into(),
+            completed: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 
     let ids = ["open", "aborted", "missed"].map(String::from).to_vec();
     let got = c.uploads(UploadsRequest { bucket: "b".into(), upload_ids: ids }).await.unwrap().into_inner();
@@ -248,7 +292,15 @@ async fn abandoned_uploads_are_reaped_after_the_age() {
     let exists = |c: &mut Client, key: &'static str, id: &'static str| {
         let mut c = c.clone();
         async move {
-            match c.get_upload(GetUploadRequest { bucket: "b".into(), key: key.into(), upload_id: id.into() }).await {
+            match c
+                .get_upload(GetUploadRequest {
+                    bucket: "b".into(),
+                    key: key.into(),
+                    upload_id: id.into(),
+                    completed: false,
+                })
+                .await
+            {
                 Ok(_) => true,
                 Err(s) if s.code() == Code::NotFound => false,
                 Err(s) => panic!("get_upload: {s}"),

@@ -217,8 +217,12 @@ async fn upload_holders(
     upload_id: &str,
     enough: impl Fn(&[(Replica, pb::GetUploadResponse)]) -> bool,
 ) -> Result<Vec<(Replica, pb::GetUploadResponse)>, S3Error> {
-    let get =
-        pb::GetUploadRequest { bucket: bucket.to_string(), key: key.to_string(), upload_id: upload_id.to_string() };
+    let get = pb::GetUploadRequest {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: upload_id.to_string(),
+        completed: false,
+    };
     let (mut held, errs) = get_upload_on(state, replicas, &get).await;
     if !enough(&held) {
         let others: Vec<Replica> = state
@@ -520,7 +524,6 @@ pub fn check_parts(
     if requested.windows(2).any(|w| w[0].part_number >= w[1].part_number) {
         return Err(S3Error::InvalidPartOrder);
     }
-    let mut md5 = md5::Md5::new();
     for (i, part) in requested.iter().enumerate() {
         let Some(stored) = stored.get(&part.part_number) else { return Err(S3Error::InvalidPart) };
         if bare_etag(&stored.etag) != bare_etag(&part.etag) {
@@ -529,10 +532,19 @@ pub fn check_parts(
         if i + 1 < requested.len() && stored.size < min_part_size {
             return Err(S3Error::EntityTooSmall { proposed: stored.size, min: min_part_size });
         }
-        let raw = hex::decode(bare_etag(&stored.etag)).map_err(|_| S3Error::InvalidPart)?;
+    }
+    listed_etag(requested).ok_or(S3Error::InvalidPart)
+}
+
+/// The multipart ETag the listed parts make (`hex(md5(concat of binary part md5s))-N`);
+/// `None` if a listed ETag is not an MD5.
+fn listed_etag(listed: &[xml::CompletedPartXml]) -> Option<String> {
+    let mut md5 = md5::Md5::new();
+    for part in listed {
+        let raw = hex::decode(bare_etag(&part.etag)).ok().filter(|r| r.len() == 16)?;
         md5.update(&raw);
     }
-    Ok(format!("{}-{}", hex::encode(md5.finalize()), requested.len()))
+    Some(format!("{}-{}", hex::encode(md5.finalize()), listed.len()))
 }
 
 pub async fn handle_complete_multipart_upload(
@@ -552,12 +564,18 @@ pub async fn handle_complete_multipart_upload(
         wanted.iter().all(|(num, etag)| u.parts.iter().any(|p| p.part_number == *num && bare_etag(&p.etag) == *etag))
     };
     let need = need(state, &replicas);
-    let uploads = upload_holders(state, &replicas, bucket, key, upload_id, |h| {
-        h.iter().filter(|(_, u)| holds_all(u)).count() >= need
-    })
-    .await?;
     // (Nodes outside the replica set are asked only to tell a part that is missing from
     // one that is still moving.)
+    let uploads = match upload_holders(state, &replicas, bucket, key, upload_id, |h| {
+        h.iter().filter(|(_, u)| holds_all(u)).count() >= need
+    })
+    .await
+    {
+        Err(S3Error::NoSuchUpload) => {
+            return completed_before(state, ctx, &replicas, bucket, key, upload_id, &doc.parts).await;
+        }
+        r => r?,
+    };
     // A part counts if any holder of the upload holds it.
     let mut stored: HashMap<u32, pb::UploadPart> = HashMap::new();
     for (_, upload) in &uploads {
@@ -570,10 +588,6 @@ pub async fn handle_complete_multipart_upload(
         }
     }
     let etag = check_parts(&doc.parts, &stored, state.cfg.min_part_size)?;
-    // Only a node that holds every listed part can complete. Fewer than a write quorum of
-    // them (a replica missed a part and another is down, or the key moved and anti-entropy
-    // is still moving the parts): completing on some would end the upload there and leave
-    // a retry without the parts, so answer 503 and let the client retry once they moved.
     // Only the key's replicas complete it, and only one holding every listed part can: with
     // fewer than a write quorum of those (a replica missed a part and another is down, or
     // the key moved and anti-entropy is still handing the parts over), completing on some
@@ -632,20 +646,89 @@ pub async fn handle_complete_multipart_upload(
     }
     written?;
     let _ = completed.send(true);
+    completion_answer(state, ctx, bucket, key, &etag, declared, object_checksum.as_deref())
+}
+
+/// CompleteMultipartUpload's answer: the object's location, ETag and checksum.
+fn completion_answer(
+    state: &AppState,
+    ctx: &super::Ctx,
+    bucket: &str,
+    key: &str,
+    etag: &str,
+    declared: Option<mpu_checksum::Declared>,
+    checksum: Option<&str>,
+) -> Result<Response, S3Error> {
     let doc = xml::CompleteMultipartUploadResult {
         xmlns: xml::S3_NS,
         location: super::object_url(&ctx.headers, state.cfg.root_domain.as_deref(), bucket, key),
         bucket: bucket.to_string(),
         key: key.to_string(),
-        etag: quoted_etag(&etag),
-        checksum: xml::ChecksumFields::new(declared.map(|d| d.alg), object_checksum.as_deref().unwrap_or("")),
+        etag: quoted_etag(etag),
+        checksum: xml::ChecksumFields::new(declared.map(|d| d.alg), checksum.unwrap_or("")),
         checksum_type: declared.map(|d| d.type_name()),
     };
     let mut resp = xml_response(xml::to_xml("CompleteMultipartUploadResult", &doc)?)?;
-    if let Ok(v) = http::HeaderValue::from_str(&quoted_etag(&etag)) {
+    if let Ok(v) = http::HeaderValue::from_str(&quoted_etag(etag)) {
         resp.headers_mut().insert(http::header::ETAG, v);
     }
     Ok(resp)
+}
+
+/// A completion of an upload that no node holds any more. S3 answers a retried completion
+/// (its first answer was lost, or it failed after completing on some replicas) as it
+/// answered the first, so: if a node completed this upload into the ETag the listed parts
+/// make (its `ended_uploads` record, kept for the tombstone grace), and a write quorum of
+/// the key's replicas now holds that object, the answer is the first one's. If fewer do (a
+/// partial completion that anti-entropy is still copying), 503: the client retries. If no
+/// node completed it so (unknown, aborted, another part list, or forgotten), or a quorum of
+/// replicas answered and none holds that object any more, NoSuchUpload.
+async fn completed_before(
+    state: &AppState,
+    ctx: &super::Ctx,
+    replicas: &[Replica],
+    bucket: &str,
+    key: &str,
+    upload_id: &str,
+    listed: &[xml::CompletedPartXml],
+) -> Result<Response, S3Error> {
+    let Some(etag) = listed_etag(listed) else { return Err(S3Error::NoSuchUpload) };
+    let get = pb::GetUploadRequest {
+        bucket: bucket.to_string(),
+        key: key.to_string(),
+        upload_id: upload_id.to_string(),
+        completed: true,
+    };
+    // Every data node: the replica set may have changed since the completion.
+    let (held, _) = get_upload_on(state, &state.store.data_nodes(&state.store.catalog.snapshot()), &get).await;
+    let Some(done) = held.into_iter().filter_map(|(_, u)| u.completed).find(|c| c.etag == etag) else {
+        return Err(S3Error::NoSuchUpload);
+    };
+    let head = pb::HeadRequest { bucket: bucket.to_string(), key: key.to_string() };
+    let (metas, _) = state
+        .store
+        .unary_quorum(replicas, replicas.len(), |mut c| {
+            let head = head.clone();
+            async move { c.head(head).await.map(|r| r.into_inner()) }
+        })
+        .await;
+    let holding = metas.iter().filter(|m| !m.tombstone && m.etag == etag).count();
+    let need = need(state, replicas);
+    if holding == 0 && metas.len() >= need {
+        // A quorum answered and none holds it: replaced or deleted since (or its only
+        // copies are out of reach): no longer this completion's object.
+        return Err(S3Error::NoSuchUpload);
+    }
+    if holding < need {
+        tracing::warn!(holding, need, upload_id, "a retried completion: too few replicas hold its object yet");
+        crate::cluster::quorum_failed("write");
+        return Err(S3Error::ServiceUnavailable);
+    }
+    metrics::counter!("gateway_completions_replayed_total").increment(1);
+    tracing::info!(upload_id, "a retried completion of a completed upload: answered as the first");
+    let declared = mpu_checksum::declared_of(upload_id);
+    let checksum = declared.and_then(|d| done.checksums.get(&d.alg.name().to_ascii_lowercase()).cloned());
+    completion_answer(state, ctx, bucket, key, &etag, declared, checksum.as_deref())
 }
 
 /// A replica whose complete failed (it had not stored every part yet) still holds the
