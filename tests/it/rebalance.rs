@@ -796,3 +796,48 @@ async fn a_whole_cluster_back_after_the_tombstone_grace_loses_nothing() -> anyho
     }
     Ok(())
 }
+
+/// The replication factor is the cluster's, in metad (`cluster/config`): the first blobd
+/// writes it from its setting; a gateway configured otherwise follows the stored value;
+/// lowering it to 2 leaves every object on exactly its 2 owners (anti-entropy drops the
+/// third copies), raising it to 3 gives every object its third copy, and every object reads
+/// back intact throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_replication_factor_is_the_clusters_and_can_change() -> anyhow::Result<()> {
+    use aether_common::catalog::{ClusterConfig, Keys};
+    let mut c =
+        Cluster::start(ClusterOptions { blobds: 4, gateways: 1, sync_interval_secs: 1, ..ClusterOptions::default() })
+            .await?;
+    let key = Keys::default().cluster_config();
+    let mut etcd = c.etcd().await?;
+    let stored = etcd.get(key.as_str(), None).await?;
+    let stored = stored.kvs().first().and_then(|kv| ClusterConfig::parse(kv.value()));
+    assert_eq!(stored, Some(ClusterConfig { replication_factor: 3 }), "written by the first blobd");
+    // A gateway configured with RF 1 follows the cluster's 3.
+    c.opts.replication_factor = 1;
+    let gw = c.start_gateway().await?;
+    let s3 = c.s3(gw);
+    s3.create_bucket().bucket("rfac").send().await?;
+    let keys: Vec<String> = (0..60).map(|i| format!("k/{i:02}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        s3.put_object().bucket("rfac").key(k).body(bs(&body(i))).send().await?;
+    }
+    let all = [0, 1, 2, 3];
+    let four = placement(&c, &all);
+    let have = copies(&c, &all, "rfac", &keys).await?;
+    assert_eq!(misplaced(&have, &four, "rfac", 3), Vec::<String>::new(), "written to 3 owners");
+
+    for rf in [2, 3] {
+        etcd.put(key.as_str(), serde_json::to_vec(&ClusterConfig { replication_factor: rf })?, None).await?;
+        wait_for(&format!("every key on exactly its {rf} owners"), Duration::from_secs(60), || async {
+            let have = copies(&c, &all, "rfac", &keys).await.ok()?;
+            misplaced(&have, &four, "rfac", rf).is_empty().then_some(())
+        })
+        .await?;
+        for (i, k) in keys.iter().enumerate() {
+            let got = c.s3(0).get_object().bucket("rfac").key(k).send().await?;
+            assert_eq!(body_bytes(got).await, body(i), "{k} at rf {rf}");
+        }
+    }
+    c.stop_all().await
+}

@@ -101,6 +101,10 @@ enum NodeCmd {
     SetWeight { id: String, weight: u32 },
     /// Failure domain; replicas prefer distinct zones.
     SetZone { id: String, zone: String },
+    /// The cluster's replication factor (copies of every object; the catalog's
+    /// `cluster/config`, which every gateway and blobd follows over its own setting).
+    /// Anti-entropy then moves copies to the new owners.
+    SetRf { replication_factor: usize },
 }
 
 #[derive(Subcommand, Debug)]
@@ -326,6 +330,7 @@ fn main() -> anyhow::Result<()> {
                 NodeCmd::Remove { id } => node::change(ep, p, id, node::Change::State(NodeState::Removed)),
                 NodeCmd::SetWeight { id, weight } => node::change(ep, p, id, node::Change::Weight(*weight)),
                 NodeCmd::SetZone { id, zone } => node::change(ep, p, id, node::Change::Zone(zone.clone())),
+                NodeCmd::SetRf { replication_factor } => node::set_rf(ep, p, *replication_factor),
             };
         }
         _ => {}

@@ -79,6 +79,11 @@ pub fn ls(endpoints: &[String], prefix: &str, json: bool) -> anyhow::Result<()> 
             println!("{}", serde_json::to_string_pretty(&rows)?);
             return Ok(());
         }
+        let rf = client.get(keys.cluster_config(), None).await?;
+        match rf.kvs().first().and_then(|kv| aether_common::catalog::ClusterConfig::parse(kv.value())) {
+            Some(c) => println!("replication factor: {}", c.replication_factor),
+            None => println!("replication factor: unset (each service's own setting)"),
+        }
         println!(
             "{:<36} {:<22} {:<8} {:>6} {:<9} {:<5} {:>10} {:>14}",
             "NODE", "ADDRESS", "ZONE", "WEIGHT", "STATE", "ALIVE", "OBJECTS", "BYTES"
@@ -168,6 +173,44 @@ pub fn change(endpoints: &[String], prefix: &str, id: &str, change: Change) -> a
         if matches!(change, Change::State(NodeState::Draining)) {
             println!("its keys move to the other active nodes; `aether node ls` shows 0 objects on it when done");
         }
+        Ok(())
+    })
+}
+
+/// Set the cluster's replication factor (the catalog's `cluster/config`, which gateways
+/// and blobd follow over their own settings). A compare-and-swap on the entry.
+pub fn set_rf(endpoints: &[String], prefix: &str, replication_factor: usize) -> anyhow::Result<()> {
+    use aether_common::catalog::ClusterConfig;
+    if replication_factor == 0 {
+        bail!("the replication factor must be at least 1");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let keys = Keys::new(prefix);
+        let mut client = connect(endpoints).await?;
+        let key = keys.cluster_config();
+        let got = client.get(key.as_str(), None).await?;
+        let (old, rev) = match got.kvs().first() {
+            Some(kv) => (ClusterConfig::parse(kv.value()), kv.mod_revision()),
+            None => (None, 0),
+        };
+        if old.is_some_and(|c| c.replication_factor == replication_factor) {
+            println!("replication factor: {replication_factor} (unchanged)");
+            return Ok(());
+        }
+        let next = ClusterConfig { replication_factor };
+        let cmp = if rev == 0 {
+            Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)
+        };
+        let txn = Txn::new().when([cmp]).and_then([TxnOp::put(key.as_str(), serde_json::to_vec(&next)?, None)]);
+        if !client.txn(txn).await?.succeeded() {
+            bail!("the cluster config changed concurrently; run the command again");
+        }
+        let was = old.map_or("unset".to_string(), |c| c.replication_factor.to_string());
+        println!("replication factor: {replication_factor} (was {was})");
+        println!("gateways place new writes by it now; anti-entropy moves existing copies to their new owners");
         Ok(())
     })
 }

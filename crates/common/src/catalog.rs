@@ -56,6 +56,51 @@ impl Keys {
     pub fn alive(&self, id: &str) -> String {
         format!("{}alive/{id}", self.prefix)
     }
+    /// The settings every gateway and blobd of the cluster share ([`ClusterConfig`]).
+    pub fn cluster_config(&self) -> String {
+        format!("{}cluster/config", self.prefix)
+    }
+}
+
+/// Settings every gateway and blobd of a cluster must agree on (placement depends on them),
+/// so they live in the catalog (`cluster/config`), not in each service's configuration. The
+/// first blobd to register writes it from its own `replication_factor`; from then on the
+/// entry wins over every service's setting (`aether cluster set-rf` changes it; anti-entropy
+/// then moves copies to the new owners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub replication_factor: usize,
+}
+
+impl ClusterConfig {
+    /// The entry's value; `None` if malformed or with a replication factor of 0.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        serde_json::from_slice::<Self>(value).ok().filter(|c| c.replication_factor > 0)
+    }
+
+    /// Write the entry with `replication_factor` unless it exists; return what it holds.
+    pub async fn ensure(
+        client: &mut etcd_client::Client,
+        keys: &Keys,
+        replication_factor: usize,
+    ) -> Result<Option<Self>, etcd_client::Error> {
+        use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+        let key = keys.cluster_config();
+        let mine = Self { replication_factor: replication_factor.max(1) };
+        let value = serde_json::to_vec(&mine).unwrap_or_default();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = client.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Some(mine));
+        }
+        Ok(resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().and_then(|kv| Self::parse(kv.value())),
+            _ => None,
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

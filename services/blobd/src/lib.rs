@@ -216,6 +216,7 @@ pub async fn run(cfg: BlobdConfig, listeners: BlobdListeners, shutdown: Shutdown
         lease_ttl_secs: cfg.lease_ttl_secs,
         started_at: now_rfc3339(),
         auto_port: (cfg.advertise_addr.is_none() && local.ip().is_unspecified()).then_some(local.port()),
+        replication_factor: cfg.replication_factor.max(1),
     };
     let registration = tokio::spawn(register::run(reg, registered.clone(), stop.clone()));
 

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use aether_common::admin::Readiness;
-use aether_common::catalog::{AliveEntry, Keys, NodeEntry, NodeState};
+use aether_common::catalog::{AliveEntry, ClusterConfig, Keys, NodeEntry, NodeState};
 use aether_common::shutdown::Shutdown;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, PutOptions, Txn, TxnOp};
 
@@ -38,6 +38,9 @@ pub struct Registration {
     /// local end of the route to metad on this port, found again at every registration (a
     /// container reconnected to its network may have a new address).
     pub auto_port: Option<u16>,
+    /// This daemon's configured replication factor: written to the catalog's cluster
+    /// config if that has none yet.
+    pub replication_factor: usize,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -108,6 +111,15 @@ async fn register_once(reg: &Registration) -> Result<(Client, i64), RegisterErro
     let mut client = timed(aether_common::etcd::connect(&reg.endpoints, Some(opts))).await?;
     if reg.auto_join {
         join(&mut client, reg).await?;
+    }
+    match timed(ClusterConfig::ensure(&mut client, &reg.keys, reg.replication_factor)).await? {
+        Some(c) if c.replication_factor != reg.replication_factor => tracing::warn!(
+            configured = reg.replication_factor,
+            cluster = c.replication_factor,
+            "the cluster's replication factor (catalog cluster/config) differs from this daemon's setting, which is ignored"
+        ),
+        Some(_) => {}
+        None => tracing::warn!("the catalog's cluster/config is malformed; using this daemon's replication factor"),
     }
     let lease = timed(client.lease_grant(reg.lease_ttl_secs.max(1), None)).await?.id();
     let alive = AliveEntry { addr: reg.node.addr.clone(), started_at: reg.started_at.clone() };

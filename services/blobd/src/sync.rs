@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aether_common::catalog::{AliveEntry, Keys, NodeEntry, NodeState};
+use aether_common::catalog::{AliveEntry, ClusterConfig, Keys, NodeEntry, NodeState};
 use aether_common::grpc::ChannelPool;
 use aether_common::grpc::ToNode;
 use aether_common::placement::{PlacementNode, object_digest, replicas_of_digest};
@@ -254,6 +254,8 @@ struct Holders<'b> {
 struct Layout {
     nodes: BTreeMap<String, (NodeEntry, i64)>,
     alive: HashMap<String, AliveEntry>,
+    /// The catalog's cluster config (`None`: none yet, or malformed).
+    cluster: Option<ClusterConfig>,
 }
 
 impl Layout {
@@ -439,7 +441,9 @@ async fn read_layout(client: &mut etcd_client::Client, keys: &Keys) -> Result<La
     let opts = || Some(etcd_client::GetOptions::new().with_prefix());
     let nodes = timed(client.get(keys.nodes(), opts())).await?;
     let alive = timed(client.get(keys.alive_all(), opts())).await?;
-    let mut layout = Layout::default();
+    let cluster = timed(client.get(keys.cluster_config(), None)).await?;
+    let mut layout =
+        Layout { cluster: cluster.kvs().first().and_then(|kv| ClusterConfig::parse(kv.value())), ..Layout::default() };
     for kv in nodes.kvs() {
         let Some(id) = kv.key_str().ok().and_then(|k| k.strip_prefix(&keys.nodes())) else { continue };
         match serde_json::from_slice::<NodeEntry>(kv.value()) {
@@ -528,7 +532,11 @@ async fn one_cycle(
         .filter(|(_, (n, _))| n.state == NodeState::Active)
         .map(|(id, (n, _))| PlacementNode { id: id.clone(), zone: n.zone.clone(), weight: n.weight })
         .collect();
-    let scope = Scope { nodes, rf: cfg.replication_factor.max(1) };
+    // The cluster's replication factor (the catalog's), this daemon's own setting only
+    // while the catalog has none.
+    let rf = layout.cluster.map_or(cfg.replication_factor, |c| c.replication_factor).max(1);
+    metrics::gauge!("blobd_replication_factor").set(rf as f64);
+    let scope = Scope { nodes, rf };
     let started_ms = crate::index::now_ms();
     let mut cycle = Cycle {
         store,

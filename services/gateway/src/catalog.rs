@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aether_common::admin::Readiness;
-use aether_common::catalog::{AccessKeyEntry, AliveEntry, BucketEntry, Keys, NodeEntry, NodeState};
+use aether_common::catalog::{AccessKeyEntry, AliveEntry, BucketEntry, ClusterConfig, Keys, NodeEntry, NodeState};
 use aether_common::placement::PlacementNode;
 use aether_common::shutdown::Shutdown;
 use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub keys: HashMap<String, AccessKeyEntry>,
     pub nodes: BTreeMap<String, NodeEntry>,
     pub alive: HashMap<String, AliveEntry>,
+    /// The cluster's shared settings (`cluster/config`; `None`: none yet, or malformed).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Snapshot {
@@ -110,6 +112,12 @@ impl Snapshot {
                         }
                         Err(e) => tracing::warn!(node = %name, error = %e, "ignoring malformed node entry"),
                     }
+                }
+            }
+            "cluster" if name == "config" => {
+                self.cluster = if deleted { None } else { ClusterConfig::parse(kv.value()) };
+                if !deleted && self.cluster.is_none() {
+                    tracing::warn!("ignoring a malformed cluster config entry");
                 }
             }
             "alive" => {

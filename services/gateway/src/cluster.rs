@@ -106,7 +106,7 @@ pub fn readiness(state: &Arc<AppState>) -> Vec<ReadyCheck> {
     let quorum = ReadyCheck::new(move || {
         let snap = st.store.catalog.snapshot();
         let active = snap.placement_nodes();
-        let rf = st.cfg.replication_factor.max(1).min(active.len());
+        let rf = st.store.replication_factor(&snap).min(active.len());
         let need = st.store.write_quorum(rf);
         let live = active.iter().filter(|n| snap.is_alive(&n.id)).count();
         if active.is_empty() {
@@ -179,7 +179,7 @@ pub async fn view(state: &Arc<AppState>, checks: &[ReadyCheck]) -> ClusterView {
         not_ready,
         catalog_revision: snap.revision,
         buckets: snap.buckets.len(),
-        replication_factor: state.cfg.replication_factor,
+        replication_factor: state.store.replication_factor(&snap),
         metad,
         nodes,
         missed_replica_writes: MISSED_REPLICA_WRITES.load(Ordering::Relaxed),

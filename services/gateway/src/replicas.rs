@@ -107,10 +107,16 @@ impl Store {
             .max_encoding_message_size(64 << 20))
     }
 
+    /// The cluster's replication factor: the catalog's (`cluster/config`), this gateway's
+    /// own setting only while the catalog has none.
+    pub fn replication_factor(&self, snap: &Snapshot) -> usize {
+        snap.cluster.map_or(self.replication_factor, |c| c.replication_factor).max(1)
+    }
+
     /// The replicas of `bucket/key` in HRW order.
     fn replicas(&self, snap: &Snapshot, bucket: &str, key: &str) -> Vec<Replica> {
         let nodes = snap.placement_nodes();
-        let rf = self.replication_factor.min(nodes.len());
+        let rf = self.replication_factor(snap).min(nodes.len());
         aether_common::placement::replicas(&nodes, bucket, key, rf)
             .into_iter()
             .filter_map(|n| {
