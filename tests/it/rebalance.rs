@@ -805,9 +805,16 @@ async fn a_whole_cluster_back_after_the_tombstone_grace_loses_nothing() -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_replication_factor_is_the_clusters_and_can_change() -> anyhow::Result<()> {
     use aether_common::catalog::{ClusterConfig, Keys};
-    let mut c =
-        Cluster::start(ClusterOptions { blobds: 4, gateways: 1, sync_interval_secs: 1, ..ClusterOptions::default() })
-            .await?;
+    // W = all: a put returns once every replica the gateway chose holds it, so its copies
+    // can be counted right away (before anti-entropy could add any).
+    let mut c = Cluster::start(ClusterOptions {
+        blobds: 4,
+        gateways: 1,
+        sync_interval_secs: 1,
+        write_quorum: aether_common::config::Quorum::All,
+        ..ClusterOptions::default()
+    })
+    .await?;
     let key = Keys::default().cluster_config();
     let mut etcd = c.etcd().await?;
     let stored = etcd.get(key.as_str(), None).await?;
@@ -819,13 +826,15 @@ async fn the_replication_factor_is_the_clusters_and_can_change() -> anyhow::Resu
     let s3 = c.s3(gw);
     s3.create_bucket().bucket("rfac").send().await?;
     let keys: Vec<String> = (0..60).map(|i| format!("k/{i:02}")).collect();
-    for (i, k) in keys.iter().enumerate() {
-        s3.put_object().bucket("rfac").key(k).body(bs(&body(i))).send().await?;
-    }
     let all = [0, 1, 2, 3];
     let four = placement(&c, &all);
-    let have = copies(&c, &all, "rfac", &keys).await?;
-    assert_eq!(misplaced(&have, &four, "rfac", 3), Vec::<String>::new(), "written to 3 owners");
+    for (i, k) in keys.iter().enumerate() {
+        s3.put_object().bucket("rfac").key(k).body(bs(&body(i))).send().await?;
+        if i < 3 {
+            let have = copies(&c, &all, "rfac", &keys[i..=i]).await?;
+            assert_eq!(misplaced(&have, &four, "rfac", 3), Vec::<String>::new(), "{k} written to its 3 owners");
+        }
+    }
 
     for rf in [2, 3] {
         etcd.put(key.as_str(), serde_json::to_vec(&ClusterConfig { replication_factor: rf })?, None).await?;

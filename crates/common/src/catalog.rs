@@ -65,7 +65,7 @@ impl Keys {
 /// Settings every gateway and blobd of a cluster must agree on (placement depends on them),
 /// so they live in the catalog (`cluster/config`), not in each service's configuration. The
 /// first blobd to register writes it from its own `replication_factor`; from then on the
-/// entry wins over every service's setting (`aether cluster set-rf` changes it; anti-entropy
+/// entry wins over every service's setting (`aether node set-rf` changes it; anti-entropy
 /// then moves copies to the new owners).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {

@@ -19,7 +19,7 @@ use super::{
     xml_response,
 };
 use crate::error::S3Error;
-use crate::replicas::{BodyChecks, NewestRead, PutTarget, Replica};
+use crate::replicas::{BodyChecks, NewestRead, PutTarget, Replica, version_key};
 use crate::xml;
 
 /// Every part but the last must be at least this large.
@@ -681,8 +681,9 @@ fn completion_answer(
 /// make (its `ended_uploads` record, kept for the tombstone grace), and a write quorum of
 /// the key's replicas now holds that object, the answer is the first one's. If fewer do (a
 /// partial completion that anti-entropy is still copying), 503: the client retries. If no
-/// node completed it so (unknown, aborted, another part list, or forgotten), or a quorum of
-/// replicas answered and none holds that object any more, NoSuchUpload.
+/// node completed it so (unknown, aborted, another part list, or forgotten), or the key's
+/// newest version on its replicas is another object or a delete, NoSuchUpload. (The
+/// request's conditional headers are not evaluated again: the answer replays the first.)
 async fn completed_before(
     state: &AppState,
     ctx: &super::Ctx,
@@ -705,24 +706,32 @@ async fn completed_before(
         return Err(S3Error::NoSuchUpload);
     };
     let head = pb::HeadRequest { bucket: bucket.to_string(), key: key.to_string() };
-    let (metas, _) = state
+    let (metas, errors) = state
         .store
         .unary_quorum(replicas, replicas.len(), |mut c| {
             let head = head.clone();
             async move { c.head(head).await.map(|r| r.into_inner()) }
         })
         .await;
-    let holding = metas.iter().filter(|m| !m.tombstone && m.etag == etag).count();
     let need = need(state, replicas);
-    if holding == 0 && metas.len() >= need {
-        // A quorum answered and none holds it: replaced or deleted since (or its only
-        // copies are out of reach): no longer this completion's object.
-        return Err(S3Error::NoSuchUpload);
-    }
-    if holding < need {
-        tracing::warn!(holding, need, upload_id, "a retried completion: too few replicas hold its object yet");
-        crate::cluster::quorum_failed("write");
-        return Err(S3Error::ServiceUnavailable);
+    // The key's newest version among the replicas' answers (tombstones included): it has to
+    // be this completion's object, on a write quorum.
+    match metas.iter().max_by(|a, b| version_key(a.version.as_ref()).cmp(&version_key(b.version.as_ref()))) {
+        Some(newest) if !newest.tombstone && newest.etag == etag => {
+            let holding = metas.iter().filter(|m| m.version == newest.version).count();
+            if holding < need {
+                tracing::warn!(holding, need, upload_id, "a retried completion: too few replicas hold its object yet");
+                crate::cluster::quorum_failed("write");
+                return Err(S3Error::ServiceUnavailable);
+            }
+        }
+        // Overwritten or deleted since: no longer this completion's object.
+        Some(_) => return Err(S3Error::NoSuchUpload),
+        None if errors.iter().all(|e| e.code() == tonic::Code::NotFound) => return Err(S3Error::NoSuchUpload),
+        None => {
+            crate::cluster::quorum_failed("read");
+            return Err(S3Error::ServiceUnavailable);
+        }
     }
     metrics::counter!("gateway_completions_replayed_total").increment(1);
     tracing::info!(upload_id, "a retried completion of a completed upload: answered as the first");
