@@ -20,6 +20,10 @@ pub enum MetadError {
     Snapshot(String),
     #[error("configuration: {0}")]
     Config(String),
+    /// Started on the data dir of a member that was removed from its cluster (etcd refuses
+    /// to start such a member too).
+    #[error("the member has been permanently removed from the cluster ({0} exists): wipe the data dir to add it back")]
+    Removed(std::path::PathBuf),
 }
 
 /// A request failed; `Display` is etcd's message, `code` etcd's gRPC code.

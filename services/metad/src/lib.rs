@@ -207,12 +207,20 @@ async fn join_identity(boot: &Bootstrap, peers: &Peers) -> Result<Identity, Meta
 }
 
 /// Serve until `shutdown` resolves, then stop Raft, close files and return.
+/// Written in the data dir when this member learns it was removed from the cluster; a
+/// start on that data dir then fails instead of waiting forever for a leader.
+const REMOVED_MARKER: &str = "removed";
+
 pub async fn run(cfg: MetadConfig, listeners: MetadListeners, shutdown: Shutdown) -> Result<(), MetadError> {
     // The metrics recorder first: what is recorded before it is installed is lost.
     let _ = aether_common::admin::prometheus();
     let data_dir = cfg.data_dir.clone();
     let io = |source| MetadError::Io { path: data_dir.clone(), source };
     tokio::fs::create_dir_all(&data_dir).await.map_err(io)?;
+    let removed = data_dir.join(REMOVED_MARKER);
+    if tokio::fs::try_exists(&removed).await.unwrap_or(false) {
+        return Err(MetadError::Removed(removed));
+    }
     let client_addr = listeners.client.local_addr().map_err(io)?;
     let peer_addr = listeners.peer.as_ref().map(|l| l.local_addr()).transpose().map_err(io)?;
     let boot = bootstrap(&cfg, peer_addr, client_addr)?;
@@ -353,6 +361,7 @@ async fn serve(
         let readiness = readiness.clone();
         let shutdown = shutdown.clone();
         let node = node.clone();
+        let marker = cfg.data_dir.join(REMOVED_MARKER);
         tasks.spawn(async move {
             loop {
                 // Registered before the state is read, so a change in between still wakes it.
@@ -363,6 +372,11 @@ async fn serve(
                 readiness.set(has_leader && node.published());
                 if node.check_removed().is_err() {
                     tracing::error!("this member was removed from the cluster; shutting down");
+                    if node.removal_committed()
+                        && let Err(e) = tokio::fs::write(&marker, b"removed from the cluster\n").await
+                    {
+                        tracing::warn!(path = %marker.display(), error = %e, "could not record the removal");
+                    }
                     shutdown.trigger();
                     break;
                 }

@@ -263,6 +263,15 @@ impl Node {
         }
     }
 
+    /// Whether this member's removal is known to be committed: it applied a membership
+    /// config without itself, or the leader told it so. (A leader refusing its Raft traffic
+    /// judges by a config that may not be committed yet, so that alone is not final.)
+    pub fn removal_committed(&self) -> bool {
+        self.peers.removal_committed()
+            || (self.was_member.load(Ordering::Relaxed)
+                && self.shared.read().membership.membership().get_node(&self.id).is_none())
+    }
+
     /// The leader, waiting up to `LEADER_WAIT` for one to be known.
     async fn leader(&self) -> Result<(NodeId, Member), EtcdError> {
         self.check_removed()?;
@@ -597,7 +606,7 @@ impl Node {
     }
 
     /// Serve a request another member sent.
-    pub async fn handle_call(&self, call: PeerCall) -> Result<PeerReply, EtcdError> {
+    pub async fn handle_call(&self, from: NodeId, call: PeerCall) -> Result<PeerReply, EtcdError> {
         // Everything but Identity and Removed is for the leader; a member that is not (any more) says
         // so rather than forwarding again.
         if !matches!(call, PeerCall::Identity | PeerCall::Removed { .. }) && !self.is_leader() {
@@ -622,11 +631,13 @@ impl Node {
             }
             PeerCall::Identity => Ok(PeerReply::Identity { cluster_id: self.cluster_id, members: self.members() }),
             PeerCall::Removed { cluster_id, id } => {
-                if cluster_id != self.cluster_id || id != self.id {
+                // Only from another member of this cluster (the leader that removed it).
+                let peer = from != self.id && self.shared.read().membership.membership().get_node(&from).is_some();
+                if cluster_id != self.cluster_id || id != self.id || !peer {
                     return Err(EtcdError::MemberNotFound);
                 }
                 tracing::warn!("the leader says this member was removed from the cluster");
-                self.peers.mark_removed();
+                self.peers.mark_removal_committed();
                 Ok(PeerReply::Removed)
             }
         }

@@ -148,6 +148,8 @@ pub struct Peers {
     from: Arc<std::sync::atomic::AtomicU64>,
     /// Set when the leader said this member was removed.
     removed: Arc<std::sync::atomic::AtomicBool>,
+    /// Set when the leader told this member its removal is committed (`PeerCall::Removed`).
+    removal_committed: Arc<std::sync::atomic::AtomicBool>,
     local_ip: Option<IpAddr>,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// The open `CallStream` per peer URL.
@@ -197,6 +199,7 @@ impl Peers {
         Self {
             from: Arc::default(),
             removed: Arc::default(),
+            removal_committed: Arc::default(),
             local_ip,
             channels: Arc::default(),
             call_streams: Arc::default(),
@@ -224,6 +227,17 @@ impl Peers {
     /// Record that this member was removed from the cluster (it then shuts down).
     pub fn mark_removed(&self) {
         self.removed.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Record that the leader told this member its removal is committed.
+    pub fn mark_removal_committed(&self) {
+        self.removal_committed.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.mark_removed();
+    }
+
+    /// Whether the leader told this member its removal is committed.
+    pub fn removal_committed(&self) -> bool {
+        self.removal_committed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Set once the member id is known.
@@ -670,7 +684,7 @@ impl RaftPeer for PeerService {
                     let span = tracing::info_span!("peer_call", from = p.from);
                     aether_common::telemetry::continue_traceparent(&span, &p.traceparent);
                     let reply = match decode::<PeerCall>(&p.data) {
-                        Ok(call) => node.handle_call(call).instrument(span).await,
+                        Ok(call) => node.handle_call(p.from, call).instrument(span).await,
                         Err(status) => Err(EtcdError::Internal(status.message().to_string())),
                     };
                     let answer = match serde_json::to_vec(&reply) {
@@ -691,8 +705,9 @@ impl RaftPeer for PeerService {
     async fn call(&self, request: Request<Payload>) -> Result<Response<Payload>, Status> {
         let span = tracing::info_span!("peer_call", from = request.get_ref().from);
         continue_grpc(&span, request.metadata());
-        let call: PeerCall = decode(&request.into_inner().data)?;
-        let reply = self.node.handle_call(call).instrument(span).await;
+        let p = request.into_inner();
+        let call: PeerCall = decode(&p.data)?;
+        let reply = self.node.handle_call(p.from, call).instrument(span).await;
         encode(&reply)
     }
 }

@@ -363,7 +363,12 @@ async fn membership_changes_and_a_fresh_member_gets_a_snapshot() {
     };
     let r = lc.member_remove(gone_id).await.unwrap();
     assert_eq!(r.members().len(), 2);
-    c.wait_exit(gone);
+    c.wait_exit(gone).expect("a removed member stops cleanly");
+    // Started again on its data dir, it refuses at once (as etcd's removed member does)
+    // rather than waiting for a leader that will never talk to it.
+    c.start_member(gone, &initial, ClusterState::New);
+    let e = c.wait_exit(gone).expect_err("a removed member's data dir does not start");
+    assert!(matches!(e, aether_metad::MetadError::Removed(_)), "{e}");
 
     // Wipe it and add it back (as a learner) with the same peer URL.
     std::fs::remove_dir_all(&c.members[gone].dir).unwrap();

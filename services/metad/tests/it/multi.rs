@@ -247,16 +247,16 @@ impl MultiCluster {
         r.thread.join().unwrap().unwrap();
     }
 
-    /// Wait (up to `DEADLINE`) for member `k` to stop by itself, as a removed member does;
-    /// panics if it is still running then.
-    pub fn wait_exit(&mut self, k: usize) {
+    /// Wait (up to `DEADLINE`) for member `k` to stop by itself, as a removed member does,
+    /// and return what `run` returned; panics if it is still running then.
+    pub fn wait_exit(&mut self, k: usize) -> Result<(), MetadError> {
         let r = self.members[k].running.take().expect("member not running");
         let ended = r.ended.recv_timeout(DEADLINE);
         assert!(
             matches!(ended, Err(std::sync::mpsc::RecvTimeoutError::Disconnected)),
             "member {k} did not stop by itself"
         );
-        r.thread.join().unwrap().unwrap();
+        r.thread.join().unwrap()
     }
 
     /// Cut member `k` off from every peer (both directions).
