@@ -210,6 +210,11 @@ pub fn set_rf(endpoints: &[String], prefix: &str, replication_factor: usize) -> 
         }
         let was = old.map_or("unset".to_string(), |c| c.replication_factor.to_string());
         println!("replication factor: {replication_factor} (was {was})");
+        let (nodes, _) = layout(&mut client, &keys).await?;
+        let active = nodes.values().filter(|(n, _)| n.state == NodeState::Active).count();
+        if active < replication_factor {
+            println!("note: only {active} active node(s): each object gets {active} copies until more join");
+        }
         println!("gateways place new writes by it now; anti-entropy moves existing copies to their new owners");
         Ok(())
     })
