@@ -60,7 +60,7 @@ pub fn version_key(v: Option<&pb::Version>) -> (u64, &str) {
 
 /// Order two copies of a key's meta: by version, and of one version by the latest tag
 /// change (metadata-only updates keep the version).
-fn newer(a: &&pb::ObjectMeta, b: &&pb::ObjectMeta) -> std::cmp::Ordering {
+pub fn newer(a: &&pb::ObjectMeta, b: &&pb::ObjectMeta) -> std::cmp::Ordering {
     (version_key(a.version.as_ref()), a.tags_hlc).cmp(&(version_key(b.version.as_ref()), b.tags_hlc))
 }
 
@@ -652,6 +652,17 @@ impl Store {
 
     /// `Head` on each node at once: the nodes that hold the key, with its meta.
     async fn heads(&self, nodes: &[Replica], bucket: &str, key: &str) -> Vec<(Replica, pb::ObjectMeta)> {
+        self.head_answers(nodes, bucket, key).await.into_iter().filter_map(|(r, m)| Some((r, m?))).collect()
+    }
+
+    /// `Head` on each node at once: every node that answered, with the key's meta (`None`:
+    /// it holds no version of it). Nodes that fail to answer are left out.
+    pub async fn head_answers(
+        &self,
+        nodes: &[Replica],
+        bucket: &str,
+        key: &str,
+    ) -> Vec<(Replica, Option<pb::ObjectMeta>)> {
         let timeout = self.timeout;
         futures::future::join_all(nodes.iter().map(|r| {
             let client = self.client(&r.id, &r.addr);
@@ -659,7 +670,7 @@ impl Store {
             async move {
                 let res = tokio::time::timeout(timeout, ask_replica(client.ok()?, bucket, key, false)).await;
                 match res {
-                    Ok(Ok((Some(meta), _))) => Some((r, meta)),
+                    Ok(Ok((meta, _))) => Some((r, meta)),
                     _ => None,
                 }
             }

@@ -206,11 +206,11 @@ async fn join_identity(boot: &Bootstrap, peers: &Peers) -> Result<Identity, Meta
     }
 }
 
-/// Serve until `shutdown` resolves, then stop Raft, close files and return.
 /// Written in the data dir when this member learns it was removed from the cluster; a
 /// start on that data dir then fails instead of waiting forever for a leader.
 const REMOVED_MARKER: &str = "removed";
 
+/// Serve until `shutdown` resolves, then stop Raft, close files and return.
 pub async fn run(cfg: MetadConfig, listeners: MetadListeners, shutdown: Shutdown) -> Result<(), MetadError> {
     // The metrics recorder first: what is recorded before it is installed is lost.
     let _ = aether_common::admin::prometheus();

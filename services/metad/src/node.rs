@@ -247,29 +247,29 @@ impl Node {
     }
 
     /// `etcdserver: the member has been permanently removed from the cluster` once the
-    /// membership config this member applied no longer lists it.
+    /// membership config this member applied no longer lists it, or the leader said so.
     pub fn check_removed(&self) -> Result<(), EtcdError> {
-        if self.peers.removed() {
+        if self.peers.removed() || self.left_applied_membership() {
             return Err(EtcdError::MemberRemoved);
         }
-        let present = self.shared.read().membership.membership().get_node(&self.id).is_some();
-        if present {
-            self.was_member.store(true, Ordering::Relaxed);
-            Ok(())
-        } else if self.was_member.load(Ordering::Relaxed) {
-            Err(EtcdError::MemberRemoved)
-        } else {
-            Ok(())
-        }
+        Ok(())
     }
 
     /// Whether this member's removal is known to be committed: it applied a membership
     /// config without itself, or the leader told it so. (A leader refusing its Raft traffic
     /// judges by a config that may not be committed yet, so that alone is not final.)
     pub fn removal_committed(&self) -> bool {
-        self.peers.removal_committed()
-            || (self.was_member.load(Ordering::Relaxed)
-                && self.shared.read().membership.membership().get_node(&self.id).is_none())
+        self.peers.removal_committed() || self.left_applied_membership()
+    }
+
+    /// Whether the applied membership config no longer lists this member though an earlier
+    /// one did (remembered here: a member joining is not listed yet either).
+    fn left_applied_membership(&self) -> bool {
+        let present = self.shared.read().membership.membership().get_node(&self.id).is_some();
+        if present {
+            self.was_member.store(true, Ordering::Relaxed);
+        }
+        !present && self.was_member.load(Ordering::Relaxed)
     }
 
     /// The leader, waiting up to `LEADER_WAIT` for one to be known.
@@ -551,9 +551,9 @@ impl Node {
         Ok(id)
     }
 
-    /// Tell a member whose removal this leader just committed, in the background: a few
-    /// tries over about 5 s (it may be down; it then learns from the leader's refusal of
-    /// its votes, if it campaigns, or an operator stops it, as etcd's docs tell).
+    /// Tell a member whose removal this leader just committed, in the background: up to 10
+    /// tries over about 10 s (it may be down; it then learns from the leader's refusal of
+    /// its votes, if it campaigns, or an operator stops it, as openraft's docs tell).
     fn tell_removed(&self, id: NodeId, addr: String) {
         let peers = self.peers.clone();
         let call = PeerCall::Removed { cluster_id: self.cluster_id, id };

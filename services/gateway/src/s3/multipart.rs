@@ -19,7 +19,7 @@ use super::{
     xml_response,
 };
 use crate::error::S3Error;
-use crate::replicas::{BodyChecks, NewestRead, PutTarget, Replica, version_key};
+use crate::replicas::{BodyChecks, NewestRead, PutTarget, Replica, newer};
 use crate::xml;
 
 /// Every part but the last must be at least this large.
@@ -705,29 +705,25 @@ async fn completed_before(
     let Some(done) = held.into_iter().filter_map(|(_, u)| u.completed).find(|c| c.etag == etag) else {
         return Err(S3Error::NoSuchUpload);
     };
-    let head = pb::HeadRequest { bucket: bucket.to_string(), key: key.to_string() };
-    let (metas, errors) = state
-        .store
-        .unary_quorum(replicas, replicas.len(), |mut c| {
-            let head = head.clone();
-            async move { c.head(head).await.map(|r| r.into_inner()) }
-        })
-        .await;
+    let live: Vec<Replica> = replicas.iter().filter(|r| r.alive).cloned().collect();
+    let answers = state.store.head_answers(&live, bucket, key).await;
     let need = need(state, replicas);
     // The key's newest version among the replicas' answers (tombstones included): it has to
     // be this completion's object, on a write quorum.
-    match metas.iter().max_by(|a, b| version_key(a.version.as_ref()).cmp(&version_key(b.version.as_ref()))) {
+    match answers.iter().filter_map(|(_, m)| m.as_ref()).max_by(newer) {
         Some(newest) if !newest.tombstone && newest.etag == etag => {
-            let holding = metas.iter().filter(|m| m.version == newest.version).count();
+            let holding =
+                answers.iter().filter(|(_, m)| m.as_ref().is_some_and(|m| m.version == newest.version)).count();
             if holding < need {
                 tracing::warn!(holding, need, upload_id, "a retried completion: too few replicas hold its object yet");
                 crate::cluster::quorum_failed("write");
                 return Err(S3Error::ServiceUnavailable);
             }
         }
-        // Overwritten or deleted since: no longer this completion's object.
+        // Overwritten or deleted since, or held by none of a quorum that answered: no
+        // longer this completion's object.
         Some(_) => return Err(S3Error::NoSuchUpload),
-        None if errors.iter().all(|e| e.code() == tonic::Code::NotFound) => return Err(S3Error::NoSuchUpload),
+        None if answers.len() >= need => return Err(S3Error::NoSuchUpload),
         None => {
             crate::cluster::quorum_failed("read");
             return Err(S3Error::ServiceUnavailable);
