@@ -339,11 +339,16 @@ async fn a_history_under_kills_and_partitions_loses_no_acknowledged_write() -> a
                         Some(Op { key, kind: Kind::Delete, call, ret: r.ok().map(|_| origin.elapsed().as_nanos()) })
                     }
                     _ => match s3.get_object().bucket("history").key(&key).send().await {
-                        Ok(out) => {
-                            let v = String::from_utf8(body_bytes(out).await).unwrap_or_default();
-                            let ret = Some(origin.elapsed().as_nanos());
-                            Some(Op { key, kind: Kind::Get(Some(v)), call, ret })
-                        }
+                        // The body can still fail after the headers (the holder killed
+                        // mid-stream with no other holder reachable): a failed read too.
+                        Ok(out) => match out.body.collect().await {
+                            Ok(body) => {
+                                let v = String::from_utf8(body.into_bytes().to_vec()).unwrap_or_default();
+                                let ret = Some(origin.elapsed().as_nanos());
+                                Some(Op { key, kind: Kind::Get(Some(v)), call, ret })
+                            }
+                            Err(_) => None,
+                        },
                         Err(e) if e.code() == Some("NoSuchKey") => {
                             let ret = Some(origin.elapsed().as_nanos());
                             Some(Op { key, kind: Kind::Get(None), call, ret })
