@@ -698,15 +698,22 @@ impl Store {
             None if meta.size == 0 => (1, 0),
             None => (0, meta.size - 1),
         };
+        // After the holders the read found, the key's other live replicas: one the read did
+        // not ask (or that was still committing then) may hold exactly this version, and is
+        // asked for it only if every holder fails (a replica lacking it refuses).
+        let mut candidates = holders.to_vec();
+        if let Ok(set) = self.replica_set(&meta.bucket, &meta.key) {
+            candidates.extend(set.into_iter().filter(|r| r.alive && !holders.iter().any(|h| h.id == r.id)));
+        }
         let first = match first {
             Some(s) if range.is_none() => Some(s),
             _ if start > end => None,
-            _ => Some(self.open_stream(holders, meta, range).await?),
+            _ => Some(self.open_stream(&candidates, meta, range).await?),
         };
         let st = Resume {
             pool: self.pool.clone(),
             timeout: self.timeout,
-            holders: holders.to_vec(),
+            holders: candidates,
             next_holder: 0,
             meta: meta.clone(),
             pos: start,
